@@ -1,0 +1,257 @@
+"""One typed configuration for every job.
+
+YAML files in ``conf/`` are validated into these models, so a typo or a bad value fails at
+start-up with the key and the value named, instead of half-way through a cluster job.
+A file may ``extends:`` another (relative path), and any key can be overridden from the
+command line as ``section.key=value`` (the value is parsed as YAML, so ``5``, ``true``,
+``[a, b]`` and ``null`` mean what they look like).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and the bad value."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- spark / lake
+class SparkConfig(StrictModel):
+    master: str | None = None  # None: local[*] unless spark-submit / Databricks gave one
+    app_name: str = "sparkrec"
+    shuffle_partitions: int | Literal["auto"] = "auto"
+    driver_memory: str = "4g"
+    log_level: str = "WARN"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class LakeConfig(StrictModel):
+    root: str = "lakehouse"  # local path, file:/, s3://, abfss://, dbfs:/ ...
+    engine: Literal["auto", "delta-rs", "spark-delta"] = "auto"
+    catalog: str | None = None  # Unity Catalog / metastore: tables become catalog.namespace.table
+    namespace: str | None = None  # defaults to the dataset name, so datasets never collide
+    target_file_rows: int = Field(1_000_000, gt=0)
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- data sources
+class CsvOptions(StrictModel):
+    sep: str = ","
+    quote: str = '"'
+    escape: str = '"'
+    encoding: str = "UTF-8"
+    header: bool = True
+    # Records that span lines (quoted newlines) need Spark's multiLine reader, which
+    # cannot report line numbers; quarantine rows then carry the file only.
+    multiline: bool = False
+
+
+class InteractionColumns(StrictModel):
+    user: str
+    item: str
+    rating: str | None = None
+    timestamp: str | None = None
+    event_id: str | None = None
+
+
+class ItemColumns(StrictModel):
+    id: str
+    title: str | None = None
+    description: str | None = None
+    year: str | None = None
+    authors: str | None = None
+    genres: str | None = None
+    publisher: str | None = None
+    list_separator: str = "|"  # for authors / genres given as one delimited string
+    text_fields: list[str] = Field(default_factory=list)
+    categorical_fields: list[str] = Field(default_factory=list)
+
+
+class GenericInput(StrictModel):
+    path: str
+    format: Literal["csv", "parquet"] = "csv"
+    csv: CsvOptions = Field(default_factory=CsvOptions)
+
+
+class GenericInteractions(GenericInput):
+    columns: InteractionColumns
+    # unix (seconds), unix_ms, or a Spark datetime pattern such as "yyyy-MM-dd HH:mm:ss"
+    timestamp_format: str = "unix"
+
+
+class GenericItems(GenericInput):
+    columns: ItemColumns
+
+
+class GenericSource(StrictModel):
+    interactions: GenericInteractions
+    items: GenericItems | None = None
+    rating_min: float | None = None
+    rating_max: float | None = None
+
+
+class DatasetPaths(StrictModel):
+    movielens: str = "../shared/datasets/ml-latest-small"
+    bookcrossing: str = "../shared/datasets/book-crossing"
+
+
+DatasetName = Literal["sample", "movielens", "bookcrossing", "generic"]
+
+
+class DataConfig(StrictModel):
+    # sample: the bundled ml-latest-small sample; movielens / bookcrossing: the full sets
+    dataset: DatasetName = "sample"
+    paths: DatasetPaths = Field(default_factory=DatasetPaths)
+    generic: GenericSource | None = None
+
+    @model_validator(mode="after")
+    def _generic_needs_its_source(self) -> DataConfig:
+        if self.dataset == "generic" and self.generic is None:
+            raise ValueError("data.dataset is 'generic' but data.generic is not set")
+        return self
+
+
+# --------------------------------------------------------------------------- stages
+class IngestConfig(StrictModel):
+    unknown_items: Literal["quarantine", "keep"] = "quarantine"
+    timestamp_min: dt.datetime = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
+    timestamp_max: dt.datetime | None = None  # None: now + 1 day at run time
+    year_min: int = 1000
+    age_min: int = 5
+    age_max: int = 110
+
+
+class WeightConfig(StrictModel):
+    # rating: weight = rating / rating_scale; binary: 1; log1p: 1 + log1p(rating)
+    mode: Literal["rating", "binary", "log1p"] = "rating"
+    rating_scale: float | None = None  # None: the source's maximum rating
+    implicit_value: float = 1.0  # weight of an interaction without a rating (or rating 0 in BX)
+    # ratings strictly below this are kept in the tables but are not positives
+    positive_min_rating: float | None = None
+
+
+class SplitConfig(StrictModel):
+    temporal_leave_last_n: int = Field(1, ge=0)  # 0 disables
+    global_time_cut_quantile: float | None = Field(0.8, gt=0, lt=1)
+    random_ratio: float | None = Field(0.8, gt=0, lt=1)
+    cold_items_fraction: float | None = Field(0.05, gt=0, lt=1)
+    cold_users_fraction: float | None = Field(0.05, gt=0, lt=1)
+    cold_user_max_train: int = Field(3, ge=0)  # interactions a held-out cold user keeps in train
+    min_user_interactions: int = Field(2, ge=1)  # fewer: the user stays entirely in train
+    seed: int = 42
+
+
+class FeaturesConfig(StrictModel):
+    history_length: int = Field(50, gt=0)
+    weights: WeightConfig = Field(default_factory=WeightConfig)
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class LoggingConfig(StrictModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(StrictModel):
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    lake: LakeConfig = Field(default_factory=LakeConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def namespace(self) -> str:
+        return self.lake.namespace or self.data.dataset
+
+
+# --------------------------------------------------------------------------- loading
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    return _deep_merge(_read_yaml(path.parent / str(parent), (*seen, path)), raw)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, _, raw_value = text.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError:
+        value = raw_value
+    return parts, value
+
+
+def _apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        lines.append(f"  {key}{shown}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    tree = _read_yaml(Path(path)) if path else {}
+    for text in overrides or []:
+        _apply_override(tree, *parse_override(text))
+    origin = f"{path or 'defaults'}" + (f" + {len(overrides)} override(s)" if overrides else "")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain JSON-able dict, for MLflow params and run metadata."""
+    return cfg.model_dump(mode="json")

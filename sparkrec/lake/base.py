@@ -1,0 +1,167 @@
+"""The one interface through which the platform reads and writes its Delta tables.
+
+Jobs never call ``format("delta")`` or ``deltalake`` directly: they ask a :class:`Lake`,
+which is backed by native Spark Delta on clusters that have the jars and by delta-rs
+everywhere else. Both engines give the same table semantics: one atomic commit per write,
+MERGE by keys, versions and time travel.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+ROW_HASH = "__sparkrec_row_hash"
+
+
+class LakeError(RuntimeError):
+    """A table operation that cannot be done; the message names the table."""
+
+
+class SchemaMismatchError(LakeError):
+    pass
+
+
+@dataclass
+class CommitResult:
+    table: str
+    version: int
+    rows_written: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass
+class RunContext:
+    """Who is writing: stored in every commit so a table's history explains itself."""
+
+    stage: str = "adhoc"
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def metadata(self, operation: str) -> dict[str, str]:
+        return {"sparkrec.run_id": self.run_id, "sparkrec.stage": self.stage,
+                "sparkrec.operation": operation, **self.extra}
+
+
+def row_hash(df: DataFrame, keys: list[str]) -> DataFrame:
+    """Adds a 64-bit hash of every non-key column, so changed rows can be found by a join.
+
+    ``to_json`` first, because Spark refuses to hash or compare map columns directly.
+    """
+    payload = [c for c in df.columns if c not in keys and c != ROW_HASH]
+    value = F.to_json(F.struct(*[F.col(c) for c in payload])) if payload else F.lit("")
+    return df.withColumn(ROW_HASH, F.xxhash64(value))
+
+
+def check_schema(table: str, expected: T.StructType, got: T.StructType) -> None:
+    """Delta via delta-rs casts silently; we refuse anything but the table's own columns and types."""
+    want = {f.name: f.dataType for f in expected.fields}
+    have = {f.name: f.dataType for f in got.fields}
+    missing = [n for n in want if n not in have]
+    extra = [n for n in have if n not in want]
+    if missing or extra:
+        raise SchemaMismatchError(
+            f"table {table!r}: columns differ; missing {missing}, unexpected {extra}")
+    for name, dtype in want.items():
+        if not _same_type(dtype, have[name]):
+            raise SchemaMismatchError(
+                f"table {table!r}: column {name!r} has type {have[name].simpleString()}, "
+                f"the table has {dtype.simpleString()}")
+
+
+def _same_type(a: T.DataType, b: T.DataType) -> bool:
+    """Types equal up to nullability (which Spark loses freely across operations)."""
+    if isinstance(a, T.StructType) and isinstance(b, T.StructType):
+        return [f.name for f in a.fields] == [f.name for f in b.fields] and all(
+            _same_type(x.dataType, y.dataType) for x, y in zip(a.fields, b.fields, strict=True))
+    if isinstance(a, T.ArrayType) and isinstance(b, T.ArrayType):
+        return _same_type(a.elementType, b.elementType)
+    if isinstance(a, T.MapType) and isinstance(b, T.MapType):
+        return _same_type(a.keyType, b.keyType) and _same_type(a.valueType, b.valueType)
+    return a == b
+
+
+def check_unique_keys(table: str, df: DataFrame, keys: list[str]) -> None:
+    dup = df.groupBy(*keys).count().filter(F.col("count") > 1).limit(1).collect()
+    if dup:
+        example = {k: dup[0][k] for k in keys}
+        raise LakeError(f"MERGE into {table!r}: the source has {dup[0]['count']} rows for key "
+                        f"{example}; a MERGE source must have one row per key")
+
+
+class Lake(abc.ABC):
+    """Table store over Delta. Table names are short (``interactions``); the lake maps them
+    to a path under its root or to ``catalog.namespace.table``."""
+
+    engine: str
+
+    def __init__(self, spark: SparkSession, root: str, namespace: str,
+                 catalog: str | None = None, context: RunContext | None = None) -> None:
+        self.spark = spark
+        self.root = root.rstrip("/")
+        self.namespace = namespace
+        self.catalog = catalog
+        self.context = context or RunContext()
+
+    def with_context(self, context: RunContext) -> Lake:
+        clone = self.__class__.__new__(self.__class__)
+        clone.__dict__.update(self.__dict__)
+        clone.context = context
+        return clone
+
+    # -- locations -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def location(self, table: str) -> str:
+        """Where the table lives: a path/URI, or a metastore name."""
+
+    # -- reads -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def exists(self, table: str) -> bool: ...
+
+    @abc.abstractmethod
+    def read(self, table: str, version: int | None = None) -> DataFrame: ...
+
+    @abc.abstractmethod
+    def version(self, table: str) -> int: ...
+
+    @abc.abstractmethod
+    def history(self, table: str) -> list[dict[str, Any]]:
+        """Newest first: version, timestamp, operation, and the sparkrec run metadata."""
+
+    # -- writes ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def overwrite(self, table: str, df: DataFrame) -> CommitResult:
+        """Atomically replace the table's contents (and schema) with ``df``."""
+
+    @abc.abstractmethod
+    def append(self, table: str, df: DataFrame) -> CommitResult: ...
+
+    @abc.abstractmethod
+    def upsert(self, table: str, df: DataFrame, keys: list[str]) -> CommitResult:
+        """MERGE by ``keys``: new keys inserted, rows whose other columns changed updated,
+        identical rows left alone. Creates the table when it does not exist."""
+
+    def read_or_empty(self, table: str, schema: T.StructType) -> DataFrame:
+        if self.exists(table):
+            return self.read(table)
+        return self.spark.createDataFrame([], schema)
+
+    def count_changes(self, table: str, df: DataFrame, keys: list[str]) -> tuple[DataFrame, int, int]:
+        """Rows of ``df`` that are new or differ from the table, and how many of those update
+        an existing key. Shared by both engines so their reported counts agree."""
+        target = row_hash(self.read(table), keys).select(*keys, ROW_HASH)
+        source = row_hash(df, keys)
+        changed = source.join(target, on=[*keys, ROW_HASH], how="left_anti")
+        flagged = changed.join(target.select(*keys).withColumn("__exists", F.lit(True)),
+                               on=keys, how="left")
+        counts = flagged.agg(F.count(F.lit(1)).alias("n"),
+                             F.count("__exists").alias("updated")).collect()[0]
+        return changed.drop(ROW_HASH), int(counts["n"]), int(counts["updated"])
