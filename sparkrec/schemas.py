@@ -1,0 +1,56 @@
+"""The platform's table contracts: every stage reads and writes these shapes.
+
+Ingest produces the canonical ``interactions`` / ``items`` / ``users`` / ``tags`` tables keyed
+by the source's own string ids; features map those ids to dense integer indices that models
+use. Keeping both layers lets a new source plug in at ingest without touching any model.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+S, L, I, D, F_, TS, B = (T.StringType(), T.LongType(), T.IntegerType(), T.DoubleType(),
+                         T.FloatType(), T.TimestampType(), T.BooleanType())
+
+
+def _struct(*fields: tuple[str, T.DataType]) -> T.StructType:
+    return T.StructType([T.StructField(n, t, True) for n, t in fields])
+
+
+# --------------------------------------------------------------------------- ingest (raw ids)
+INTERACTIONS = _struct(("event_id", S), ("user_id", S), ("item_id", S), ("rating", D),
+                       ("event_time", TS), ("source_file", S), ("source_line", L))
+ITEMS = _struct(("item_id", S), ("title", S), ("description", S), ("authors", T.ArrayType(S)),
+                ("genres", T.ArrayType(S)), ("publisher", S), ("year", I),
+                ("attributes", T.MapType(S, S)), ("source_file", S), ("source_line", L))
+USERS = _struct(("user_id", S), ("location", S), ("age", I), ("source_file", S), ("source_line", L))
+TAGS = _struct(("tag_id", S), ("user_id", S), ("item_id", S), ("tag", S), ("event_time", TS),
+               ("source_file", S), ("source_line", L))
+QUARANTINE = _struct(("record_id", S), ("target_table", S), ("source_file", S), ("source_line", L),
+                     ("reason", S), ("field", S), ("value", S), ("raw", S))
+
+KEYS = {"interactions": ["event_id"], "items": ["item_id"], "users": ["user_id"],
+        "tags": ["tag_id"], "quarantine": ["record_id"]}
+
+# --------------------------------------------------------------------------- features (dense indices)
+USER_INDEX = _struct(("user_id", S), ("user_idx", I))
+ITEM_INDEX = _struct(("item_id", S), ("item_idx", I))
+# seq orders a user's events: epoch seconds when the source has timestamps, else the
+# position of the rating in the source file (Book-Crossing has no timestamps).
+EVENTS = _struct(("user_idx", I), ("item_idx", I), ("rating", D), ("weight", D),
+                 ("event_time", TS), ("seq", L), ("is_positive", B))
+ITEM_FEATURES = _struct(("item_idx", I), ("item_id", S), ("title", S), ("description", S),
+                        ("authors", T.ArrayType(S)), ("genres", T.ArrayType(S)), ("publisher", S),
+                        ("year", I), ("top_tags", T.ArrayType(S)), ("attributes", T.MapType(S, S)),
+                        ("n_interactions", L), ("n_users", L), ("mean_rating", D),
+                        ("popularity_rank", I), ("first_seq", L), ("last_seq", L))
+USER_FEATURES = _struct(("user_idx", I), ("user_id", S), ("n_interactions", L), ("n_positive", L),
+                        ("mean_rating", D), ("first_seq", L), ("last_seq", L),
+                        ("location", S), ("age", I))
+USER_HISTORIES = _struct(("user_idx", I), ("item_idxs", T.ArrayType(I)), ("seqs", T.ArrayType(L)),
+                         ("weights", T.ArrayType(F_)))
+# One table per split protocol (split_<name>); part is 'train' or 'test'.
+SPLIT = _struct(("user_idx", I), ("item_idx", I), ("rating", D), ("weight", D), ("event_time", TS),
+                ("seq", L), ("is_positive", B), ("part", S))
+
+SPLIT_NAMES = ("temporal_loo", "global_time", "random", "cold_items", "cold_users")
