@@ -1,0 +1,44 @@
+"""Shared fixtures: one real local Spark session for the whole run, real Delta tables on disk."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("SPARKREC_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from sparkrec.config import SparkConfig
+    from sparkrec.logs import setup_logging
+    from sparkrec.session import get_spark
+
+    setup_logging("WARNING")
+    session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="6g"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def lake(spark, tmp_path):
+    from sparkrec.lake import DeltaRsLake, RunContext
+
+    return DeltaRsLake(spark, str(tmp_path / "lake"), "test", context=RunContext(stage="test"))
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    if not (DATASETS / "ml-latest-small" / "ratings.csv").is_file():
+        pytest.skip(f"shared datasets not found at {DATASETS}")
+    return DATASETS
