@@ -73,6 +73,7 @@ class ItemColumns(StrictModel):
     genres: str | None = None
     publisher: str | None = None
     list_separator: str = "|"  # for authors / genres given as one delimited string
+    year_from_title: bool = False  # MovieLens-style "Title (1995)"
     text_fields: list[str] = Field(default_factory=list)
     categorical_fields: list[str] = Field(default_factory=list)
 
@@ -93,11 +94,44 @@ class GenericItems(GenericInput):
     columns: ItemColumns
 
 
+class UserColumns(StrictModel):
+    id: str
+    location: str | None = None
+    age: str | None = None
+
+
+class GenericUsers(GenericInput):
+    columns: UserColumns
+
+
+class TagColumns(StrictModel):
+    user: str
+    item: str
+    tag: str
+    timestamp: str | None = None
+
+
+class GenericTags(GenericInput):
+    columns: TagColumns
+    timestamp_format: str = "unix"
+
+
 class GenericSource(StrictModel):
+    """A source described entirely by config; the built-in datasets are presets of it."""
+
     interactions: GenericInteractions
     items: GenericItems | None = None
+    users: GenericUsers | None = None
+    tags: GenericTags | None = None
     rating_min: float | None = None
     rating_max: float | None = None
+    user_id_pattern: str | None = None  # regex an id must match in full
+    item_id_pattern: str | None = None
+    item_id_uppercase: bool = False  # e.g. ISBNs: "034545104x" and "034545104X" are one book
+    null_tokens: list[str] = Field(default_factory=lambda: ["NULL", "\\N"])
+    unescape_html: bool = False  # "&amp;" in titles and publishers, as Book-Crossing has
+    # A rating value that means "interacted, no rating given" (Book-Crossing's 0).
+    implicit_rating: float | None = None
 
 
 class DatasetPaths(StrictModel):
@@ -170,6 +204,13 @@ class EmbedConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     item_template: str = "{title}. {authors}. {genres}. {publisher} {year}. {tags}. {description}"
     user_text_path: str | None = None  # optional CSV/Parquet of (user_id, text) interests
+    # torch threads per Spark task; None: the worker's cores / the executor's concurrent tasks
+    threads_per_task: int | None = Field(None, gt=0)
+    # partitions the rows to embed are spread over; None: 2 x Spark's default parallelism
+    partitions: int | None = Field(None, gt=0)
+    # encoder=sparknlp: the annotator class and a pretrained name or a local loadSavedModel dir
+    sparknlp_annotator: str = "BertSentenceEmbeddings"
+    sparknlp_model: str = "sent_small_bert_L8_512"
 
 
 class EvaluationConfig(StrictModel):
@@ -177,6 +218,19 @@ class EvaluationConfig(StrictModel):
 
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
     split: str = "temporal_loo"
+    # Baselines (sparkrec.baselines). Grids are searched exhaustively on one positive per user
+    # held out of train ("last" by seq, or "random"); the best NDCG@10 is refitted on train.
+    baseline_holdout: Literal["last", "random"] = "last"
+    als_ranks: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    als_reg_params: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)
+    als_alphas: list[float] = Field(default_factory=lambda: [1.0, 10.0, 40.0], min_length=1)
+    als_max_iter: int = Field(15, gt=0)
+    ease_lambdas: list[float] = Field(default_factory=lambda: [50.0, 100.0, 250.0, 500.0, 1000.0],
+                                      min_length=1)
+    ease_max_items: int = Field(20_000, gt=0)  # EASE inverts an items x items matrix on the driver
+    itemknn_neighbours: int = Field(100, gt=0)
+    itemknn_shrinkage: float = Field(10.0, ge=0)
+    popularity_half_life: float | None = Field(None, gt=0)  # in seq units (seconds if timestamped)
 
 
 class LoggingConfig(StrictModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
-S, L, I, D, F_, TS, B = (T.StringType(), T.LongType(), T.IntegerType(), T.DoubleType(),
+S, L, INT, D, F_, TS, B = (T.StringType(), T.LongType(), T.IntegerType(), T.DoubleType(),
                          T.FloatType(), T.TimestampType(), T.BooleanType())
 
 
@@ -21,9 +21,9 @@ def _struct(*fields: tuple[str, T.DataType]) -> T.StructType:
 INTERACTIONS = _struct(("event_id", S), ("user_id", S), ("item_id", S), ("rating", D),
                        ("event_time", TS), ("source_file", S), ("source_line", L))
 ITEMS = _struct(("item_id", S), ("title", S), ("description", S), ("authors", T.ArrayType(S)),
-                ("genres", T.ArrayType(S)), ("publisher", S), ("year", I),
+                ("genres", T.ArrayType(S)), ("publisher", S), ("year", INT),
                 ("attributes", T.MapType(S, S)), ("source_file", S), ("source_line", L))
-USERS = _struct(("user_id", S), ("location", S), ("age", I), ("source_file", S), ("source_line", L))
+USERS = _struct(("user_id", S), ("location", S), ("age", INT), ("source_file", S), ("source_line", L))
 TAGS = _struct(("tag_id", S), ("user_id", S), ("item_id", S), ("tag", S), ("event_time", TS),
                ("source_file", S), ("source_line", L))
 QUARANTINE = _struct(("record_id", S), ("target_table", S), ("source_file", S), ("source_line", L),
@@ -33,24 +33,24 @@ KEYS = {"interactions": ["event_id"], "items": ["item_id"], "users": ["user_id"]
         "tags": ["tag_id"], "quarantine": ["record_id"]}
 
 # --------------------------------------------------------------------------- features (dense indices)
-USER_INDEX = _struct(("user_id", S), ("user_idx", I))
-ITEM_INDEX = _struct(("item_id", S), ("item_idx", I))
+USER_INDEX = _struct(("user_id", S), ("user_idx", INT))
+ITEM_INDEX = _struct(("item_id", S), ("item_idx", INT))
 # seq orders a user's events: epoch seconds when the source has timestamps, else the
 # position of the rating in the source file (Book-Crossing has no timestamps).
-EVENTS = _struct(("user_idx", I), ("item_idx", I), ("rating", D), ("weight", D),
+EVENTS = _struct(("user_idx", INT), ("item_idx", INT), ("rating", D), ("weight", D),
                  ("event_time", TS), ("seq", L), ("is_positive", B))
-ITEM_FEATURES = _struct(("item_idx", I), ("item_id", S), ("title", S), ("description", S),
+ITEM_FEATURES = _struct(("item_idx", INT), ("item_id", S), ("title", S), ("description", S),
                         ("authors", T.ArrayType(S)), ("genres", T.ArrayType(S)), ("publisher", S),
-                        ("year", I), ("top_tags", T.ArrayType(S)), ("attributes", T.MapType(S, S)),
+                        ("year", INT), ("top_tags", T.ArrayType(S)), ("attributes", T.MapType(S, S)),
                         ("n_interactions", L), ("n_users", L), ("mean_rating", D),
-                        ("popularity_rank", I), ("first_seq", L), ("last_seq", L))
-USER_FEATURES = _struct(("user_idx", I), ("user_id", S), ("n_interactions", L), ("n_positive", L),
+                        ("popularity_rank", INT), ("first_seq", L), ("last_seq", L))
+USER_FEATURES = _struct(("user_idx", INT), ("user_id", S), ("n_interactions", L), ("n_positive", L),
                         ("mean_rating", D), ("first_seq", L), ("last_seq", L),
-                        ("location", S), ("age", I))
-USER_HISTORIES = _struct(("user_idx", I), ("item_idxs", T.ArrayType(I)), ("seqs", T.ArrayType(L)),
+                        ("location", S), ("age", INT))
+USER_HISTORIES = _struct(("user_idx", INT), ("item_idxs", T.ArrayType(INT)), ("seqs", T.ArrayType(L)),
                          ("weights", T.ArrayType(F_)))
 # One table per split protocol (split_<name>); part is 'train' or 'test'.
-SPLIT = _struct(("user_idx", I), ("item_idx", I), ("rating", D), ("weight", D), ("event_time", TS),
+SPLIT = _struct(("user_idx", INT), ("item_idx", INT), ("rating", D), ("weight", D), ("event_time", TS),
                 ("seq", L), ("is_positive", B), ("part", S))
 
 SPLIT_NAMES = ("temporal_loo", "global_time", "random", "cold_items", "cold_users")

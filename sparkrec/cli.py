@@ -1,0 +1,97 @@
+"""``sparkrec <stage> --conf conf/local.yaml [key.sub=value ...]``.
+
+The same entry point serves the console script, ``python -m sparkrec`` and the thin
+``jobs/*.py`` files that ``spark-submit`` runs, so a stage behaves identically everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+from .lake import Lake, LakeError, RunContext, open_lake
+from .logs import get_logger, log_fields, setup_logging
+from .session import get_spark
+
+log = get_logger("cli")
+
+StageFn = Callable[[Config, Any, Lake, argparse.Namespace], dict[str, Any]]
+
+
+def _ingest(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from .ingest.job import run_ingest
+
+    report = run_ingest(cfg, spark, lake)
+    print(report.render())
+    return {t.table: {"read": t.read, "accepted": t.accepted, "quarantined": t.quarantined}
+            for t in report.tables}
+
+
+def _features(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from .features.job import run_features
+
+    return run_features(cfg, spark, lake)
+
+
+# Stage order is the pipeline's order; later issues append to it.
+STAGES: dict[str, StageFn] = {"ingest": _ingest, "features": _features}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparkrec", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=[*STAGES, "pipeline", "show-config"])
+    parser.add_argument("--conf", default=os.environ.get("SPARKREC_CONF"),
+                        help="YAML config (default: $SPARKREC_CONF, else built-in defaults)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    return parser
+
+
+def run_stages(cfg: Config, names: Sequence[str], args: argparse.Namespace | None = None) -> dict[str, Any]:
+    """Runs the named stages in order on one Spark session; returns each stage's summary."""
+    args = args or argparse.Namespace()
+    spark = get_spark(cfg.spark)
+    results: dict[str, Any] = {}
+    run_id = RunContext().run_id
+    for name in names:
+        lake = open_lake(spark, cfg, RunContext(stage=name, run_id=run_id))
+        started = time.perf_counter()
+        log_fields(log, f"stage {name} started", stage=name, run_id=run_id)
+        results[name] = STAGES[name](cfg, spark, lake, args)
+        log_fields(log, f"stage {name} done", stage=name, run_id=run_id,
+                   seconds=round(time.perf_counter() - started, 3))
+    lake = open_lake(spark, cfg)
+    print(f"\ntables ({lake.engine}) under: {lake.location('')}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.conf, args.overrides)
+    except ConfigError as exc:
+        print(f"sparkrec: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.logging.level, cfg.logging.format)
+    if args.stage == "show-config":
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return 0
+    names = list(STAGES) if args.stage == "pipeline" else [args.stage]
+    try:
+        run_stages(cfg, names, args)
+    except (LakeError, ValueError) as exc:
+        log.error("%s", exc)
+        print(f"sparkrec: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

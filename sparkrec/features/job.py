@@ -1,0 +1,67 @@
+"""The features stage: canonical tables -> indices, events, feature tables and splits."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..config import Config
+from ..ingest.presets import resolve_source
+from ..lake import Lake
+from ..logs import get_logger, log_fields
+from .events import build_events
+from .indexing import extend_index
+from .splits import enabled_splits
+from .tables import item_features, user_features, user_histories
+
+log = get_logger("features")
+
+
+def _optional(lake: Lake, table: str) -> DataFrame | None:
+    return lake.read(table) if lake.exists(table) else None
+
+
+def run_features(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
+    src = resolve_source(cfg.data)
+    fc = cfg.features
+    interactions = lake.read("interactions")
+    items, users, tags = lake.read("items"), _optional(lake, "users"), _optional(lake, "tags")
+    summary: dict[str, Any] = {}
+
+    def write(table: str, df: DataFrame) -> None:
+        started = time.perf_counter()
+        result = lake.overwrite(table, df)
+        summary[table] = result.rows_written
+        log_fields(log, "table written", table=table, rows=result.rows_written, version=result.version,
+                   seconds=round(time.perf_counter() - started, 3))
+
+    user_ids = interactions.select("user_id")
+    if users is not None:
+        user_ids = user_ids.unionByName(users.select("user_id"))
+    for table, ids, id_col, idx_col in (
+        ("user_index", user_ids, "user_id", "user_idx"),
+        ("item_index", items.select("item_id").unionByName(interactions.select("item_id")), "item_id", "item_idx"),
+    ):
+        result = extend_index(lake, table, ids, id_col, idx_col)
+        summary[table] = {"new": result.inserted, "kept": result.unchanged}
+        log_fields(log, "index extended", table=table, new=result.inserted, kept=result.unchanged)
+    user_index, item_index = lake.read("user_index"), lake.read("item_index")
+
+    events = build_events(interactions, user_index, item_index, fc.weights, src).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        write("events", events)
+        write("item_features", item_features(items, item_index, events, tags))
+        write("user_features", user_features(user_index, events, users))
+        write("user_histories", user_histories(events, fc.history_length))
+        has_time = events.filter(F.col("event_time").isNotNull()).limit(1).count() > 0
+        for name, split in enabled_splits(fc.splits, has_time).items():
+            write(f"split_{name}", split(events, fc.splits))
+        if not has_time and fc.splits.global_time_cut_quantile is not None:
+            log_fields(log, "split skipped: the source has no timestamps", split="global_time")
+    finally:
+        events.unpersist()
+    return summary

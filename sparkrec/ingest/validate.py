@@ -1,0 +1,161 @@
+"""Validation rules: every input row ends up accepted or quarantined, with exactly one reason.
+
+Rules are ordered; the first that fails names the row's reason, so per-reason counts add
+up to the quarantined total and ``read = accepted + quarantined`` always holds. Rules that
+need the whole input (duplicates, unknown items) run after the per-row ones, over the rows
+still standing, so a malformed row never hides a good one as its "duplicate".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from ..config import IngestConfig
+from .reader import EXTRA, FILE, LINE, RAW
+
+REASON, FIELD, VALUE = "_reason", "_field", "_value"
+
+
+@dataclass(frozen=True)
+class Rule:
+    reason: str
+    field: str
+    failed: Column  # true when the row breaks the rule
+    value: Column  # the offending value, kept in quarantine
+
+
+@dataclass
+class Validated:
+    """A validated input: ``rows`` carries REASON (null = accepted); call ``accepted`` /
+    ``quarantine`` for the two sides. ``cleaned`` counts fields nulled but not rejected."""
+
+    table: str
+    rows: DataFrame
+    output_columns: list[str]
+    cleaned: dict[str, Column] = field(default_factory=dict)
+
+    def accepted(self) -> DataFrame:
+        return self.rows.filter(F.col(REASON).isNull()).select(*self.output_columns)
+
+    def quarantine(self) -> DataFrame:
+        return to_quarantine(self.rows.filter(F.col(REASON).isNotNull()), self.table)
+
+
+# --------------------------------------------------------------------------- column helpers
+def cleaned(col: str | None, null_tokens: Sequence[str]) -> Column:
+    """Trimmed string; empty or a null token ("NULL") becomes null."""
+    if col is None:
+        return F.lit(None).cast("string")
+    value = F.trim(F.col(f"`{col}`"))
+    blank = (value == "") | value.isin(list(null_tokens)) if null_tokens else value == ""
+    return F.when(blank, F.lit(None)).otherwise(value)
+
+
+def unescape_html(col: Column) -> Column:
+    for entity, char in (("&quot;", '"'), ("&#39;", "'"), ("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&")):
+        col = F.regexp_replace(col, entity, char)
+    return col
+
+
+def id_rules(name: str, value: Column, pattern: str | None) -> list[Rule]:
+    rules = [Rule(f"missing_{name}", name, value.isNull(), value)]
+    if pattern:
+        rules.append(Rule(f"malformed_{name}", name, ~value.rlike(f"^(?:{pattern})$"), value))
+    return rules
+
+
+def parse_timestamp(raw: Column, fmt: str) -> Column:
+    if fmt == "unix":
+        return F.when(raw.rlike(r"^-?\d+$"), F.timestamp_seconds(raw.cast("long")))
+    if fmt == "unix_ms":
+        return F.when(raw.rlike(r"^-?\d+$"), F.timestamp_millis(raw.cast("long")))
+    return F.to_timestamp(raw, fmt)
+
+
+def timestamp_rules(name: str, raw: Column, parsed: Column, cfg: IngestConfig) -> list[Rule]:
+    upper = cfg.timestamp_max or (dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    lower = F.lit(cfg.timestamp_min).cast("timestamp")
+    return [
+        Rule(f"unparsable_{name}", name, raw.isNotNull() & parsed.isNull(), raw),
+        Rule(f"{name}_out_of_range", name,
+             parsed.isNotNull() & ((parsed < lower) | (parsed > F.lit(upper).cast("timestamp"))), raw),
+    ]
+
+
+def rating_rules(raw: Column, parsed: Column, lo: float | None, hi: float | None) -> list[Rule]:
+    rules = [Rule("unparsable_rating", "rating", raw.isNotNull() & (parsed.isNull() | F.isnan(parsed)), raw)]
+    if lo is not None or hi is not None:
+        out = F.lit(False)
+        if lo is not None:
+            out = out | (parsed < lo)
+        if hi is not None:
+            out = out | (parsed > hi)
+        rules.append(Rule("rating_out_of_range", "rating", parsed.isNotNull() & out, raw))
+    return rules
+
+
+def malformed_rule() -> Rule:
+    return Rule("malformed_record", "*", F.col(EXTRA).isNotNull(), F.col(EXTRA))
+
+
+# --------------------------------------------------------------------------- rule application
+def apply_rules(df: DataFrame, rules: Sequence[Rule]) -> DataFrame:
+    """Sets REASON/FIELD/VALUE from the first failing rule (null where all pass)."""
+    def first(pick: str) -> Column:
+        cases = [F.when(F.coalesce(r.failed, F.lit(False)),
+                        F.lit(r.reason) if pick == "reason" else
+                        F.lit(r.field) if pick == "field" else r.value.cast("string"))
+                 for r in rules]
+        return F.coalesce(*cases) if cases else F.lit(None).cast("string")
+
+    return df.withColumns({REASON: first("reason"), FIELD: first("field"), VALUE: first("value")})
+
+
+def reject_where(df: DataFrame, reason: str, field_name: str, failed: Column, value: Column) -> DataFrame:
+    """Applies one more rule to rows that are still accepted."""
+    hit = F.col(REASON).isNull() & F.coalesce(failed, F.lit(False))
+    return df.withColumns({
+        REASON: F.when(hit, F.lit(reason)).otherwise(F.col(REASON)),
+        FIELD: F.when(hit, F.lit(field_name)).otherwise(F.col(FIELD)),
+        VALUE: F.when(hit, value.cast("string")).otherwise(F.col(VALUE)),
+    })
+
+
+def reject_duplicates(df: DataFrame, key: list[str], content: list[str], key_name: str) -> DataFrame:
+    """Among accepted rows, keeps the first (by file, line) of each key. Later copies are
+    ``duplicate_row`` when identical in ``content``, else ``duplicate_<key_name>`` (a conflict)."""
+    ok = F.col(REASON).isNull()
+    order = [F.col(FILE), F.col(LINE)]
+    same = Window.partitionBy(ok, *key, *content).orderBy(*order)
+    by_key = Window.partitionBy(ok, *key).orderBy(*order)
+    df = df.withColumns({"_dup_same": F.row_number().over(same), "_dup_key": F.row_number().over(by_key)})
+    df = reject_where(df, "duplicate_row", "*", F.col("_dup_same") > 1, F.lit(None))
+    df = reject_where(df, f"duplicate_{key_name}", key_name, F.col("_dup_key") > 1,
+                      F.concat_ws("|", *[F.col(k).cast("string") for k in key]))
+    return df.drop("_dup_same", "_dup_key")
+
+
+def reject_unknown_items(df: DataFrame, known_items: DataFrame | None, cfg: IngestConfig) -> DataFrame:
+    if known_items is None or cfg.unknown_items == "keep":
+        return df
+    known = known_items.select("item_id").distinct().withColumn("_known", F.lit(True))
+    df = df.join(known, on="item_id", how="left")
+    return reject_where(df, "unknown_item", "item", F.col("_known").isNull(), F.col("item_id")).drop("_known")
+
+
+def to_quarantine(rejected: DataFrame, table: str) -> DataFrame:
+    record_id = F.xxhash64(F.lit(table), F.col(FILE), F.col(LINE), F.col(RAW)).cast("string")
+    return rejected.select(
+        record_id.alias("record_id"), F.lit(table).alias("target_table"), F.col(FILE).alias("source_file"),
+        F.col(LINE).alias("source_line"), F.col(REASON).alias("reason"), F.col(FIELD).alias("field"),
+        F.col(VALUE).alias("value"), F.col(RAW).alias("raw"))
+
+
+def stable_id(*cols: Column) -> Column:
+    """Deterministic id from content, so re-ingesting the same rows yields the same keys."""
+    return F.sha2(F.concat_ws("\u001f", *[F.coalesce(c.cast("string"), F.lit("\u0000")) for c in cols]), 256)
