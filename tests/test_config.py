@@ -42,5 +42,5 @@ def test_extends_merges_and_detects_loops(tmp_path):
 
 
 def test_generic_dataset_requires_its_source():
-    with pytest.raises(ConfigError, match="data.generic is not set"):
+    with pytest.raises(ConfigError, match=r"data\.generic is not set"):
         load_config(None, ["data.dataset=generic"])

@@ -37,7 +37,7 @@ def test_indices_are_dense_and_cover_everything(built):
 
 
 def test_indices_are_stable_when_new_ids_arrive(spark, built):
-    cfg, lake, _ = built
+    _, lake, _ = built
     before = _pdf(lake, "item_index").set_index("item_id").item_idx
     from sparkrec.features.indexing import extend_index
 
