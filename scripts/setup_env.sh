@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11) and installs sparkrec with the given extras; idempotent.
+# Usage: source scripts/setup_env.sh [extras]   e.g. "ml,dev"
+set -euo pipefail
+_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_extras="${1:-ml}"
+_python="${PYTHON:-python3.11}"
+command -v "$_python" >/dev/null 2>&1 || _python=python3
+command -v java >/dev/null 2>&1 || { echo "sparkrec needs Java 17 for Spark (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+if [ ! -x "$_repo/.venv/bin/python" ]; then
+  "$_python" -m venv "$_repo/.venv"
+fi
+# shellcheck disable=SC1091
+. "$_repo/.venv/bin/activate"
+python -m pip install -q --upgrade "pip>=24"
+# torch==2.13.0 is pinned in the extras: pip takes the local CPU build, not a multi-GB CUDA one.
+python -m pip install -q -e "$_repo[$_extras]"
+export PYSPARK_PYTHON="$_repo/.venv/bin/python" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

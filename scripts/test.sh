@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs sparkrec with its dev tools, then lints and runs the whole test suite
+# (slow end-to-end tests included; pass -m "not slow" to skip them locally).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup_env.sh ml,dev
+ruff check sparkrec tests jobs benchmarks scripts
+python -m pytest -q --durations=15 "$@"
