@@ -180,7 +180,7 @@ class SplitConfig(StrictModel):
     random_ratio: float | None = Field(0.8, gt=0, lt=1)
     cold_items_fraction: float | None = Field(0.05, gt=0, lt=1)
     cold_users_fraction: float | None = Field(0.05, gt=0, lt=1)
-    cold_user_max_train: int = Field(3, ge=0)  # interactions a held-out cold user keeps in train
+    cold_user_max_train: int = Field(0, ge=0)  # first interactions a held-out user keeps in train
     min_user_interactions: int = Field(2, ge=1)  # fewer: the user stays entirely in train
     seed: int = 42
 
