@@ -38,8 +38,20 @@ def _features(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> 
     return run_features(cfg, spark, lake)
 
 
+def _embed(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from .text import run_embed
+
+    return run_embed(cfg, spark, lake)
+
+
+def _train(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from .model.job import run_train
+
+    return run_train(cfg, spark, lake)
+
+
 # Stage order is the pipeline's order; later issues append to it.
-STAGES: dict[str, StageFn] = {"ingest": _ingest, "features": _features}
+STAGES: dict[str, StageFn] = {"ingest": _ingest, "features": _features, "embed": _embed, "train": _train}
 
 
 def _parser() -> argparse.ArgumentParser:

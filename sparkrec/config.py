@@ -233,6 +233,47 @@ class EvaluationConfig(StrictModel):
     popularity_half_life: float | None = Field(None, gt=0)  # in seq units (seconds if timestamped)
 
 
+class ModelConfig(StrictModel):
+    """Two-tower sizes. Item ids, text and categorical fields feed the item tower; the user
+    tower reads the user's recent items, so it follows new events without retraining."""
+
+    dim: int = Field(64, gt=0)  # output vector size of both towers
+    id_dim: int = Field(64, gt=0)
+    text_dim: int = Field(64, gt=0)  # projection of the text embedding
+    cat_dim: int = Field(16, gt=0)
+    cat_vocab: int = Field(5000, gt=1)  # most frequent values kept per categorical field
+    hidden: int = Field(256, gt=0)
+    history: int = Field(30, gt=0)  # last N items the user tower attends over
+    id_dropout: float = Field(0.3, ge=0, lt=1)  # items trained without their id: cold items work from text
+    user_id: bool = True
+    dropout: float = Field(0.1, ge=0, lt=1)
+    use_text: bool = True  # needs the item_embeddings table (sparkrec embed)
+    use_categories: bool = True
+
+
+class TrainConfig(StrictModel):
+    backend: Literal["torchdistributor", "horovod", "local"] = "torchdistributor"
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    local_mode: bool = True  # TorchDistributor: processes on the driver (False: on executors)
+    split: str = "temporal_loo"
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(512, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    temperature: float = Field(0.05, gt=0)
+    logq_correction: bool = True
+    extra_negatives: int = Field(0, ge=0)  # uniform negatives on top of the in-batch ones
+    recall_k: int = Field(20, gt=0)
+    patience: int = Field(2, ge=0)  # epochs without a better validation Recall@K before stopping
+    max_val_users: int = Field(2000, gt=0)
+    seed: int = 42
+    workdir: str = "work/train"  # petastorm cache + checkpoints; shared storage on clusters
+    mlflow_uri: str = "mlruns"  # a local file store by default; a tracking server URL on clusters
+    experiment: str = "sparkrec"
+    progress: bool = True
+
+
 class LoggingConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -246,6 +287,8 @@ class Config(StrictModel):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property

@@ -47,8 +47,8 @@ def run_features(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]
         ("item_index", items.select("item_id").unionByName(interactions.select("item_id")), "item_id", "item_idx"),
     ):
         result = extend_index(lake, table, ids, id_col, idx_col)
-        summary[table] = {"new": result.inserted, "kept": result.unchanged}
-        log_fields(log, "index extended", table=table, new=result.inserted, kept=result.unchanged)
+        summary[table] = {"new_ids": result.inserted}
+        log_fields(log, "index extended", table=table, new_ids=result.inserted)
     user_index, item_index = lake.read("user_index"), lake.read("item_index")
 
     events = build_events(interactions, user_index, item_index, fc.weights, src).persist(StorageLevel.MEMORY_AND_DISK)

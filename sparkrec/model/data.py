@@ -1,0 +1,173 @@
+"""Training data for the two-tower model, built in Spark from the feature tables.
+
+Examples are (user, the user's previous N positive items and their time gaps, target item,
+weight), one per positive training event. The history comes from a sliding window frame
+over the user's events, so no row ever carries a user's whole sequence.
+
+Gaps are measured to the user's latest history event, not to the target: at serving time
+the next event's time is unknown, and training must see what serving sees.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+SECONDS_PER_DAY = 86_400.0
+GENRE_SLOTS = 4
+
+
+def _history_columns(h: Column, n: int, gap_scale: float) -> dict[str, Column]:
+    """From an array of struct(seq, item_idx) (oldest first, at most n) to left-padded
+    model inputs: item ids + 1 (0 = padding) and log-scaled gaps to the latest event."""
+    last = F.element_at(h, -1)["seq"]
+    items = F.transform(h, lambda x: (x["item_idx"] + 1).cast("int"))
+    gaps = F.transform(h, lambda x: F.log1p(F.greatest(last - x["seq"], F.lit(0)) / F.lit(gap_scale)).cast("float"))
+    pad = F.lit(n) - F.size(h)
+    return {"hist": F.concat(F.array_repeat(F.lit(0), pad), items),
+            "gaps": F.concat(F.array_repeat(F.lit(0.0).cast("float"), pad), gaps)}
+
+
+def gap_scale_for(events: DataFrame) -> float:
+    """Days when the source has timestamps; otherwise seq is a position and a step is 1."""
+    has_time = events.filter(F.col("event_time").isNotNull()).limit(1).count() > 0
+    return SECONDS_PER_DAY if has_time else 1.0
+
+
+def training_examples(positives: DataFrame, n: int, gap_scale: float) -> DataFrame:
+    """One row per positive event: the n events before it (by seq) are its history."""
+    order = Window.partitionBy("user_idx").orderBy("seq", "item_idx")
+    h = F.collect_list(F.struct("seq", "item_idx")).over(order.rowsBetween(-n, -1))
+    cols = _history_columns(F.col("h"), n, gap_scale)
+    return (positives.withColumn("h", h)
+            .select((F.col("user_idx") + 1).cast("int").alias("user"), cols["hist"].alias("hist"),
+                    cols["gaps"].alias("gaps"), (F.col("item_idx") + 1).cast("int").alias("target"),
+                    F.col("weight").cast("float").alias("weight")))
+
+
+def user_states(positives: DataFrame, n: int, gap_scale: float) -> DataFrame:
+    """Each user's current model input: their last n positive events."""
+    agg = positives.groupBy("user_idx").agg(F.sort_array(F.collect_list(F.struct("seq", "item_idx"))).alias("h"))
+    agg = agg.withColumn("h", F.slice("h", F.greatest(F.size("h") - n + 1, F.lit(1)), F.lit(n)))
+    cols = _history_columns(F.col("h"), n, gap_scale)
+    return agg.select("user_idx", cols["hist"].alias("hist"), cols["gaps"].alias("gaps"))
+
+
+# --------------------------------------------------------------------------- catalogue
+@dataclass
+class Catalog:
+    """Per-item model inputs, row i+1 for item_idx i (row 0 is padding)."""
+
+    n_items: int
+    n_users: int
+    has_id: np.ndarray
+    log_q: np.ndarray
+    text: np.ndarray | None = None
+    cats: np.ndarray | None = None
+    genres: np.ndarray | None = None
+    vocabs: dict[str, list[str]] = field(default_factory=dict)  # code 2.. -> value (0 pad, 1 other)
+    cat_fields: list[str] = field(default_factory=list)
+
+    @property
+    def cat_vocab_sizes(self) -> list[int]:
+        return [len(self.vocabs[f]) + 2 for f in self.cat_fields]
+
+    @property
+    def genre_vocab(self) -> int:
+        return len(self.vocabs["genre"]) + 2 if self.genres is not None else 0
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.numpy import save_file
+
+        tensors = {"has_id": self.has_id.astype(np.uint8), "log_q": self.log_q.astype(np.float32)}
+        for name in ("text", "cats", "genres"):
+            value = getattr(self, name)
+            if value is not None:
+                tensors[name] = value
+        meta = {"n_items": str(self.n_items), "n_users": str(self.n_users),
+                "vocabs": json.dumps(self.vocabs), "cat_fields": json.dumps(self.cat_fields)}
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Catalog:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata()
+            t = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+        return cls(int(meta["n_items"]), int(meta["n_users"]), t["has_id"].astype(bool), t["log_q"],
+                   t.get("text"), t.get("cats"), t.get("genres"), json.loads(meta["vocabs"]),
+                   json.loads(meta["cat_fields"]))
+
+
+def _vocab(values: DataFrame, limit: int) -> list[str]:
+    """Most frequent values first; bounded by ``limit``, so it is small by construction."""
+    counts = values.where(F.col("v").isNotNull() & (F.col("v") != "")).groupBy("v").count()
+    return [r["v"] for r in counts.orderBy(F.desc("count"), "v").limit(limit).collect()]
+
+
+def _codes(col: Column, vocab: list[str]) -> Column:
+    mapping = F.create_map(*[x for i, v in enumerate(vocab) for x in (F.lit(v), F.lit(i + 2))]) if vocab else None
+    if mapping is None:
+        return F.when(col.isNull(), F.lit(0)).otherwise(F.lit(1))
+    return F.when(col.isNull() | (col == ""), F.lit(0)).otherwise(F.coalesce(mapping[col], F.lit(1)))
+
+
+def build_catalog(item_features: DataFrame, train_positives: DataFrame, n_users: int,
+                  text: DataFrame | None, cat_vocab: int, use_categories: bool) -> Catalog:
+    """Collects one row per item to the driver: the catalogue is what every trainer and
+    scorer needs in memory anyway (bounded by the catalogue size, not by the events)."""
+    n_items = int(item_features.agg(F.max("item_idx")).collect()[0][0]) + 1
+    singles = {"author": F.element_at("authors", 1), "publisher": F.col("publisher"),
+               "year": (F.floor(F.col("year") / 5) * 5).cast("string")}
+    feats = item_features.select("item_idx", *[c.alias(n) for n, c in singles.items()], "genres")
+    vocabs: dict[str, list[str]] = {}
+    cat_fields: list[str] = []
+    has_genres = False
+    if use_categories:
+        for name in singles:
+            vocab = _vocab(feats.select(F.col(name).alias("v")), cat_vocab)
+            if vocab:
+                vocabs[name] = vocab
+                cat_fields.append(name)
+        genre_vocab = _vocab(feats.select(F.explode_outer("genres").alias("v")), cat_vocab)
+        if genre_vocab:
+            vocabs["genre"], has_genres = genre_vocab, True
+    freq = train_positives.groupBy("item_idx").agg(F.count(F.lit(1)).alias("freq"))
+    cols = [F.col("item_idx"), F.coalesce("freq", F.lit(0)).alias("freq")]
+    cols += [F.array(*[_codes(F.col(f), vocabs[f]) for f in cat_fields]).alias("cats")] if cat_fields else []
+    if has_genres:
+        genre_map = F.create_map(*[x for i, v in enumerate(vocabs["genre"]) for x in (F.lit(v), F.lit(i + 2))])
+        codes = F.transform(F.slice(F.coalesce("genres", F.array().cast("array<string>")), 1, GENRE_SLOTS),
+                            lambda g: F.coalesce(genre_map[g], F.lit(1)))
+        cols.append(F.concat(codes, F.array_repeat(F.lit(0), F.lit(GENRE_SLOTS) - F.size(codes))).alias("genres"))
+    rows = feats.join(freq, "item_idx", "left")
+    if text is not None:
+        rows = rows.join(text.select("item_idx", F.col("vector").alias("text")), "item_idx", "left")
+        cols.append(F.col("text"))
+    pdf = rows.select(*cols).toPandas()
+    idx = pdf["item_idx"].to_numpy() + 1
+    has_id = np.zeros(n_items + 1, dtype=bool)
+    has_id[idx] = pdf["freq"].to_numpy() > 0
+    freq_arr = np.zeros(n_items + 1, dtype=np.float64)
+    freq_arr[idx] = pdf["freq"].to_numpy()
+    log_q = np.log(np.maximum(freq_arr, 1.0) / max(freq_arr.sum(), 1.0)).astype(np.float32)
+    catalog = Catalog(n_items, n_users, has_id, log_q, vocabs=vocabs, cat_fields=cat_fields)
+    if cat_fields:
+        catalog.cats = np.zeros((n_items + 1, len(cat_fields)), dtype=np.int64)
+        catalog.cats[idx] = np.stack(pdf["cats"].to_numpy())
+    if has_genres:
+        catalog.genres = np.zeros((n_items + 1, GENRE_SLOTS), dtype=np.int64)
+        catalog.genres[idx] = np.stack(pdf["genres"].to_numpy())
+    if text is not None:
+        present = pdf["text"].notna().to_numpy()
+        if present.any():
+            dim = len(pdf["text"][present].iloc[0])
+            catalog.text = np.zeros((n_items + 1, dim), dtype=np.float16)
+            catalog.text[idx[present]] = np.stack(pdf["text"][present].to_numpy()).astype(np.float16)
+    return catalog

@@ -1,0 +1,183 @@
+"""The train stage: feature tables -> examples (Spark) -> distributed training -> MLflow.
+
+The driver prepares everything workers need as files under the run's work directory
+(catalogue, validation set) plus a Petastorm converter over the examples; workers read
+their shard with ``make_torch_dataloader``. The best weights come back to the driver, which
+logs config, per-epoch metrics, weights (safetensors), catalogue and item vectors to MLflow
+and writes the item vectors to the ``item_vectors`` Delta table.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from ..config import Config, config_to_dict
+from ..lake import Lake
+from ..logs import get_logger, log_fields
+from .data import build_catalog, gap_scale_for, training_examples, user_states
+from .distributed import run_distributed
+from .registry import ITEM_VECTORS, mlflow_setup, save_model_dir
+from .towers import ModelSpec
+from .worker import ValSet, worker_main
+
+log = get_logger("train")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def mlflow_name(metric: str) -> str:
+    """MLflow metric names allow no '@': recall@20 -> recall_at_20."""
+    return metric.replace("@", "_at_")
+
+
+def split_validation(train_pos: DataFrame, max_users: int, seed: int) -> tuple[DataFrame, DataFrame]:
+    """Holds out each sampled user's last training positive as the validation target."""
+    w = Window.partitionBy("user_idx")
+    ranked = train_pos.withColumns({
+        "_r": F.row_number().over(w.orderBy(F.desc("seq"), F.desc("item_idx"))),
+        "_n": F.count(F.lit(1)).over(w)})
+    eligible = ranked.filter((F.col("_n") >= 2) & (F.col("_r") == 1)).select("user_idx")
+    chosen = (eligible.withColumn("_h", F.xxhash64(F.lit(seed), "user_idx")).orderBy("_h").limit(max_users)
+              .select("user_idx").withColumn("_val", F.lit(True)))
+    marked = ranked.join(chosen, "user_idx", "left")
+    is_val = F.coalesce(F.col("_val"), F.lit(False)) & (F.col("_r") == 1)
+    cols = train_pos.columns
+    return marked.filter(~is_val).select(*cols), marked.filter(is_val).select(*cols)
+
+
+def collect_eval_set(states: DataFrame, targets: DataFrame, seen: DataFrame) -> ValSet:
+    """Users with their state, one target each, and their seen items; small by design."""
+    seen_lists = seen.groupBy("user_idx").agg(F.collect_set(F.col("item_idx") + 1).alias("seen"))
+    rows = (targets.select("user_idx", (F.col("item_idx") + 1).alias("target"))
+            .join(states, "user_idx").join(seen_lists, "user_idx", "left").orderBy("user_idx").toPandas())
+    seen_arrays = [np.asarray(s if s is not None else [], dtype=np.int64) for s in rows["seen"]]
+    seen_arrays = [s[s != t] for s, t in zip(seen_arrays, rows["target"], strict=True)]
+    indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen_arrays])]).astype(np.int64)
+    items = np.concatenate(seen_arrays) if seen_arrays else np.zeros(0, np.int64)
+    return ValSet(users=(rows["user_idx"].to_numpy() + 1).astype(np.int64),
+                  hist=np.stack(rows["hist"].to_numpy()).astype(np.int64) if len(rows) else np.zeros((0, 1), np.int64),
+                  gaps=np.stack(rows["gaps"].to_numpy()).astype(np.float32) if len(rows) else np.zeros((0, 1), np.float32),
+                  target=rows["target"].to_numpy().astype(np.int64), seen_indptr=indptr, seen_items=items)
+
+
+def model_spec(cfg: Config, n_items: int, n_users: int, text_in: int, cat_sizes: list[int],
+               genre_vocab: int) -> ModelSpec:
+    m = cfg.model
+    return ModelSpec(n_items=n_items, n_users=n_users, dim=m.dim, id_dim=m.id_dim, text_in=text_in,
+                     text_dim=m.text_dim, cat_vocab_sizes=cat_sizes, genre_vocab=genre_vocab, cat_dim=m.cat_dim,
+                     hidden=m.hidden, history=m.history, id_dropout=m.id_dropout, dropout=m.dropout,
+                     user_id=m.user_id, temperature=cfg.train.temperature)
+
+
+def prepare(cfg: Config, spark: SparkSession, lake: Lake, workdir: Path) -> dict[str, Any]:
+    """Everything a training run needs, computed in Spark; returns the worker params."""
+    tc, n = cfg.train, cfg.model.history
+    split = lake.read(f"split_{tc.split}")
+    train_pos = split.filter((F.col("part") == "train") & F.col("is_positive"))
+    fit, val_targets = split_validation(train_pos, tc.max_val_users, tc.seed)
+    fit = fit.persist()
+    gap_scale = gap_scale_for(split)
+    n_users = int(lake.read("user_index").agg(F.max("user_idx")).collect()[0][0]) + 1
+    text = None
+    if cfg.model.use_text and lake.exists("item_embeddings"):
+        text = lake.read("item_embeddings").select("item_idx", "vector")
+    elif cfg.model.use_text:
+        log_fields(log, "no item_embeddings table: training without text (run `sparkrec embed` first)")
+    catalog = build_catalog(lake.read("item_features"), fit, n_users, text, cfg.model.cat_vocab,
+                            cfg.model.use_categories)
+    workdir.mkdir(parents=True, exist_ok=True)
+    catalog.save(workdir / "catalog.safetensors")
+    val = collect_eval_set(user_states(fit, n, gap_scale), val_targets, fit)
+    val.save(workdir / "val.safetensors")
+    examples = training_examples(fit, n, gap_scale)
+    spec = model_spec(cfg, catalog.n_items, n_users, 0 if catalog.text is None else catalog.text.shape[1],
+                      catalog.cat_vocab_sizes, catalog.genre_vocab)
+    return {"examples": examples, "catalog": catalog, "spec": spec, "gap_scale": gap_scale, "fit": fit,
+            "params": {"train": tc.model_dump(mode="json"), "spec": spec.to_dict(), "workdir": str(workdir),
+                       "catalog_path": str(workdir / "catalog.safetensors"),
+                       "val_path": str(workdir / "val.safetensors")}}
+
+
+def quiet_petastorm() -> None:
+    """petastorm 0.12 drives pyarrow 14's legacy dataset API, which warns on every call."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\..*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyarrow\..*")
+
+
+def petastorm_converter(spark: SparkSession, examples: DataFrame, workdir: Path, partitions: int) -> Any:
+    from petastorm.spark import SparkDatasetConverter, make_spark_converter
+
+    cache = (workdir / "petastorm").resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache.as_uri())
+    # A few large files: petastorm reads row groups, and many small files starve the loader.
+    return make_spark_converter(examples.repartition(partitions))
+
+
+def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
+    import mlflow
+
+    tc = cfg.train
+    run_key = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    workdir = Path(tc.workdir) / cfg.namespace / run_key
+    prep = prepare(cfg, spark, lake, workdir)
+    started = time.perf_counter()
+    quiet_petastorm()
+    converter = petastorm_converter(spark, prep["examples"], workdir, max(2, tc.num_workers * 2))
+    params = {**prep["params"], "converter": converter, "n_examples": len(converter)}
+    try:
+        result = run_distributed(tc.backend, tc.num_workers, worker_main, params, tc.use_gpu, tc.local_mode)
+    finally:
+        converter.delete()
+        prep["fit"].unpersist()
+    seconds = time.perf_counter() - started
+
+    mlflow_setup(tc.mlflow_uri, tc.experiment)
+    with mlflow.start_run(tags={"dataset": cfg.data.dataset, "backend": tc.backend}) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(config_to_dict(cfg)).items()
+                           if k.split(".")[0] in ("model", "train", "features", "data")})
+        for row in result["history"]:
+            mlflow.log_metrics({mlflow_name(k): v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        mlflow.log_metrics({"best_val_recall": result["best"], "train_seconds": seconds,
+                            "n_examples": params["n_examples"]})
+        meta = {"run_id": run.info.run_id, "dataset": cfg.data.dataset, "split": tc.split,
+                "backend": tc.backend, "workers": result["world"], "gap_scale": prep["gap_scale"],
+                "history": cfg.model.history}
+        model_dir = save_model_dir(workdir / "model", prep["spec"], result["state"], prep["catalog"], meta)
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        run_id = run.info.run_id
+    _write_item_vectors(spark, lake, model_dir / ITEM_VECTORS, run_id)
+    summary = {"run_id": run_id, "best_val_recall": result["best"], "epochs": len(result["history"]),
+               "examples": params["n_examples"], "seconds": round(seconds, 1), "backend": tc.backend,
+               "workers": result["world"]}
+    log_fields(log, "model trained", **summary)
+    print(f"trained model: MLflow run {run_id} (val recall@{tc.recall_k} = {result['best']:.4f})")
+    return summary
+
+
+def _write_item_vectors(spark: SparkSession, lake: Lake, path: Path, run_id: str) -> None:
+    import pandas as pd
+    from safetensors.numpy import load_file
+
+    vectors = load_file(str(path))["vectors"][1:]
+    pdf = pd.DataFrame({"item_idx": np.arange(len(vectors), dtype=np.int32), "vector": list(vectors),
+                        "model_version": run_id})
+    lake.overwrite("item_vectors", spark.createDataFrame(pdf, "item_idx int, vector array<float>, model_version string"))

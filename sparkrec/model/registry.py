@@ -1,0 +1,101 @@
+"""Saving and loading trained models: safetensors weights + JSON spec + catalogue, in MLflow.
+
+Nothing here unpickles: weights load with safetensors, the spec is JSON, the catalogue is a
+safetensors file with JSON metadata. A model is addressed by its MLflow run id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import Catalog
+from .towers import ModelSpec, TwoTower
+from .worker import build_model
+
+WEIGHTS, SPEC, CATALOG, ITEM_VECTORS = "weights.safetensors", "spec.json", "catalog.safetensors", "item_vectors.safetensors"
+
+
+@dataclass
+class LoadedModel:
+    model: TwoTower
+    catalog: Catalog
+    spec: ModelSpec
+    meta: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("run_id", "local"))
+
+
+def save_model_dir(path: Path, spec: ModelSpec, weights: bytes, catalog: Catalog, meta: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / WEIGHTS).write_bytes(weights)
+    (path / SPEC).write_text(json.dumps({"spec": spec.to_dict(), "meta": meta}, indent=2, default=str))
+    catalog.save(path / CATALOG)
+    loaded = load_model_dir(path)
+    from .worker import all_item_vectors
+
+    save_file({"vectors": all_item_vectors(loaded.model).contiguous()}, str(path / ITEM_VECTORS))
+    return path
+
+
+def load_model_dir(path: str | Path, device: str = "cpu") -> LoadedModel:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    doc = json.loads((path / SPEC).read_text())
+    spec = ModelSpec(**doc["spec"])
+    catalog = Catalog.load(path / CATALOG)
+    model = build_model(spec, catalog, torch.device(device))
+    missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS), device=device), strict=True)
+    assert not missing and not unexpected
+    model.eval()
+    return LoadedModel(model, catalog, spec, doc.get("meta", {}))
+
+
+def mlflow_setup(uri: str, experiment: str) -> None:
+    """A plain directory means a local, serverless store: SQLite for runs and metrics (MLflow 3
+    retired its file store) and a folder beside it for artifacts. URIs are used as given."""
+    import mlflow
+
+    artifacts = None
+    if "://" not in uri and not uri.startswith("databricks"):
+        root = Path(uri).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        uri, artifacts = f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+    mlflow.set_tracking_uri(uri)
+    if artifacts and mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=f"{artifacts}/{experiment}")
+    mlflow.set_experiment(experiment)
+
+
+def load_model(run_id: str, mlflow_uri: str = "mlruns", device: str = "cpu") -> LoadedModel:
+    """Downloads the run's ``model/`` artifacts and loads them (no pickle involved)."""
+    import mlflow
+
+    mlflow_setup(mlflow_uri, os.environ.get("SPARKREC_EXPERIMENT", "sparkrec"))
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model")
+    loaded = load_model_dir(local, device)
+    loaded.meta.setdefault("run_id", run_id)
+    return loaded
+
+
+def latest_run_id(mlflow_uri: str, experiment: str, dataset: str | None = None) -> str:
+    import mlflow
+
+    mlflow_setup(mlflow_uri, experiment)
+    filt = "attributes.status = 'FINISHED'" + (f" and tags.dataset = '{dataset}'" if dataset else "")
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=filt,
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if runs.empty:
+        raise LookupError(f"no finished training run in MLflow experiment {experiment!r} at {mlflow_uri}"
+                          + (f" for dataset {dataset!r}" if dataset else "") + ": run `sparkrec train` first")
+    return str(runs.iloc[0]["run_id"])
