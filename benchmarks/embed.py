@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -66,25 +67,33 @@ def rated_books(spark: SparkSession, root: Path, limit: int | None) -> DataFrame
 
 
 def throughput(spark: SparkSession, encoder: TransformersEncoder, texts: list[str],
-               partitions: int) -> dict[str, float]:
-    """texts/s in one plain process vs through Spark, model loading excluded from both."""
-    encoder.encode(texts[: encoder.settings.batch_size])  # load the model in this process
-    start = time.perf_counter()
-    encoder.encode(texts)
-    plain = len(texts) / (time.perf_counter() - start)
+               partitions: int, repeats: int) -> dict[str, Any]:
+    """texts/s in one plain process vs through Spark, model loading excluded from both.
 
+    The two are measured alternately ``repeats`` times and the medians reported, so that load
+    from other processes on a shared machine hits both sides alike.
+    """
+    encoder.encode(texts[: encoder.settings.batch_size])  # load the model in this process
     udf = encoder.udf()  # one udf object: the warm-up's model stays cached in every worker
     df = spark.createDataFrame([(t,) for t in texts], "text string").repartition(partitions) \
         .sortWithinPartitions(F.length("text")).cache()
     df.count()
     warm = df.limit(partitions * encoder.settings.batch_size).repartition(partitions)
     warm.select(udf("text")).write.format("noop").mode("overwrite").save()
-    start = time.perf_counter()
-    df.select(udf("text").alias("v")).write.format("noop").mode("overwrite").save()
-    in_spark = len(texts) / (time.perf_counter() - start)
+    plain, in_spark = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encoder.encode(texts)
+        plain.append(len(texts) / (time.perf_counter() - start))
+        start = time.perf_counter()
+        df.select(udf("text").alias("v")).write.format("noop").mode("overwrite").save()
+        in_spark.append(len(texts) / (time.perf_counter() - start))
     df.unpersist()
-    return {"plain_texts_per_s": round(plain, 1), "spark_texts_per_s": round(in_spark, 1),
-            "spark_vs_plain": round(in_spark / plain, 3)}
+    ratios = [s / p for s, p in zip(in_spark, plain, strict=True)]
+    return {"plain_texts_per_s": round(statistics.median(plain), 1),
+            "spark_texts_per_s": round(statistics.median(in_spark), 1),
+            "spark_vs_plain": round(statistics.median(ratios), 3),
+            "rounds_plain": [round(x, 1) for x in plain], "rounds_spark": [round(x, 1) for x in in_spark]}
 
 
 def gpu_throughput(texts: list[str], batch_size: int) -> dict[str, Any]:
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--limit", type=int, default=None, help="books to embed (default: all rated)")
     parser.add_argument("--throughput-texts", type=int, default=4000,
                         help="texts for the Spark-vs-plain comparison")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating plain/Spark rounds")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--partitions", type=int, default=None, help="default: 2 x default parallelism")
     parser.add_argument("--master", default="local[*]")
@@ -121,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = Config(embed=ecfg)
     partitions = args.partitions or 2 * spark.sparkContext.defaultParallelism
     report: dict[str, Any] = {"cores": os.cpu_count(), "master": spark.sparkContext.master,
-                              "partitions": partitions, "batch_size": args.batch_size}
+                              "partitions": partitions, "batch_size": args.batch_size,
+                              "load_avg_start": round(os.getloadavg()[0], 2)}
 
     with tempfile.TemporaryDirectory(prefix="sparkrec-embed-bench-") as tmp:
         lake = DeltaRsLake(spark, args.lake or tmp, "bench", context=RunContext(stage="bench-embed"))
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoder = make_encoder(ecfg, spark)
         assert isinstance(encoder, TransformersEncoder)
         report["throughput_texts"] = len(texts)
-        report.update(throughput(spark, encoder, texts, partitions))
+        report.update(throughput(spark, encoder, texts, partitions, args.repeats))
 
         if not args.skip_full:
             first = run_embed(cfg, spark, lake)
@@ -148,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "second_embedded": second["embedded"], "second_seconds": second["seconds"],
                 "second_vs_first": round(second["seconds"] / first["seconds"], 4)})
         report.update(gpu_throughput(texts, args.batch_size))
+    report["load_avg_end"] = round(os.getloadavg()[0], 2)  # other processes skew every figure
 
     width = max(len(k) for k in report)
     for key, value in report.items():

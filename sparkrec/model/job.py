@@ -70,10 +70,12 @@ def collect_eval_set(states: DataFrame, targets: DataFrame, seen: DataFrame) -> 
     seen_arrays = [s[s != t] for s, t in zip(seen_arrays, rows["target"], strict=True)]
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen_arrays])]).astype(np.int64)
     items = np.concatenate(seen_arrays) if seen_arrays else np.zeros(0, np.int64)
-    return ValSet(users=(rows["user_idx"].to_numpy() + 1).astype(np.int64),
-                  hist=np.stack(rows["hist"].to_numpy()).astype(np.int64) if len(rows) else np.zeros((0, 1), np.int64),
-                  gaps=np.stack(rows["gaps"].to_numpy()).astype(np.float32) if len(rows) else np.zeros((0, 1), np.float32),
-                  target=rows["target"].to_numpy().astype(np.int64), seen_indptr=indptr, seen_items=items)
+    def stacked(col: str, dtype: type) -> np.ndarray:
+        return np.stack(rows[col].to_numpy()).astype(dtype) if len(rows) else np.zeros((0, 1), dtype)
+
+    return ValSet(users=(rows["user_idx"].to_numpy() + 1).astype(np.int64), hist=stacked("hist", np.int64),
+                  gaps=stacked("gaps", np.float32), target=rows["target"].to_numpy().astype(np.int64),
+                  seen_indptr=indptr, seen_items=items)
 
 
 def model_spec(cfg: Config, n_items: int, n_users: int, text_in: int, cat_sizes: list[int],
@@ -180,4 +182,5 @@ def _write_item_vectors(spark: SparkSession, lake: Lake, path: Path, run_id: str
     vectors = load_file(str(path))["vectors"][1:]
     pdf = pd.DataFrame({"item_idx": np.arange(len(vectors), dtype=np.int32), "vector": list(vectors),
                         "model_version": run_id})
-    lake.overwrite("item_vectors", spark.createDataFrame(pdf, "item_idx int, vector array<float>, model_version string"))
+    schema = "item_idx int, vector array<float>, model_version string"
+    lake.overwrite("item_vectors", spark.createDataFrame(pdf, schema))

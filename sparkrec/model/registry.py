@@ -18,7 +18,8 @@ from .data import Catalog
 from .towers import ModelSpec, TwoTower
 from .worker import build_model
 
-WEIGHTS, SPEC, CATALOG, ITEM_VECTORS = "weights.safetensors", "spec.json", "catalog.safetensors", "item_vectors.safetensors"
+WEIGHTS, SPEC = "weights.safetensors", "spec.json"
+CATALOG, ITEM_VECTORS = "catalog.safetensors", "item_vectors.safetensors"
 
 
 @dataclass

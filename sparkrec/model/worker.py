@@ -89,15 +89,15 @@ def ranking_at_k(model: TwoTower, val: ValSet, k: int, chunk: int = 256) -> dict
     n = len(val.users)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
-        t = lambda a: torch.from_numpy(a[s:e]).to(device)  # noqa: E731
-        u = model.user_vectors(t(val.users).long(), t(val.hist).long(), t(val.gaps).float())
+        part = {k: torch.from_numpy(getattr(val, k)[s:e]).to(device) for k in ("users", "hist", "gaps", "target")}
+        u = model.user_vectors(part["users"].long(), part["hist"].long(), part["gaps"].float())
         scores = u @ items.T
         scores[:, 0] = -torch.inf
         lo, hi = val.seen_indptr[s], val.seen_indptr[e]
-        rows = np.repeat(np.arange(e - s), np.diff(val.seen_indptr[s:e + 1]))
-        scores[torch.from_numpy(rows).to(device), torch.from_numpy(val.seen_items[lo:hi]).long().to(device)] = -torch.inf
+        rows = torch.from_numpy(np.repeat(np.arange(e - s), np.diff(val.seen_indptr[s:e + 1]))).to(device)
+        scores[rows, torch.from_numpy(val.seen_items[lo:hi]).long().to(device)] = -torch.inf
         top = scores.topk(k, dim=1).indices
-        match = top == t(val.target).long().unsqueeze(1)
+        match = top == part["target"].long().unsqueeze(1)
         found = match.any(dim=1)
         hits += float(found.sum())
         rank = match.float().argmax(dim=1)

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import EmbedConfig
@@ -59,7 +59,7 @@ def missing_reason(spark: SparkSession) -> str | None:
     return "embed.encoder=sparknlp cannot run: " + "; ".join(problems)
 
 
-def _normalized(vec: F.Column) -> F.Column:
+def _normalized(vec: Column) -> Column:
     norm = F.sqrt(F.aggregate(vec, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x))
     return F.transform(vec, lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
 
@@ -114,8 +114,11 @@ class SparkNLPEncoder(TextEncoder):
                 stage = cls.loadSavedModel(self.model, self.spark)
             else:
                 stage = cls.pretrained(self.model)
-            self._stage = stage.setInputCols(["__sparknlp_doc"]).setOutputCol("__sparknlp_emb") \
-                .setBatchSize(self.batch_size).setMaxSentenceLength(self.max_length)
+            stage = stage.setInputCols(["__sparknlp_doc"]).setOutputCol("__sparknlp_emb") \
+                .setBatchSize(self.batch_size)
+            if hasattr(stage, "setMaxSentenceLength"):  # not every embedding annotator truncates
+                stage = stage.setMaxSentenceLength(self.max_length)
+            self._stage = stage
         return self._stage
 
     def embed_column(self, df: DataFrame, text_col: str, out_col: str) -> DataFrame:
