@@ -3,6 +3,6 @@
 # (slow end-to-end tests included; pass -m "not slow" to skip them locally).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup_env.sh ml,dev
+source scripts/setup_env.sh ml,dev,horovod
 ruff check sparkrec tests jobs benchmarks scripts
 python -m pytest -q --durations=15 "$@"

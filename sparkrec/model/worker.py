@@ -178,7 +178,7 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
                 batch = _to_device(next(batches), device)
                 with autocast:
                     loss = fwd(batch, tc.logq_correction, tc.extra_negatives)
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()  # Horovod's optimizer takes no set_to_none
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(batch["target"])
