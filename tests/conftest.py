@@ -42,3 +42,21 @@ def datasets() -> Path:
     if not (DATASETS / "ml-latest-small" / "ratings.csv").is_file():
         pytest.skip(f"shared datasets not found at {DATASETS}")
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def sample_lake(spark, tmp_path_factory):
+    """The bundled sample, ingested and featurised once for every test module that needs it."""
+    from sparkrec.config import load_config
+    from sparkrec.features.job import run_features
+    from sparkrec.ingest.job import run_ingest
+    from sparkrec.lake import DeltaRsLake, RunContext
+
+    root = tmp_path_factory.mktemp("sample-lake")
+    cfg = load_config(None, [f"lake.root={root}", "features.history_length=20",
+                             f"train.workdir={root / 'work'}", f"train.mlflow_uri={root / 'mlruns'}",
+                             "train.progress=false"])
+    lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="fixture"))
+    run_ingest(cfg, spark, lake)
+    run_features(cfg, spark, lake)
+    return cfg, lake

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,30 +79,54 @@ def all_item_vectors(model: TwoTower, chunk: int = 16384) -> torch.Tensor:
     return out
 
 
+ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
-def ranking_at_k(model: TwoTower, val: ValSet, k: int, chunk: int = 256) -> dict[str, float]:
-    """Recall@K and NDCG@K of the held-out item among all items, seen items excluded."""
-    model.eval()
-    device = model.log_q.device
-    items = all_item_vectors(model)
-    hits, ndcg = 0.0, 0.0
+def ranking_metrics(score: ScoreFn, val: ValSet, ks: Sequence[int], device: torch.device,
+                    chunk: int = 256) -> dict[str, float]:
+    """Recall@K and NDCG@K of each user's held-out item among all items, seen items excluded.
+
+    ``score(users, hist, gaps)`` returns (B, n_items + 1) scores; column 0 is padding."""
+    kmax = max(ks)
+    hits = dict.fromkeys(ks, 0.0)
+    gains = dict.fromkeys(ks, 0.0)
     n = len(val.users)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         part = {k: torch.from_numpy(getattr(val, k)[s:e]).to(device) for k in ("users", "hist", "gaps", "target")}
-        u = model.user_vectors(part["users"].long(), part["hist"].long(), part["gaps"].float())
-        scores = u @ items.T
+        scores = score(part["users"].long(), part["hist"].long(), part["gaps"].float()).clone()
         scores[:, 0] = -torch.inf
         lo, hi = val.seen_indptr[s], val.seen_indptr[e]
         rows = torch.from_numpy(np.repeat(np.arange(e - s), np.diff(val.seen_indptr[s:e + 1]))).to(device)
         scores[rows, torch.from_numpy(val.seen_items[lo:hi]).long().to(device)] = -torch.inf
-        top = scores.topk(k, dim=1).indices
-        match = top == part["target"].long().unsqueeze(1)
-        found = match.any(dim=1)
-        hits += float(found.sum())
+        match = scores.topk(kmax, dim=1).indices == part["target"].long().unsqueeze(1)
         rank = match.float().argmax(dim=1)
-        ndcg += float((found.float() / torch.log2(rank.float() + 2)).sum())
-    return {f"recall@{k}": hits / max(n, 1), f"ndcg@{k}": ndcg / max(n, 1)}
+        found = match.any(dim=1)
+        for k in ks:
+            within = found & (rank < k)
+            hits[k] += float(within.sum())
+            gains[k] += float((within.float() / torch.log2(rank.float() + 2)).sum())
+    out = {}
+    for k in ks:
+        out[f"recall@{k}"] = hits[k] / max(n, 1)
+        out[f"ndcg@{k}"] = gains[k] / max(n, 1)
+    return out
+
+
+def model_scores(model: TwoTower) -> ScoreFn:
+    items = all_item_vectors(model)
+
+    def score(users: torch.Tensor, hist: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        return model.user_vectors(users, hist, gaps) @ items.T
+
+    return score
+
+
+@torch.no_grad()
+def ranking_at_k(model: TwoTower, val: ValSet, k: int) -> dict[str, float]:
+    model.eval()
+    return ranking_metrics(model_scores(model), val, [k], model.log_q.device)
 
 
 def _petastorm_batches(converter: Any, batch_size: int, dist: Dist, seed: int) -> tuple[Any, Iterator[dict]]:

@@ -1,0 +1,155 @@
+"""Training benchmark, all in one run on one machine:
+
+1. samples/s of the training loop fed by Petastorm vs the same loop fed from in-memory tensors;
+2. 1 vs 2 workers on CPU with each distributed backend (TorchDistributor, Horovod);
+3. quality on ml-latest-small, temporal leave-last-one: the trained hybrid model vs
+   most-popular, Recall@20 and NDCG@10 over all items with seen items excluded;
+4. GPU samples/s and epoch time when a CUDA device is present.
+
+    python benchmarks/train.py                      # ml-latest-small (../shared/datasets)
+    python benchmarks/train.py --epochs 12 --skip-scaling
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pyspark.sql import functions as F
+
+from sparkrec.config import Config, load_config
+from sparkrec.features.job import run_features
+from sparkrec.ingest.job import run_ingest
+from sparkrec.lake import DeltaRsLake, RunContext
+from sparkrec.logs import setup_logging
+from sparkrec.model.data import user_states
+from sparkrec.model.distributed import run_distributed
+from sparkrec.model.job import collect_eval_set, petastorm_converter, prepare, quiet_petastorm, run_train
+from sparkrec.model.registry import load_model
+from sparkrec.model.worker import model_scores, ranking_metrics, worker_main
+from sparkrec.session import get_spark
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _memory_file(examples: Any, path: Path) -> int:
+    from safetensors.numpy import save_file
+
+    pdf = examples.toPandas()
+    arrays = {"user": pdf["user"].to_numpy(np.int64), "hist": np.stack(pdf["hist"].to_numpy()).astype(np.int64),
+              "gaps": np.stack(pdf["gaps"].to_numpy()).astype(np.float32),
+              "target": pdf["target"].to_numpy(np.int64), "weight": pdf["weight"].to_numpy(np.float32)}
+    save_file(arrays, str(path))
+    return len(pdf)
+
+
+def _one_epoch(cfg: Config, params: dict[str, Any], backend: str, workers: int) -> dict[str, float]:
+    train = {**params["train"], "epochs": 1, "num_workers": workers, "backend": backend, "progress": False}
+    result = run_distributed(backend, workers, worker_main, {**params, "train": train})
+    return result["history"][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="movielens", choices=["movielens", "sample", "bookcrossing"])
+    parser.add_argument("--epochs", type=int, default=15, help="max epochs of the quality run (early stopping)")
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--no-text", action="store_true", help="train without item text embeddings")
+    args = parser.parse_args()
+    setup_logging("WARNING")
+    quiet_petastorm()
+    work = Path(tempfile.mkdtemp(prefix="sparkrec-train-bench-"))
+    cfg = load_config(REPO / "conf" / "local.yaml", [
+        f"lake.root={work / 'lake'}", f"data.dataset={args.dataset}", "logging.level=WARNING",
+        f"train.workdir={work / 'train'}", f"train.mlflow_uri={work / 'mlruns'}", "train.progress=false",
+        f"train.epochs={args.epochs}", "train.split=temporal_loo"])
+    spark = get_spark(cfg.spark)
+    lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))
+    t0 = time.perf_counter()
+    run_ingest(cfg, spark, lake)
+    run_features(cfg, spark, lake)
+    if not args.no_text:
+        from sparkrec.text import run_embed
+
+        run_embed(cfg, spark, lake)
+    else:
+        cfg.model.use_text = False
+    print(f"data ready (ingest + features{'' if args.no_text else ' + embed'}): {time.perf_counter() - t0:.0f} s")
+
+    prep = prepare(cfg, spark, lake, work / "prep")
+    params = prep["params"]
+    n_mem = _memory_file(prep["examples"], work / "examples.safetensors")
+    converter = petastorm_converter(spark, prep["examples"], work / "prep", 4)
+    feed = {**params, "converter": converter, "n_examples": len(converter)}
+    mem = {**params, "converter": None, "memory_path": str(work / "examples.safetensors"), "n_examples": n_mem}
+
+    print(f"\n== 1. data feed: one epoch, one worker, {len(converter):,} examples, batch {cfg.train.batch_size} ==")
+    fed = _one_epoch(cfg, feed, "local", 1)
+    inmem = _one_epoch(cfg, mem, "local", 1)
+    print(f"petastorm    {fed['samples_per_s']:>10,.0f} samples/s  ({fed['epoch_seconds']:.1f} s)")
+    print(f"in-memory    {inmem['samples_per_s']:>10,.0f} samples/s  ({inmem['epoch_seconds']:.1f} s)")
+    print(f"ratio petastorm / in-memory: {fed['samples_per_s'] / inmem['samples_per_s']:.2f} (goal >= 0.8)")
+
+    if not args.skip_scaling:
+        print("\n== 2. workers on CPU: one epoch each, Petastorm feed ==")
+        print(f"{'backend':<18}{'workers':>8}{'samples/s':>12}{'epoch s':>9}{'val recall@20':>15}")
+        backends = ["torchdistributor"]
+        try:
+            import horovod.torch  # noqa: F401
+
+            backends.append("horovod")
+        except ImportError:
+            print("(horovod not installed: scripts/build_horovod.sh)")
+        for backend in backends:
+            for workers in (1, 2):
+                row = _one_epoch(cfg, feed, backend, workers)
+                print(f"{backend:<18}{workers:>8}{row['samples_per_s']:>12,.0f}{row['epoch_seconds']:>9.1f}"
+                      f"{row['recall@20']:>15.4f}")
+    print("\n== 3. GPU ==")
+    if torch.cuda.is_available():
+        gpu = {**params["train"], "use_gpu": True, "epochs": 1, "progress": False}
+        row = run_distributed("local", 1, worker_main, {**feed, "train": gpu})["history"][0]
+        name = torch.cuda.get_device_name()
+        print(f"{name}: {row['samples_per_s']:,.0f} samples/s, epoch {row['epoch_seconds']:.1f} s")
+    else:
+        print("no CUDA device on this machine: GPU throughput not measured")
+    converter.delete()
+
+    print(f"\n== 4. quality: {args.dataset}, temporal leave-last-one, all items ranked, seen items excluded ==")
+    started = time.perf_counter()
+    run = run_train(cfg, spark, lake)
+    train_s = time.perf_counter() - started
+    split = lake.read("split_temporal_loo")
+    train_pos = split.filter((F.col("part") == "train") & F.col("is_positive"))
+    test = split.filter((F.col("part") == "test") & F.col("is_positive")).select("user_idx", "item_idx")
+    loaded = load_model(run["run_id"], cfg.train.mlflow_uri)
+    gap_scale = float(loaded.meta["gap_scale"])
+    test_set = collect_eval_set(user_states(train_pos, cfg.model.history, gap_scale), test, train_pos)
+    device = torch.device("cpu")
+    ks = [10, 20]
+    hybrid = ranking_metrics(model_scores(loaded.model), test_set, ks, device)
+    counts = np.zeros(loaded.spec.n_items + 1, dtype=np.float32)
+    pop = train_pos.groupBy("item_idx").count().toPandas()
+    counts[pop["item_idx"].to_numpy() + 1] = pop["count"].to_numpy()
+    pop_scores = torch.from_numpy(counts)
+    popular = ranking_metrics(lambda u, h, g: pop_scores.expand(len(u), -1), test_set, ks, device)
+    print(f"test users: {len(test_set.users):,}; hybrid trained {run['epochs']} epochs in {train_s:.0f} s "
+          f"(MLflow run {run['run_id']})")
+    print(f"{'model':<14}{'Recall@20':>11}{'NDCG@10':>10}{'Recall@10':>11}{'NDCG@20':>10}")
+    for name, m in (("most-popular", popular), ("hybrid", hybrid)):
+        print(f"{name:<14}{m['recall@20']:>11.4f}{m['ndcg@10']:>10.4f}{m['recall@10']:>11.4f}{m['ndcg@20']:>10.4f}")
+    print(f"hybrid / most-popular: Recall@20 x{hybrid['recall@20'] / max(popular['recall@20'], 1e-9):.2f}, "
+          f"NDCG@10 x{hybrid['ndcg@10'] / max(popular['ndcg@10'], 1e-9):.2f}")
+
+    spark.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The hybrid model: tower behaviour, Spark-built examples, and real distributed training runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparkrec.model.data import training_examples, user_states
+from sparkrec.model.towers import ModelSpec, TwoTower
+
+
+def _model(n_items=50, n_users=10, text_in=8, **kw) -> TwoTower:
+    torch.manual_seed(0)
+    spec = ModelSpec(n_items=n_items, n_users=n_users, dim=16, id_dim=16, text_in=text_in, text_dim=8,
+                     cat_vocab_sizes=[5], genre_vocab=6, cat_dim=4, hidden=32, history=6, **kw)
+    model = TwoTower(spec)
+    has_id = torch.ones(n_items + 1, dtype=torch.bool)
+    has_id[-5:] = False  # the last five items were never trained on: cold
+    model.items.set_catalog(has_id, torch.randn(n_items + 1, text_in), torch.randint(0, 5, (n_items + 1, 1)),
+                            torch.randint(0, 6, (n_items + 1, 4)))
+    return model
+
+
+def test_towers_output_unit_vectors():
+    model = _model().eval()
+    v = model.item_vectors(torch.arange(1, 51))
+    assert v.shape == (50, 16) and torch.allclose(v.norm(dim=1), torch.ones(50), atol=1e-5)
+    u = model.user_vectors(torch.tensor([1, 2]), torch.tensor([[0, 0, 0, 3, 4, 5], [0] * 6]), torch.zeros(2, 6))
+    assert u.shape == (2, 16) and torch.isfinite(u).all()  # an empty history still gives a vector
+
+
+def test_cold_items_are_served_from_text_alone():
+    model = _model().eval()
+    cold, warm = torch.tensor([48]), torch.tensor([3])
+    before_cold, before_warm = model.item_vectors(cold), model.item_vectors(warm)
+    with torch.no_grad():
+        model.items.id_emb.weight.add_(torch.randn_like(model.items.id_emb.weight))
+    assert torch.allclose(model.item_vectors(cold), before_cold)  # no id part for an untrained item
+    assert not torch.allclose(model.item_vectors(warm), before_warm)
+    with torch.no_grad():
+        model.items.text[48] += 1.0
+    assert not torch.allclose(model.item_vectors(cold), before_cold)  # its text drives it
+
+
+def test_user_vector_follows_new_events_without_retraining():
+    model = _model().eval()
+    users = torch.tensor([3])
+    before = model.user_vectors(users, torch.tensor([[0, 0, 0, 1, 2, 3]]), torch.tensor([[0, 0, 0, 2.0, 1.0, 0]]))
+    after = model.user_vectors(users, torch.tensor([[0, 0, 1, 2, 3, 40]]), torch.tensor([[0, 0, 3.0, 2.0, 1.0, 0]]))
+    assert not torch.allclose(before, after)
+
+
+def test_training_reduces_the_loss_on_a_learnable_task():
+    model = _model(n_items=30, text_in=0, id_dropout=0.0, dropout=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    hist = torch.randint(1, 31, (64, 6), generator=g)
+    batch = {"user": torch.randint(1, 11, (64,), generator=g), "hist": hist, "gaps": torch.rand(64, 6, generator=g),
+             "target": hist[:, -1] % 30 + 1, "weight": torch.ones(64)}  # next item = last item + 1
+    first = float(model(batch, True, 8))
+    for _ in range(60):
+        opt.zero_grad()
+        loss = model(batch, True, 8)
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first
+
+
+def test_logq_correction_penalises_popular_negatives():
+    model = _model(n_items=10, text_in=0).eval()
+    batch = {"user": torch.tensor([1, 2]), "hist": torch.ones(2, 6, dtype=torch.long), "gaps": torch.zeros(2, 6),
+             "target": torch.tensor([3, 4]), "weight": torch.ones(2)}
+    plain = float(model.loss(batch, logq=False))
+    model.log_q.fill_(0.0)
+    assert float(model.loss(batch, logq=True)) == pytest.approx(plain, rel=1e-5)  # uniform q: same loss
+    model.log_q[4] = 5.0  # item 4 looks very popular: as a negative for row 0 its logit drops
+    assert float(model.loss(batch, logq=True)) != pytest.approx(plain, rel=1e-3)
+
+
+def test_examples_use_only_earlier_events(spark):
+    days = [(0, item, day, 1.0) for day, item in enumerate([5, 6, 7, 8])] + [(1, 9, 0, 0.5)]
+    events = spark.createDataFrame(days, "user_idx int, item_idx int, day int, weight double").selectExpr(
+        "user_idx", "item_idx", "cast(day * 86400 as long) as seq", "weight")
+    rows = {(r.user, r.target): r for r in training_examples(events, 3, 86400.0).collect()}
+    assert len(rows) == 5
+    assert rows[(1, 6)].hist == [0, 0, 0]  # nothing before the first event
+    assert rows[(1, 7)].hist == [0, 0, 6]  # item ids + 1, left-padded
+    assert rows[(1, 9)].hist == [6, 7, 8]  # the three events before, oldest first
+    assert np.allclose(rows[(1, 9)].gaps, np.log1p([2.0, 1.0, 0.0]))  # days to the latest history event
+    assert rows[(2, 10)].hist == [0, 0, 0] and rows[(2, 10)].weight == 0.5
+    state = {r.user_idx: r for r in user_states(events, 3, 86400.0).collect()}
+    assert state[0].hist == [7, 8, 9] and np.allclose(state[0].gaps, np.log1p([2.0, 1.0, 0.0]))
+    assert state[1].hist == [0, 0, 10]
+
+
+@pytest.fixture(scope="module")
+def trained(spark, sample_lake):
+    """One model per backend on the sample (temporal leave-last-one split)."""
+    from sparkrec.model.job import run_train
+
+    cfg, lake = sample_lake
+    runs = {}
+    for backend, workers in (("local", 1), ("torchdistributor", 2), ("horovod", 2)):
+        if backend == "horovod":
+            pytest.importorskip("horovod.torch", reason="Horovod not built (scripts/build_horovod.sh)")
+        run_cfg = cfg.model_copy(deep=True)
+        run_cfg.train.backend, run_cfg.train.num_workers, run_cfg.train.epochs = backend, workers, 2
+        run_cfg.model.history = 10
+        runs[backend] = run_train(run_cfg, spark, lake)
+    return cfg, lake, runs
+
+
+def test_every_backend_trains_and_loads_back_from_mlflow(trained):
+    from sparkrec.model.registry import load_model
+
+    cfg, lake, runs = trained
+    users = torch.tensor([1, 2, 3])
+    hist = torch.tensor([[0] * 7 + [1, 2, 3], [0] * 9 + [10], [0] * 10])
+    gaps = torch.zeros(3, 10)
+    for backend, run in runs.items():
+        assert run["workers"] == (1 if backend == "local" else 2)
+        assert run["best_val_recall"] > 0.0, backend
+        loaded = load_model(run["run_id"], cfg.train.mlflow_uri)
+        with torch.no_grad():
+            scores = loaded.model.user_vectors(users, hist, gaps) @ loaded.model.item_vectors(
+                torch.arange(1, loaded.spec.n_items + 1)).T
+        assert scores.shape == (3, loaded.spec.n_items) and torch.isfinite(scores).all(), backend
+    assert lake.history("item_vectors")[0]["sparkrec.operation"] == "overwrite"
+
+
+def test_saved_item_vectors_match_the_loaded_model(trained):
+    from safetensors.torch import load_file
+
+    from sparkrec.model.registry import ITEM_VECTORS, load_model
+    from sparkrec.model.worker import all_item_vectors
+
+    cfg, _, runs = trained
+    import mlflow
+
+    loaded = load_model(runs["local"]["run_id"], cfg.train.mlflow_uri)
+    path = mlflow.artifacts.download_artifacts(run_id=runs["local"]["run_id"], artifact_path=f"model/{ITEM_VECTORS}")
+    assert torch.allclose(load_file(path)["vectors"], all_item_vectors(loaded.model), atol=1e-6)
