@@ -164,9 +164,21 @@ class TwoTower(nn.Module):
         self.users = UserTower(spec)
         self.register_buffer("log_q", torch.zeros(spec.n_items + 1), persistent=False)
 
+    def _unique_item_vectors(self, *groups: Tensor) -> list[Tensor]:
+        """Item-tower vectors for several index tensors, computing each distinct item once:
+        a batch's histories repeat items many times, and the tower dominates the step cost."""
+        flat = torch.cat([g.reshape(-1) for g in groups])
+        uniq, inverse = torch.unique(flat, return_inverse=True)
+        vectors = self.items(uniq)[inverse]
+        out, start = [], 0
+        for g in groups:
+            out.append(vectors[start:start + g.numel()].reshape(*g.shape, -1))
+            start += g.numel()
+        return out
+
     def user_vectors(self, users: Tensor, hist: Tensor, gaps: Tensor, user_text: Tensor | None = None) -> Tensor:
-        mask = hist > 0
-        return self.users(self.items(hist), mask, gaps, users, user_text)
+        (hist_vectors,) = self._unique_item_vectors(hist)
+        return self.users(hist_vectors, hist > 0, gaps, users, user_text)
 
     def item_vectors(self, items: Tensor) -> Tensor:
         return self.items(items)
@@ -176,9 +188,9 @@ class TwoTower(nn.Module):
         return self.loss(batch, logq, extra_negatives)
 
     def loss(self, batch: dict[str, Tensor], logq: bool = True, extra_negatives: int = 0) -> Tensor:
-        u = self.user_vectors(batch["user"], batch["hist"], batch["gaps"], batch.get("user_text"))
-        target = batch["target"]
-        v = self.items(target)
+        target, hist = batch["target"], batch["hist"]
+        hist_vectors, v = self._unique_item_vectors(hist, target)
+        u = self.users(hist_vectors, hist > 0, batch["gaps"], batch["user"], batch.get("user_text"))
         t = self.spec.temperature
         logits = u @ v.T / t
         if logq:  # in-batch negatives are drawn by popularity: undo that bias

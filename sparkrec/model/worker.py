@@ -185,7 +185,7 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
         ctx, batches = _petastorm_batches(params["converter"], tc.batch_size, dist, tc.seed)
     else:
         batches = _memory_batches(params["memory_path"], tc.batch_size, dist, tc.seed)
-    steps = max(1, math.ceil(params["n_examples"] / (tc.batch_size * dist.world)))
+    steps = tc.steps_per_epoch or max(1, math.ceil(params["n_examples"] / (tc.batch_size * dist.world)))
     checkpoints = Path(params["workdir"]) / "checkpoints"
     if dist.is_main:
         checkpoints.mkdir(parents=True, exist_ok=True)
