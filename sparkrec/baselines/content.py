@@ -1,0 +1,89 @@
+"""Content-only recommendations from item embeddings: the cold-item baseline.
+
+It never looks at who else liked an item, so an item added yesterday with no interactions
+competes on equal terms; that is the number a hybrid model has to beat on cold items.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Self
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from .base import Recommender, distinct_users, user_state
+from .scoring import ItemSpace, history_matrix, top_k_per_user
+
+if TYPE_CHECKING:
+    from pyspark import Broadcast
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1; zero rows stay zero (they then score 0 against everything)."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+
+
+class _ProfileScorer:
+    def __init__(self, vectors: Broadcast, space: ItemSpace, weighted: bool) -> None:
+        self.vectors, self.space, self.weighted = vectors, space, weighted
+
+    def __call__(self, batch: pa.RecordBatch) -> np.ndarray:
+        vectors = self.vectors.value
+        # The weighted mean and the weighted sum point the same way; cosine needs only that.
+        profiles = history_matrix(batch, self.space, binary=not self.weighted) @ vectors
+        scores = unit_rows(profiles) @ vectors.T
+        scores[~np.any(profiles != 0, axis=1)] = -np.inf  # no vectored history: nothing to say
+        return scores
+
+
+class ContentOnly(Recommender):
+    """score(u, i) = cos(weighted mean of u's history vectors, v_i) over every vectored item.
+
+    ``item_vectors`` is (item_idx int, vector array<float>), e.g. the text-embedding stage's
+    output; vectors are re-normalised here so unnormalised input cannot skew the ranking.
+    The vector table is broadcast (items x dim float32). Users whose history has no vectored
+    item get no rows.
+    """
+
+    name = "content_only"
+
+    def __init__(self, item_vectors: DataFrame, weighted: bool = True) -> None:
+        self.item_vectors, self.weighted = item_vectors, weighted
+        self.space: ItemSpace | None = None
+        self._vectors: Broadcast | None = None
+        self._state: DataFrame | None = None
+
+    def fit(self, train: DataFrame) -> Self:
+        table = (self.item_vectors.select(F.col("item_idx").cast("int"), "vector")
+                 .filter(F.size("vector") > 0).dropDuplicates(["item_idx"]).toPandas()
+                 .sort_values("item_idx"))
+        if table.empty:
+            raise ValueError("ContentOnly needs at least one item vector")
+        dims = table["vector"].map(len).unique()
+        if len(dims) != 1:
+            raise ValueError(f"item vectors must all have one length, got {sorted(dims)}")
+        matrix = unit_rows(np.stack(table["vector"].to_numpy()).astype(np.float32))
+        self.release()
+        self.space = ItemSpace(table["item_idx"].to_numpy())
+        self._vectors = train.sparkSession.sparkContext.broadcast(matrix)
+        self._state = user_state(train).filter(F.size("hist_items") > 0).cache()
+        return self
+
+    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True) -> DataFrame:
+        self._check_k(k)
+        space = self._fitted(self.space)
+        state = distinct_users(users).join(self._fitted(self._state), "user_idx")
+        return top_k_per_user(state, _ProfileScorer(self._fitted(self._vectors), space, self.weighted),
+                              space, k, exclude_seen)
+
+    def release(self) -> None:
+        """Drop the broadcast vectors and the cached user state."""
+        if self._vectors is not None:
+            self._vectors.destroy()
+            self._vectors = None
+        if self._state is not None:
+            self._state.unpersist()
+            self._state = None

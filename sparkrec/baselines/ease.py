@@ -1,0 +1,179 @@
+"""EASE (Steck, 2019): a closed-form item-item model, often the strongest simple baseline.
+
+The Gram matrix is computed in Spark, the inversion on the driver in numpy (an items x items
+dense problem, hence the ``max_items`` guard), and users are scored on executors against the
+broadcast weight matrix, a block of users per BLAS product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ..logs import get_logger, log_fields
+from .base import Recommender, distinct_users, user_state
+from .cooccurrence import gram, user_item_values
+from .scoring import ItemSpace, history_matrix, top_k_per_user
+from .tuning import Holdout, holdout_validation, select_by_validation
+
+if TYPE_CHECKING:
+    from pyspark import Broadcast
+
+    from ..config import EvaluationConfig
+
+log = get_logger("baselines.ease")
+
+
+class TooManyItemsError(ValueError):
+    """The catalogue is too large for a dense driver-side inversion."""
+
+
+def ease_weights(gram_matrix: np.ndarray, lam: float) -> np.ndarray:
+    """B = I - P diag(1/diag(P)), P = (G + lam I)^-1: the zero-diagonal least-squares solution."""
+    if lam <= 0:
+        raise ValueError(f"EASE needs lambda > 0, got {lam}")
+    p = np.linalg.inv(gram_matrix + lam * np.eye(len(gram_matrix)))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+def _scatter(entries: pd.DataFrame, space: ItemSpace, matrix: np.ndarray) -> None:
+    rows, _ = space.columns(entries["i"].to_numpy())
+    cols, _ = space.columns(entries["j"].to_numpy())
+    np.add.at(matrix, (rows, cols), entries["value"].to_numpy(dtype=np.float64))
+
+
+def dense_gram(x: DataFrame, max_items: int) -> tuple[ItemSpace, np.ndarray]:
+    """X^T X over the items of ``x`` (user_idx, item_idx, value), densified on the driver."""
+    n_items = x.select("item_idx").distinct().count()
+    if n_items > max_items:
+        gib = 5 * 8 * n_items**2 / 2**30  # Gram, its tuning copy, inverse and weights at peak
+        raise TooManyItemsError(
+            f"EASE inverts a dense {n_items} x {n_items} matrix on the driver (~{gib:.1f} GiB); "
+            f"that is above max_items={max_items}. Raise max_items if the driver can hold it, "
+            "filter the catalogue, or use ItemKNN, which has no such limit.")
+    entries = gram(x).toPandas()
+    space = ItemSpace(entries["i"].to_numpy())
+    matrix = np.zeros((len(space), len(space)), dtype=np.float64)
+    _scatter(entries, space, matrix)
+    return space, matrix
+
+
+def without_held_out(full: np.ndarray, space: ItemSpace, x: DataFrame, held: DataFrame) -> np.ndarray:
+    """The Gram matrix of ``x`` minus the held-out (user_idx, item_idx) cells, from the full one.
+
+    Removing value a at item v from a user's row x changes x x^T by
+    a (e_v x^T + x e_v^T) - a^2 e_v e_v^T, so the fit part's Gram costs one pass over the
+    validation users' rows instead of a second full self-join.
+    """
+    held_x = x.join(held.select("user_idx", "item_idx").distinct(), ["user_idx", "item_idx"]).select(
+        "user_idx", F.col("item_idx").alias("v"), F.col("value").alias("a"))
+    cross = (held_x.join(x, "user_idx").groupBy(F.col("v").alias("i"), F.col("item_idx").alias("j"))
+             .agg(F.sum(F.col("a") * F.col("value")).alias("value")).toPandas())
+    squares = held_x.groupBy(F.col("v").alias("i")).agg(F.sum(F.col("a") ** 2).alias("value")).toPandas()
+    delta = np.zeros_like(full)
+    _scatter(cross, space, delta)
+    delta += delta.T
+    _scatter(squares.assign(j=squares["i"], value=-squares["value"]), space, delta)
+    return full - delta
+
+
+class _DenseScorer:
+    def __init__(self, weights: Broadcast, space: ItemSpace, binary: bool) -> None:
+        self.weights, self.space, self.binary = weights, space, binary
+
+    def __call__(self, batch: pa.RecordBatch) -> np.ndarray:
+        return history_matrix(batch, self.space, self.binary) @ self.weights.value
+
+
+class EASE(Recommender):
+    """score(u) = x_u B over the user's positives; ``lambdas`` is searched on validation.
+
+    The Gram matrix is computed once, on the full train; with several ``lambdas`` the
+    validation fit part's matrix is derived from it (:func:`without_held_out`) and inverted per
+    lambda, and the best NDCG@10 lambda is solved on the full train (``best_lambda``,
+    ``tuning_results``). Users without positives in train get no rows.
+    """
+
+    name = "ease"
+
+    def __init__(self, lambdas: Sequence[float] = (250.0,), max_items: int = 20_000, binary: bool = True,
+                 holdout: Holdout = "last", seed: int = 42) -> None:
+        if not lambdas:
+            raise ValueError("EASE needs at least one lambda")
+        self.lambdas, self.max_items, self.binary = [float(v) for v in lambdas], max_items, binary
+        self.holdout, self.seed = holdout, seed
+        self.best_lambda: float | None = None
+        self.tuning_results: list[dict[str, Any]] = []
+        self.space: ItemSpace | None = None
+        self._weights: Broadcast | None = None
+        self._state: DataFrame | None = None
+        self._cached: DataFrame | None = None
+        self.weights_matrix: np.ndarray | None = None  # B, float32, for inspection
+
+    @classmethod
+    def from_config(cls, cfg: EvaluationConfig, **overrides: Any) -> EASE:
+        params: dict[str, Any] = {"lambdas": cfg.ease_lambdas, "max_items": cfg.ease_max_items,
+                                  "holdout": cfg.baseline_holdout}
+        return cls(**{**params, **overrides})
+
+    def fit(self, train: DataFrame) -> Self:
+        x = user_item_values(train, self.binary).cache()
+        try:
+            space, full = dense_gram(x, self.max_items)
+            best = self.lambdas[0] if len(self.lambdas) == 1 else self._tune(train, x, space, full)
+        finally:
+            x.unpersist()
+        self.best_lambda = best
+        return self._solved(user_state(train).cache(), space, ease_weights(full, best))
+
+    def _tune(self, train: DataFrame, x: DataFrame, space: ItemSpace, full: np.ndarray) -> float:
+        fit_part, val_truth = holdout_validation(train, self.holdout, self.seed)
+        val_truth = val_truth.cache()
+        state = user_state(fit_part).cache()
+        matrix = without_held_out(full, space, x, val_truth)
+
+        def candidate(params: dict[str, Any]) -> EASE:
+            model = EASE([params["lam"]], self.max_items, self.binary)
+            return model._solved(state, space, ease_weights(matrix, params["lam"]), owns_state=False)
+
+        try:
+            params, self.tuning_results = select_by_validation(
+                [{"lam": lam} for lam in self.lambdas], candidate, val_truth, model=self.name)
+        finally:
+            state.unpersist()
+            val_truth.unpersist()
+        log_fields(log, "ease selected", lam=params["lam"])
+        return float(params["lam"])
+
+    def _solved(self, state: DataFrame, space: ItemSpace, weights: np.ndarray, owns_state: bool = True) -> Self:
+        self.release()
+        self.space = space
+        self.weights_matrix = matrix = weights.astype(np.float32)
+        self._weights = state.sparkSession.sparkContext.broadcast(matrix)
+        self._cached = state if owns_state else None
+        self._state = state.filter(F.size("hist_items") > 0)
+        return self
+
+    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True) -> DataFrame:
+        self._check_k(k)
+        space = self._fitted(self.space)
+        state = distinct_users(users).join(self._fitted(self._state), "user_idx")
+        return top_k_per_user(state, _DenseScorer(self._fitted(self._weights), space, self.binary),
+                              space, k, exclude_seen)
+
+    def release(self) -> None:
+        """Drop the broadcast weights (and the cached user state this model owns)."""
+        if self._weights is not None:
+            self._weights.destroy()
+            self._weights = None
+        if self._cached is not None:
+            self._cached.unpersist()
+        self._state = self._cached = None

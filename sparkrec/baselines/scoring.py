@@ -1,0 +1,141 @@
+"""Exact top-K over a whole catalogue, one block of users at a time, inside ``mapInArrow``.
+
+Models that score with a broadcast item matrix (EASE, ALS factors, content vectors, a
+popularity vector) share this loop: each executor turns a block of user rows into a dense
+(users x items) score matrix with one BLAS product, masks the items a user has seen, and
+keeps the K best. Seen items are masked exactly, so no "ask for K + max seen" margin is
+needed, and block size bounds executor memory whatever the catalogue size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+
+from .base import RECS_SCHEMA
+
+ScoreBlock = Callable[[pa.RecordBatch], np.ndarray]
+"""Maps a block of user rows to a writable float (rows x len(space)) score matrix."""
+
+_ARROW_RECS = pa.schema([("user_idx", pa.int32()), ("item_idx", pa.int32()), ("rank", pa.int32()),
+                         ("score", pa.float64())])
+
+
+class ItemSpace:
+    """The items a model has columns for, in ascending item_idx order.
+
+    Models keep compact matrices over the items they know instead of sizing them by the
+    largest item_idx, which for a catalogue with gaps or cold items wastes memory.
+    """
+
+    def __init__(self, item_ids: np.ndarray) -> None:
+        self.item_ids = np.unique(np.asarray(item_ids, dtype=np.int64)).astype(np.int32)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def columns(self, item_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Column of each item_idx and whether the model knows it at all."""
+        item_idx = np.asarray(item_idx, dtype=np.int64)
+        if len(self.item_ids) == 0:
+            return np.zeros(len(item_idx), dtype=np.int64), np.zeros(len(item_idx), dtype=bool)
+        cols = np.searchsorted(self.item_ids, item_idx)
+        cols = np.minimum(cols, len(self.item_ids) - 1)
+        return cols, self.item_ids[cols] == item_idx
+
+
+def list_entries(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each list element, the elements) of a list column; nulls are empty lists."""
+    col = batch.column(name)
+    rows = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+    values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+    return rows, values
+
+
+def history_matrix(batch: pa.RecordBatch, space: ItemSpace, binary: bool = False) -> np.ndarray:
+    """Dense (rows x items) float32 matrix of the users' positive histories in ``space``."""
+    rows, items = list_entries(batch, "hist_items")
+    out = np.zeros((batch.num_rows, len(space)), dtype=np.float32)
+    cols, known = space.columns(items)
+    if binary:
+        out[rows[known], cols[known]] = 1.0
+    else:
+        _, weights = list_entries(batch, "hist_weights")
+        np.add.at(out, (rows[known], cols[known]), weights[known].astype(np.float32))
+    return out
+
+
+def _best_columns(scores: np.ndarray, kk: int) -> np.ndarray:
+    """Per row, columns that surely contain the kk best, ties at the cut included.
+
+    argpartition alone picks an arbitrary subset of items tied at the K-th score, which would
+    make lists differ between runs; widening the cut to every tied item keeps the tie-break
+    (smaller item_idx first) exact.
+    """
+    n = scores.shape[1]
+    if kk >= n:
+        return np.broadcast_to(np.arange(n), scores.shape).copy()
+    part = np.argpartition(-scores, kk - 1, axis=1)
+    kth = np.take_along_axis(scores, part[:, kk - 1:kk], axis=1)
+    width = int((scores >= kth).sum(axis=1).max())
+    if width == kk:
+        return part[:, :kk]
+    if width >= n:
+        return np.broadcast_to(np.arange(n), scores.shape).copy()
+    return np.argpartition(-scores, width - 1, axis=1)[:, :width]
+
+
+def _top_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int) -> pa.RecordBatch:
+    kk = min(k, scores.shape[1])
+    idx = _best_columns(scores, kk)
+    vals = np.take_along_axis(scores, idx, axis=1)
+    order = np.lexsort((idx, -vals), axis=1)[:, :kk]  # best score first, ties to the smaller item_idx
+    idx, vals = np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    keep = np.isfinite(vals)  # masked (seen / unknown) items sort last, so ranks stay 1..m
+    ranks = np.broadcast_to(np.arange(1, kk + 1, dtype=np.int32), vals.shape)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.repeat(users, kk).reshape(vals.shape)[keep].astype(np.int32)),
+         pa.array(item_ids[idx[keep]].astype(np.int32)), pa.array(ranks[keep]),
+         pa.array(vals[keep].astype(np.float64))], schema=_ARROW_RECS)
+
+
+def top_k_per_user(state: DataFrame, score_block: ScoreBlock, space: ItemSpace, k: int,
+                   exclude_seen: bool = True, candidates: np.ndarray | None = None,
+                   max_cells: int = 16_000_000) -> DataFrame:
+    """Recommendations in the standard format for every row of ``state``.
+
+    ``state`` has ``user_idx``, ``seen`` (array<int>, may be null) and whatever columns
+    ``score_block`` reads. ``candidates`` (bool per column) removes items the model must
+    never offer, e.g. items it has no data for. ``max_cells`` bounds the score block.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    item_ids = space.item_ids
+    n_items = len(space)
+    block_rows = int(max(1, min(4096, max_cells // max(n_items, 1))))
+    blocked = None if candidates is None else ~np.asarray(candidates, dtype=bool)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for start in range(0, batch.num_rows, block_rows):
+                block = batch.slice(start, block_rows)
+                if block.num_rows == 0 or n_items == 0:
+                    continue
+                scores = np.asarray(score_block(block))
+                if scores.dtype.kind != "f" or not scores.flags.writeable:
+                    scores = scores.astype(np.float64)
+                scores[~np.isfinite(scores)] = -np.inf
+                if blocked is not None:
+                    scores[:, blocked] = -np.inf
+                if exclude_seen:
+                    rows, seen = list_entries(block, "seen")
+                    cols, known = space.columns(seen)
+                    scores[rows[known], cols[known]] = -np.inf
+                users = block.column("user_idx").to_numpy(zero_copy_only=False)
+                yield _top_k(users, scores, item_ids, k)
+
+    return state.mapInArrow(run, RECS_SCHEMA)
