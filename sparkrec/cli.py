@@ -50,17 +50,38 @@ def _train(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dic
     return run_train(cfg, spark, lake)
 
 
+def _recommend(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from .recommend import run_recommend
+
+    users = None
+    if getattr(args, "users", None):  # a refresh of only these users: one user_id per line
+        users = spark.read.text(args.users).selectExpr("trim(value) as user_id").filter("user_id != ''")
+    return run_recommend(cfg, spark, lake, users)
+
+
+def _recommend_text(cfg: Config, text: str) -> None:
+    from .recommend import recommend_for_text
+
+    spark = get_spark(cfg.spark)
+    lake = open_lake(spark, cfg, RunContext(stage="recommend-text"))
+    for row in recommend_for_text(cfg, spark, lake, text):
+        print(f"{row['rank']:>3}. {row['item_id']}  ({row['score']:.3f})  {row['explanation']}")
+
+
 # Stage order is the pipeline's order; later issues append to it.
-STAGES: dict[str, StageFn] = {"ingest": _ingest, "features": _features, "embed": _embed, "train": _train}
+STAGES: dict[str, StageFn] = {"ingest": _ingest, "features": _features, "embed": _embed, "train": _train,
+                             "recommend": _recommend}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparkrec", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=[*STAGES, "pipeline", "show-config"])
+    parser.add_argument("stage", choices=[*STAGES, "pipeline", "show-config", "recommend-text"])
     parser.add_argument("--conf", default=os.environ.get("SPARKREC_CONF"),
                         help="YAML config (default: $SPARKREC_CONF, else built-in defaults)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    parser.add_argument("--users", help="recommend: refresh only the user_ids listed in this file (one a line)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides "
+                        "(recommend-text: the interest text first, in quotes)")
     return parser
 
 
@@ -84,6 +105,11 @@ def run_stages(cfg: Config, names: Sequence[str], args: argparse.Namespace | Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    text = args.overrides.pop(0) if args.stage == "recommend-text" and args.overrides else None
+    if args.stage == "recommend-text" and not text:
+        print("sparkrec: recommend-text needs the interest text, e.g. sparkrec recommend-text \"space opera\"",
+              file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.conf, args.overrides)
     except ConfigError as exc:
@@ -94,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import yaml
 
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return 0
+    if text is not None:
+        _recommend_text(cfg, text)
         return 0
     names = list(STAGES) if args.stage == "pipeline" else [args.stage]
     try:

@@ -1,0 +1,175 @@
+"""The recommend stage: current histories -> user tower -> exact top-K -> explained rows in Delta.
+
+A full run replaces ``recommendations`` in one atomic overwrite, so readers never see a mix of
+two runs; a partial refresh (given users) MERGEs their rows by (user_id, rank) in one commit.
+User vectors come from the users' current positive events, not from training data, so new
+events change the lists without retraining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from ..config import Config
+from ..lake import Lake
+from ..logs import get_logger, log_fields
+from ..model.data import user_states
+from ..model.registry import LoadedModel, latest_run_id, load_model
+from ..model.worker import all_item_vectors
+from .explain import EVIDENCE, explain, item_facts
+from .score import Payload, blend, pseudo_history, pseudo_states, score_users, user_vectors
+from .topk import evidence, top_k
+
+log = get_logger("recommend")
+
+TABLE = "recommendations"
+KEYS = ["user_id", "rank"]
+RECOMMENDATIONS = T.StructType([
+    T.StructField("user_idx", T.IntegerType()), T.StructField("user_id", T.StringType()),
+    T.StructField("rank", T.IntegerType()), T.StructField("item_idx", T.IntegerType()),
+    T.StructField("item_id", T.StringType()), T.StructField("score", T.DoubleType()),
+    T.StructField("explanation", T.StringType()), T.StructField("evidence", EVIDENCE),
+    T.StructField("model_version", T.StringType()), T.StructField("generated_at", T.TimestampType())])
+
+
+def resolve_model(cfg: Config) -> LoadedModel:
+    run_id = cfg.recommend.model_run_id or latest_run_id(cfg.train.mlflow_uri, cfg.train.experiment,
+                                                         cfg.data.dataset)
+    return load_model(run_id, cfg.train.mlflow_uri)
+
+
+def eligibility(cfg: Config, lake: Lake, loaded: LoadedModel) -> np.ndarray:
+    """(n_items + 1,) bool over model rows. Computed in Spark; only excluded indices come back."""
+    f = cfg.recommend.filters
+    items = lake.read("item_features")
+    bad = F.lit(False)
+    if f.exclude_item_ids:
+        bad = bad | F.col("item_id").isin(f.exclude_item_ids)
+    if f.genres:
+        wanted = F.array(*[F.lit(g) for g in f.genres])
+        bad = bad | ~F.coalesce(F.arrays_overlap(F.col("genres"), wanted), F.lit(False))
+    if f.min_year is not None:
+        bad = bad | F.coalesce(F.col("year") < f.min_year, F.lit(True))
+    eligible = np.ones(loaded.spec.n_items + 1, dtype=bool)
+    eligible[0] = False
+    if f.exclude_item_ids or f.genres or f.min_year is not None:
+        excluded = np.array([r[0] for r in items.filter(bad).select("item_idx").collect()], dtype=np.int64)
+        eligible[excluded[excluded < loaded.spec.n_items] + 1] = False
+    if f.exclude_cold_items:
+        eligible &= loaded.catalog.has_id
+    return eligible
+
+
+def make_payload(cfg: Config, loaded: LoadedModel, eligible: np.ndarray) -> Payload:
+    rc = cfg.recommend
+    spec = {**loaded.spec.to_dict(), "history": int(loaded.meta.get("history", loaded.spec.history))}
+    tower = {k: v.detach().cpu().numpy() for k, v in loaded.model.users.state_dict().items()}
+    items = all_item_vectors(loaded.model).cpu().numpy().astype(np.float32)
+    return Payload(items=items, eligible=eligible, tower=tower, spec=spec, k=rc.k, block_rows=rc.item_block_rows,
+                   user_batch=rc.user_batch, explain_items=rc.explain_items, exclude_seen=rc.exclude_seen,
+                   text_neighbours=rc.text_neighbours, text_weight=rc.text_weight)
+
+
+def current_states(lake: Lake, loaded: LoadedModel, users: DataFrame | None) -> DataFrame:
+    """(user_idx, user_id, hist, gaps, seen, basis) for every user with a positive event."""
+    events = lake.read("events")
+    index = lake.read("user_index").select("user_id", "user_idx")
+    if users is not None:
+        index = index.join(users.select("user_id").distinct(), "user_id")
+        events = events.join(index.select("user_idx"), "user_idx")
+    n, gap_scale = int(loaded.meta.get("history", loaded.spec.history)), float(loaded.meta.get("gap_scale", 1.0))
+    states = user_states(events.filter("is_positive"), n, gap_scale)
+    seen = events.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("seen"))
+    return (states.join(index, "user_idx").join(seen, "user_idx", "left")
+            .select("user_idx", "user_id", "hist", "gaps", "seen", F.lit("history").alias("basis")))
+
+
+def text_only_scores(spark: SparkSession, lake: Lake, payload: Payload, loaded: LoadedModel,
+                     states: DataFrame, users: DataFrame | None, partitions: int) -> DataFrame | None:
+    """Users known only by interest text: a pseudo-history of text-nearest items through the
+    user tower, blended with the text cosine (see ``score.blend``); scored apart from the
+    others so only their tasks carry the item text matrix."""
+    if loaded.catalog.text is None or not lake.exists("user_text_embeddings"):
+        return None
+    texts = lake.read("user_text_embeddings").filter(F.col("vector").isNotNull())
+    if users is not None:
+        texts = texts.join(users.select("user_id").distinct(), "user_id")
+    texts = texts.join(states.select("user_id"), "user_id", "left_anti")
+    if texts.limit(1).count() == 0:
+        return None
+    with_text = dataclasses.replace(payload, text=loaded.catalog.text.astype(np.float16))
+    pseudo = pseudo_states(spark, texts, with_text)
+    pseudo = pseudo.select("user_idx", "user_id", "hist", "gaps", F.array().cast("array<int>").alias("seen"),
+                           F.lit("interests").alias("basis"), "query")
+    return score_users(spark, pseudo, with_text, partitions)
+
+
+def finish(explained: DataFrame, version: str) -> DataFrame:
+    return explained.select(
+        "user_idx", "user_id", "rank", "item_idx", "item_id", "score", "explanation",
+        F.col("evidence").cast(EVIDENCE).alias("evidence"), F.lit(version).alias("model_version"),
+        F.current_timestamp().alias("generated_at"))
+
+
+def run_recommend(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame | None = None) -> dict[str, Any]:
+    """Scores every user (or only ``users``: a DataFrame with a user_id column) and writes
+    ``recommendations``; returns run id, rows written and the table version."""
+    rc = cfg.recommend
+    if rc.llm_rewrite:
+        raise ValueError("recommend.llm_rewrite is not implemented: explanations are deterministic templates")
+    started = time.perf_counter()
+    loaded = resolve_model(cfg)
+    payload = make_payload(cfg, loaded, eligibility(cfg, lake, loaded))
+    states = current_states(lake, loaded, users)
+    parts = rc.partitions or 2 * spark.sparkContext.defaultParallelism
+    scored = score_users(spark, states, payload, parts)
+    text_scored = text_only_scores(spark, lake, payload, loaded, states, users, parts)
+    if text_scored is not None:
+        scored = scored.unionByName(text_scored)
+    out = finish(explain(scored, item_facts(lake.read("item_features")), rc.explain_attributes), loaded.version)
+    commit = lake.overwrite(TABLE, out) if users is None else lake.upsert(TABLE, out, KEYS)
+    summary = {"model_run_id": loaded.version, "rows": commit.rows_written, "inserted": commit.inserted,
+               "updated": commit.updated, "version": commit.version, "partial": users is not None,
+               "text_only_users": text_scored is not None, "seconds": round(time.perf_counter() - started, 1)}
+    log_fields(log, "recommendations written", **summary)
+    return summary
+
+
+def recommend_for_text(cfg: Config, spark: SparkSession, lake: Lake, text: str, k: int | None = None
+                       ) -> list[dict[str, Any]]:
+    """Top-K for someone known only by a sentence, explained like every other list.
+
+    The text is encoded by the embed stage's encoder, its nearest items by text cosine become
+    a pseudo-history that the user tower maps into model space, and the final score adds the
+    text cosine (``recommend.text_weight``; see ``pseudo_history`` and ``blend``).
+    """
+    from ..text import make_encoder
+
+    loaded = resolve_model(cfg)
+    if loaded.catalog.text is None:
+        raise ValueError("the model was trained without item text: run `sparkrec embed` before `sparkrec train`")
+    payload = make_payload(cfg.model_copy(update={"recommend": cfg.recommend.model_copy(
+        update={"k": k or cfg.recommend.k})}), loaded, eligibility(cfg, lake, loaded))
+    query = make_encoder(cfg.embed, spark).encode([text]).astype(np.float32)
+    n_hist = payload.spec["history"]
+    hist = pseudo_history(query, loaded.catalog.text, cfg.recommend.text_neighbours, n_hist)
+    u = user_vectors(payload, np.zeros(1, np.int64), hist, np.zeros((1, n_hist), np.float32))
+    u, matrix = blend(dataclasses.replace(payload, text=loaded.catalog.text), u, query)
+    recs, scores = top_k(u, matrix, payload.k, payload.eligible, None, payload.block_rows)
+    ev = evidence(payload.items, hist, recs, payload.explain_items)
+    keep = recs[0] >= 0
+    rows = [(None, "text", r + 1, int(i) - 1, float(s), [int(x) - 1 for x in e if x >= 0], "interests")
+            for r, (i, s, e) in enumerate(zip(recs[0][keep], scores[0][keep], ev[0][keep], strict=True))]
+    from .score import SCORED
+
+    scored = spark.createDataFrame(rows, SCORED)
+    out = finish(explain(scored, item_facts(lake.read("item_features")), cfg.recommend.explain_attributes),
+                 loaded.version).orderBy("rank")
+    return [r.asDict(recursive=True) for r in out.drop("user_idx", "user_id").collect()]
