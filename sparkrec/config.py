@@ -302,33 +302,6 @@ class RecommendConfig(StrictModel):
     explain_attributes: int = Field(3, ge=0)
     # Text-only users: nearest items by text cosine become the pseudo-history fed to the user tower.
     text_neighbours: int = Field(10, gt=0)
-    llm_rewrite: bool = False  # not implemented: explanations are deterministic templates
-    filters: RecommendFilters = Field(default_factory=RecommendFilters)
-
-
-class RecommendFilters(StrictModel):
-    """Business rules applied before top-K, so a list is never shortened after ranking."""
-
-    exclude_item_ids: list[str] = Field(default_factory=list)
-    genres: list[str] | None = None  # only items with at least one of these genres
-    min_year: int | None = None
-    exclude_cold_items: bool = False  # items without training interactions are eligible by default
-
-
-class RecommendConfig(StrictModel):
-    """Batch top-K scoring (owned by sparkrec.recommend)."""
-
-    k: int = Field(20, gt=0)
-    exclude_seen: bool = True
-    model_run_id: str | None = None  # None: the latest finished training run for the dataset
-    item_block_rows: int = Field(65_536, gt=0)  # items scored per matrix product; bounds executor memory
-    user_batch: int = Field(1024, gt=0)  # users per matrix product inside one Spark task
-    partitions: int | None = Field(None, gt=0)  # None: 2 x Spark's default parallelism
-    # Explanations: how many history items are cited, how many shared attributes are named.
-    explain_items: int = Field(2, gt=0)
-    explain_attributes: int = Field(3, ge=0)
-    # Text-only users: nearest items by text cosine become the pseudo-history fed to the user tower.
-    text_neighbours: int = Field(10, gt=0)
     text_weight: float = Field(1.0, ge=0)  # text-only users: score = model score + weight x text cosine
     llm_rewrite: bool = False  # not implemented: explanations are deterministic templates
     filters: RecommendFilters = Field(default_factory=RecommendFilters)
@@ -349,7 +322,6 @@ class Config(StrictModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
