@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="movielens", choices=["movielens", "sample", "bookcrossing"])
     parser.add_argument("--epochs", type=int, default=6, help="max epochs of the quality run (early stopping)")
     parser.add_argument("--steps", type=int, default=60, help="training steps per throughput measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the feed comparison")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--no-text", action="store_true", help="train without item text embeddings")
     args = parser.parse_args()
@@ -94,11 +95,15 @@ def main() -> None:
 
     print(f"\n== 1. data feed: {args.steps} steps of batch {cfg.train.batch_size}, one worker "
           f"({len(converter):,} examples) ==")
-    fed = _one_epoch(cfg, feed, "local", 1, args.steps)
-    inmem = _one_epoch(cfg, mem, "local", 1, args.steps)
-    print(f"petastorm    {fed['samples_per_s']:>10,.0f} samples/s  ({fed['epoch_seconds']:.1f} s)")
-    print(f"in-memory    {inmem['samples_per_s']:>10,.0f} samples/s  ({inmem['epoch_seconds']:.1f} s)")
-    print(f"ratio petastorm / in-memory: {fed['samples_per_s'] / inmem['samples_per_s']:.2f} (goal >= 0.8)")
+    # Alternate the two feeds and take medians: this machine's load drifts within a run.
+    fed_runs, mem_runs = [], []
+    for _ in range(args.rounds):
+        fed_runs.append(_one_epoch(cfg, feed, "local", 1, args.steps)["samples_per_s"])
+        mem_runs.append(_one_epoch(cfg, mem, "local", 1, args.steps)["samples_per_s"])
+    fed, inmem = float(np.median(fed_runs)), float(np.median(mem_runs))
+    print(f"petastorm    {fed:>10,.0f} samples/s  (rounds: {', '.join(f'{x:,.0f}' for x in fed_runs)})")
+    print(f"in-memory    {inmem:>10,.0f} samples/s  (rounds: {', '.join(f'{x:,.0f}' for x in mem_runs)})")
+    print(f"ratio petastorm / in-memory (medians): {fed / inmem:.2f} (goal >= 0.8)")
 
     if not args.skip_scaling:
         print(f"\n== 2. workers on CPU: {args.steps} steps per worker, Petastorm feed ==")
