@@ -71,7 +71,7 @@ def _make(name: str):
     if name == "ease":
         return EASE.from_config(cfg, lambdas=[25.0, 100.0])
     # A reduced grid keeps the test fast; the config's default grid is the one benchmarks use.
-    return ALSBaseline.from_config(cfg, ranks=[64], reg_params=[0.1], alphas=[0.3, 1.0], max_iter=10)
+    return ALSBaseline.from_config(cfg, ranks=[32], reg_params=[0.1], alphas=[0.3, 1.0], max_iter=10)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_tuning_is_recorded(recommended):
     als, _ = recommended["als"]
     assert als.best_params is not None and als.best_params["alpha"] in (0.3, 1.0)
     assert [r["params"] for r in als.tuning_results] == [
-        {"rank": 64, "reg_param": 0.1, "alpha": 0.3}, {"rank": 64, "reg_param": 0.1, "alpha": 1.0}]
+        {"rank": 32, "reg_param": 0.1, "alpha": 0.3}, {"rank": 32, "reg_param": 0.1, "alpha": 1.0}]
 
 
 def test_exclude_seen_false_keeps_the_global_ranking(recommended, ml_split, test_users):

@@ -152,4 +152,6 @@ def gram(x: DataFrame, include_diagonal: bool = True, max_pairs: int = 4_000_000
     lists = (x.groupBy("user_idx").agg(F.collect_list(pair).alias("h"))
              .select(F.col("h.i").alias("items"), F.col("h.v").alias("values")))
     partial = lists.mapInArrow(_gram_batches(include_diagonal, max_pairs), GRAM_SCHEMA)
-    return partial.groupBy("i", "j").agg(F.sum("value").alias("value"))
+    # Partials are already summed per partition, so nothing is lost by shuffling before the
+    # final sum; hashing by i alone lets a later per-item window reuse this partitioning.
+    return partial.repartition("i").groupBy("i", "j").agg(F.sum("value").alias("value"))

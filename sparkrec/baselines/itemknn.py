@@ -53,7 +53,8 @@ class ItemKNN(Recommender):
         norms = x.groupBy("item_idx").agg(F.sqrt(F.sum(F.col("value") ** 2)).alias("norm"))
         ni = norms.select(F.col("item_idx").alias("i"), F.col("norm").alias("ni"))
         nj = norms.select(F.col("item_idx").alias("j"), F.col("norm").alias("nj"))
-        sims = (gram(x, include_diagonal=False).join(ni, "i").join(nj, "j")
+        # Norms are one number per item: broadcast, so the pair table is not shuffled again.
+        sims = (gram(x, include_diagonal=False).join(F.broadcast(ni), "i").join(F.broadcast(nj), "j")
                 .select("i", "j", (F.col("value") / (F.col("ni") * F.col("nj") + self.shrinkage)).alias("sim")))
         nearest = Window.partitionBy("i").orderBy(F.desc("sim"), "j")
         self.release()
