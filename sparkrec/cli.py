@@ -56,7 +56,13 @@ def _recommend(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) ->
     users = None
     if getattr(args, "users", None):  # a refresh of only these users: one user_id per line
         users = spark.read.text(args.users).selectExpr("trim(value) as user_id").filter("user_id != ''")
-    return run_recommend(cfg, spark, lake, users)
+    summary = run_recommend(cfg, spark, lake, users)
+    first_user = lake.read("recommendations").agg({"user_id": "min"}).collect()[0][0]
+    print(f"\nrecommendations for user {first_user} (of {summary.get('rows', 0):,} rows):")
+    for row in (lake.read("recommendations").filter(f"user_id = '{first_user}'").orderBy("rank").limit(5)
+                .select("rank", "item_id", "score", "explanation").collect()):
+        print(f"{row['rank']:>3}. item {row['item_id']}  ({row['score']:.3f})  {row['explanation']}")
+    return summary
 
 
 def _recommend_text(cfg: Config, text: str) -> None:
