@@ -35,6 +35,11 @@ def is_positive(rating: Column, cfg: WeightConfig, src: GenericSource) -> Column
     return implicit | (rating >= F.lit(cfg.positive_min_rating))
 
 
+def has_timestamps(events: DataFrame) -> bool:
+    """Whether seq is time (epoch seconds) or only a position in the source file."""
+    return events.filter(F.col("event_time").isNotNull()).limit(1).count() > 0
+
+
 def build_events(interactions: DataFrame, user_index: DataFrame, item_index: DataFrame,
                  cfg: WeightConfig, src: GenericSource) -> DataFrame:
     """seq orders a user's events: epoch seconds where there are timestamps, else the

@@ -7,13 +7,12 @@ from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from ..config import Config
 from ..ingest.presets import resolve_source
 from ..lake import Lake
 from ..logs import get_logger, log_fields
-from .events import build_events
+from .events import build_events, has_timestamps
 from .indexing import extend_index
 from .splits import enabled_splits
 from .tables import item_features, user_features, user_histories
@@ -57,7 +56,7 @@ def run_features(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]
         write("item_features", item_features(items, item_index, events, tags))
         write("user_features", user_features(user_index, events, users))
         write("user_histories", user_histories(events, fc.history_length))
-        has_time = events.filter(F.col("event_time").isNotNull()).limit(1).count() > 0
+        has_time = has_timestamps(events)
         for name, split in enabled_splits(fc.splits, has_time).items():
             write(f"split_{name}", split(events, fc.splits))
         if not has_time and fc.splits.global_time_cut_quantile is not None:

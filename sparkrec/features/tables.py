@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from .. import schemas
@@ -53,11 +53,15 @@ def user_features(user_index: DataFrame, events: DataFrame, users: DataFrame | N
     return out.select(*[F.col(f.name).cast(f.dataType) for f in schemas.USER_FEATURES.fields])
 
 
+def last_n(array: Column, n: int) -> Column:
+    """The last n elements; slice() with a negative start beyond the array returns [], so clamp it."""
+    return F.slice(array, F.greatest(F.size(array) - n + 1, F.lit(1)), F.lit(n))
+
+
 def user_histories(events: DataFrame, length: int) -> DataFrame:
     """Each user's last ``length`` positive events, oldest first (ties broken by item)."""
     ordered = (events.filter("is_positive").groupBy("user_idx")
                .agg(F.sort_array(F.collect_list(F.struct("seq", "item_idx", "weight"))).alias("h"))
-               # slice() with a negative start longer than the array returns [], so clamp it.
-               .withColumn("h", F.slice("h", F.greatest(F.size("h") - length + 1, F.lit(1)), F.lit(length))))
+               .withColumn("h", last_n(F.col("h"), length)))
     return ordered.select("user_idx", F.col("h.item_idx").alias("item_idxs"), F.col("h.seq").alias("seqs"),
                           F.col("h.weight").cast("array<float>").alias("weights"))

@@ -234,8 +234,7 @@ class DeltaRsLake(Lake):
         rewritten; new keys are appended; the commit removes and adds files atomically."""
         if not self.exists(table):
             check_unique_keys(table, df, keys)
-            result = self.overwrite(table, df)
-            return CommitResult(table, result.version, result.rows_written, inserted=result.rows_written)
+            return self.overwrite(table, df)
         dt = self._open(table)
         schema = self._spark_schema(dt)
         check_schema(table, schema, df.schema)

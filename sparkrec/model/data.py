@@ -18,6 +18,9 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from ..features.events import has_timestamps
+from ..features.tables import last_n
+
 SECONDS_PER_DAY = 86_400.0
 GENRE_SLOTS = 4
 
@@ -35,8 +38,7 @@ def _history_columns(h: Column, n: int, gap_scale: float) -> dict[str, Column]:
 
 def gap_scale_for(events: DataFrame) -> float:
     """Days when the source has timestamps; otherwise seq is a position and a step is 1."""
-    has_time = events.filter(F.col("event_time").isNotNull()).limit(1).count() > 0
-    return SECONDS_PER_DAY if has_time else 1.0
+    return SECONDS_PER_DAY if has_timestamps(events) else 1.0
 
 
 def training_examples(positives: DataFrame, n: int, gap_scale: float) -> DataFrame:
@@ -53,7 +55,7 @@ def training_examples(positives: DataFrame, n: int, gap_scale: float) -> DataFra
 def user_states(positives: DataFrame, n: int, gap_scale: float) -> DataFrame:
     """Each user's current model input: their last n positive events."""
     agg = positives.groupBy("user_idx").agg(F.sort_array(F.collect_list(F.struct("seq", "item_idx"))).alias("h"))
-    agg = agg.withColumn("h", F.slice("h", F.greatest(F.size("h") - n + 1, F.lit(1)), F.lit(n)))
+    agg = agg.withColumn("h", last_n(F.col("h"), n))
     cols = _history_columns(F.col("h"), n, gap_scale)
     return agg.select("user_idx", cols["hist"].alias("hist"), cols["gaps"].alias("gaps"))
 
