@@ -4,5 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh ml,dev,horovod
+# The HTML report test renders in headless Chromium: required in CI, skipped locally without it.
+if [ "${CI:-}" = "true" ]; then bash scripts/install_chromium.sh
+else bash scripts/install_chromium.sh || echo "no chromium: the report's browser test will skip" >&2; fi
 ruff check sparkrec tests jobs benchmarks scripts
 python -m pytest -q --durations=15 "$@"

@@ -74,9 +74,23 @@ def _recommend_text(cfg: Config, text: str) -> None:
         print(f"{row['rank']:>3}. {row['item_id']}  ({row['score']:.3f})  {row['explanation']}")
 
 
-# Stage order is the pipeline's order; later issues append to it.
+def _evaluate(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from .evaluation.job import run_evaluate, summary_table
+
+    summary = run_evaluate(cfg, spark, lake, getattr(args, "report", None))
+    metrics = lake.read("evaluation_metrics").filter(f"eval_id = '{summary['eval_id']}'").toPandas()
+    k_mid = sorted(cfg.evaluation.ks)[len(cfg.evaluation.ks) // 2]
+    wanted = [f"{m}@{k}" for k in sorted(cfg.evaluation.ks) for m in ("ndcg", "recall")] + [f"coverage@{k_mid}"]
+    print(f"\nevaluation {summary['eval_id']} on split_{cfg.evaluation.split} ({summary['users']} test users):")
+    print(summary_table(metrics, wanted).round(4).to_string())
+    print(f"report: {summary['report']}")
+    return summary
+
+
+# Stage order is the pipeline's order; evaluate is run on its own (it fits every baseline).
 STAGES: dict[str, StageFn] = {"ingest": _ingest, "features": _features, "embed": _embed, "train": _train,
-                             "recommend": _recommend}
+                             "recommend": _recommend, "evaluate": _evaluate}
+PIPELINE = ("ingest", "features", "embed", "train", "recommend")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--conf", default=os.environ.get("SPARKREC_CONF"),
                         help="YAML config (default: $SPARKREC_CONF, else built-in defaults)")
     parser.add_argument("--users", help="recommend: refresh only the user_ids listed in this file (one a line)")
+    parser.add_argument("--report", help="evaluate: where to write the HTML report (default: evaluation.report_dir)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides "
                         "(recommend-text: the interest text first, in quotes)")
     return parser
@@ -130,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if text is not None:
         _recommend_text(cfg, text)
         return 0
-    names = list(STAGES) if args.stage == "pipeline" else [args.stage]
+    names = list(PIPELINE) if args.stage == "pipeline" else [args.stage]
     try:
         run_stages(cfg, names, args)
     except (LakeError, ValueError) as exc:

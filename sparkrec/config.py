@@ -218,6 +218,17 @@ class EvaluationConfig(StrictModel):
 
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
     split: str = "temporal_loo"
+    # Models judged by `sparkrec evaluate`: "hybrid" is the latest model trained on `split`.
+    models: list[Literal["hybrid", "most_popular", "als", "itemknn", "ease", "content_only"]] = Field(
+        default_factory=lambda: ["hybrid", "most_popular", "als", "itemknn", "ease", "content_only"], min_length=1)
+    hybrid_run_id: str | None = None  # None: the latest training run on this dataset and split
+    graded: bool = True  # NDCG gains from ratings where they exist
+    # Slices: users with at most this many train interactions are "cold users"; activity
+    # buckets are bounded by these train-interaction counts (1-5, 6-20, 21-100, 101+).
+    cold_user_max_train: int = Field(5, ge=0)
+    activity_buckets: list[int] = Field(default_factory=lambda: [5, 20, 100])
+    max_users: int | None = Field(None, gt=0)  # evaluate a deterministic sample of test users
+    report_dir: str = "reports"  # the HTML report goes to <report_dir>/<namespace>/<split>-<id>.html
     # Baselines (sparkrec.baselines). Grids are searched exhaustively on one positive per user
     # held out of train ("last" by seq, or "random"); the best NDCG@10 is refitted on train.
     baseline_holdout: Literal["last", "random"] = "last"

@@ -112,11 +112,13 @@ class ALSBaseline(Recommender):
         self._users = (model.userFactors.select(F.col("id").alias("user_idx"), "features")
                        .join(seen_items(train), "user_idx", "left").cache())
 
-    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True) -> DataFrame:
+    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
+                  candidates: np.ndarray | None = None) -> DataFrame:
         self._check_k(k)
+        space = self._fitted(self.space)
         state = distinct_users(users).join(self._fitted(self._users), "user_idx")
         scorer = _FactorScorer(self._fitted(self._items), self._rank)
-        return top_k_per_user(state, scorer, self._fitted(self.space), k, exclude_seen)
+        return top_k_per_user(state, scorer, space, k, exclude_seen, space.mask(candidates))
 
     def release(self) -> None:
         """Drop the cached user factors and the broadcast item factors."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 from typing import Self, TypeVar
 
+import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -82,7 +83,10 @@ class Recommender(abc.ABC):
     def fit(self, train: DataFrame) -> Self: ...
 
     @abc.abstractmethod
-    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True) -> DataFrame: ...
+    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
+                  candidates: np.ndarray | None = None) -> DataFrame:
+        """``candidates`` (item_idx values) restricts the lists to those items, e.g. the
+        cold-item protocol ranks only items absent from train."""
 
     def _fitted(self, value: V | None) -> V:
         """A state attribute, or a clear error when ``recommend`` comes before ``fit``."""

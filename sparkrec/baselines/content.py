@@ -72,12 +72,13 @@ class ContentOnly(Recommender):
         self._state = user_state(train).filter(F.size("hist_items") > 0).cache()
         return self
 
-    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True) -> DataFrame:
+    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
+                  candidates: np.ndarray | None = None) -> DataFrame:
         self._check_k(k)
         space = self._fitted(self.space)
         state = distinct_users(users).join(self._fitted(self._state), "user_idx")
         return top_k_per_user(state, _ProfileScorer(self._fitted(self._vectors), space, self.weighted),
-                              space, k, exclude_seen)
+                              space, k, exclude_seen, space.mask(candidates))
 
     def release(self) -> None:
         """Drop the broadcast vectors and the cached user state."""

@@ -162,12 +162,13 @@ class EASE(Recommender):
         self._state = state.filter(F.size("hist_items") > 0)
         return self
 
-    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True) -> DataFrame:
+    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
+                  candidates: np.ndarray | None = None) -> DataFrame:
         self._check_k(k)
         space = self._fitted(self.space)
         state = distinct_users(users).join(self._fitted(self._state), "user_idx")
         return top_k_per_user(state, _DenseScorer(self._fitted(self._weights), space, self.binary),
-                              space, k, exclude_seen)
+                              space, k, exclude_seen, space.mask(candidates))
 
     def release(self) -> None:
         """Drop the broadcast weights (and the cached user state this model owns)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Self
 
+import numpy as np
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -65,11 +66,15 @@ class ItemKNN(Recommender):
         self.similarities.count()  # materialise now, so fit time is fit time
         return self
 
-    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True) -> DataFrame:
+    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
+                  candidates: np.ndarray | None = None) -> DataFrame:
         self._check_k(k)
         history = distinct_users(users).join(self._fitted(self._history), "user_idx")
-        scores = (history.join(self._fitted(self.similarities), "i")
-                  .groupBy("user_idx", "j").agg(F.sum("sim").alias("score")))
+        sims = self._fitted(self.similarities)
+        if candidates is not None:  # a list of item ids, small next to the pair table
+            allowed = history.sparkSession.createDataFrame([(int(i),) for i in candidates], "j int")
+            sims = sims.join(F.broadcast(allowed), "j")
+        scores = history.join(sims, "i").groupBy("user_idx", "j").agg(F.sum("sim").alias("score"))
         if exclude_seen:
             scores = scores.join(self._fitted(self._seen), ["user_idx", "j"], "left_anti")
         best = Window.partitionBy("user_idx").orderBy(F.desc("score"), "j")

@@ -62,8 +62,10 @@ class MostPopular(Recommender):
         self._seen = seen_items(train).cache()
         return self
 
-    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True) -> DataFrame:
+    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
+                  candidates: np.ndarray | None = None) -> DataFrame:
         self._check_k(k)
+        space = self._fitted(self.space)
         state = distinct_users(users).join(self._fitted(self._seen), "user_idx", "left")
-        return top_k_per_user(state, _Tiled(self._fitted(self.scores)), self._fitted(self.space), k,
-                              exclude_seen)
+        return top_k_per_user(state, _Tiled(self._fitted(self.scores)), space, k, exclude_seen,
+                              space.mask(candidates))

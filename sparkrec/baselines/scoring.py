@@ -47,6 +47,12 @@ class ItemSpace:
         cols = np.minimum(cols, len(self.item_ids) - 1)
         return cols, self.item_ids[cols] == item_idx
 
+    def mask(self, item_idx: np.ndarray | None) -> np.ndarray | None:
+        """Bool per column: is the column's item among ``item_idx``? None stays None (all)."""
+        if item_idx is None:
+            return None
+        return np.isin(self.item_ids, np.asarray(item_idx, dtype=np.int64))
+
 
 def list_entries(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(row of each list element, the elements) of a list column; nulls are empty lists."""

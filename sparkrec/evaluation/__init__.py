@@ -10,6 +10,7 @@ from .metrics import (
     popularity_bias,
     popularity_metrics,
     ranking_metrics,
+    ranking_metrics_by,
     rating_errors,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "popularity_bias",
     "popularity_metrics",
     "ranking_metrics",
+    "ranking_metrics_by",
     "rating_errors",
 ]

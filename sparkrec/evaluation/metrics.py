@@ -89,17 +89,36 @@ def ranking_metrics(recs: DataFrame, truth: DataFrame, ks: Sequence[int], graded
     (user, item) followed by windows would shuffle the recommendations three times.
     Returns ``{"precision@10": ..., "mrr": ..., "n_users": ...}``.
     """
+    by = "__all"
+    return ranking_metrics_by(recs, truth.withColumn(by, F.lit("all")), ks, by, graded, gain).get(
+        "all", _empty_ranking(_check_ks(ks)))
+
+
+def _empty_ranking(ks: list[int]) -> dict[str, float]:
+    names = ["n_users", "mrr"] + [f"{m}@{k}" for k in ks for m in ("precision", "recall", "ndcg", "map", "hitrate")]
+    return dict.fromkeys(names, 0.0)
+
+
+def ranking_metrics_by(recs: DataFrame, truth: DataFrame, ks: Sequence[int], by: str, graded: bool = True,
+                       gain: Gain = "linear") -> dict[str, dict[str, float]]:
+    """:func:`ranking_metrics` per group of ``truth[by]`` (e.g. evaluation slices), in one job.
+
+    A user's list is judged once per group the user has relevant items in, against only that
+    group's items: slicing by item (cold items) and by user (activity) both fall out of this.
+    Groups without relevant items are absent from the result.
+    """
     ks = _check_ks(ks)
     if gain not in ("linear", "exponential"):
         raise ValueError(f"gain must be 'linear' or 'exponential', got {gain!r}")
     rel_rows = truth_rows(truth).filter(F.col("is_positive")).select(
-        "user_idx", F.col("item_idx").cast("int").alias("item_idx"), F.lit(None).cast("int").alias("rank"),
-        _grade(graded, gain).cast("double").alias("gain"))
+        F.col(by).cast("string").alias("grp"), "user_idx", F.col("item_idx").cast("int").alias("item_idx"),
+        F.lit(None).cast("int").alias("rank"), _grade(graded, gain).cast("double").alias("gain"))
+    groups = rel_rows.select("grp", "user_idx").distinct()
     rec_rows = recs.select("user_idx", F.col("item_idx").cast("int").alias("item_idx"),
                            F.col("rank").cast("int").alias("rank"), F.lit(None).cast("double").alias("gain"))
-    rows = rec_rows.unionByName(rel_rows)
+    rows = rec_rows.join(groups, "user_idx").unionByName(rel_rows)
     # collect_list skips nulls, so each list takes only its own kind of row.
-    per_user = rows.groupBy("user_idx").agg(
+    per_user = rows.groupBy("grp", "user_idx").agg(
         F.collect_list(F.when(F.col("gain").isNotNull(),
                               F.struct(F.col("item_idx").alias("item"), (-F.col("gain")).alias("neg"))))
         .alias("rel"),
@@ -109,21 +128,21 @@ def ranking_metrics(recs: DataFrame, truth: DataFrame, ks: Sequence[int], graded
     # Each step is its own projection over named columns: an array referenced inside a
     # lambda is then read per element, not recomputed per element.
     steps = per_user.filter(F.size("rel") > 0).select(
-        F.sort_array("rel").alias("rel"), F.sort_array("recs").alias("recs"))
+        "grp", F.sort_array("rel").alias("rel"), F.sort_array("recs").alias("recs"))
     # One entry per item: the relevant item's best gain, the listed item's best rank.
-    steps = steps.select(_first_per_item(F.col("rel")).alias("rel"),
+    steps = steps.select("grp", _first_per_item(F.col("rel")).alias("rel"),
                          _first_per_item(F.col("recs")).alias("recs"))
     steps = steps.select(
-        F.size("rel").alias("n_rel"),
+        "grp", F.size("rel").alias("n_rel"),
         F.map_from_entries(F.transform("rel", lambda x: F.struct(x["item"], -x["neg"]))).alias("gain_of"),
         F.sort_array(F.transform("rel", lambda x: -x["neg"]), asc=False).alias("ideal"),
         F.sort_array(F.transform("recs", lambda x: F.struct(x["rank"].alias("rank"), x["item"].alias("item"))))
         .alias("ranked"))
     steps = steps.select(
-        "n_rel", "gain_of", F.transform("ideal", lambda g, i: g / F.log2(i + 2.0)).alias("ideal"),
+        "grp", "n_rel", "gain_of", F.transform("ideal", lambda g, i: g / F.log2(i + 2.0)).alias("ideal"),
         F.filter("ranked", lambda x: F.element_at(F.col("gain_of"), x["item"]).isNotNull()).alias("hits"))
     stats = steps.select(
-        "n_rel", "ideal", F.transform("hits", lambda x, i: F.struct(
+        "grp", "n_rel", "ideal", F.transform("hits", lambda x, i: F.struct(
             x["rank"].alias("rank"), F.element_at(F.col("gain_of"), x["item"]).alias("gain"),
             (i + 1).alias("no"))).alias("hits"))
 
@@ -144,8 +163,12 @@ def ranking_metrics(recs: DataFrame, truth: DataFrame, ks: Sequence[int], graded
             F.avg(ap / F.least(F.col("n_rel"), F.lit(k))).alias(f"map@{k}"),
             F.avg(F.when(n_hits > 0, 1.0).otherwise(zero)).alias(f"hitrate@{k}"),
         ]
-    row = stats.agg(*per_metric).collect()[0].asDict()
-    return {name: float(value) if value is not None else 0.0 for name, value in row.items()}
+    out: dict[str, dict[str, float]] = {}
+    for row in stats.groupBy("grp").agg(*per_metric).collect():  # one row per group
+        values = row.asDict()
+        group = values.pop("grp")
+        out[group] = {name: float(value) if value is not None else 0.0 for name, value in values.items()}
+    return out
 
 
 # --------------------------------------------------------------------------- beyond accuracy

@@ -153,7 +153,7 @@ def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     seconds = time.perf_counter() - started
 
     mlflow_setup(tc.mlflow_uri, tc.experiment)
-    with mlflow.start_run(tags={"dataset": cfg.data.dataset, "backend": tc.backend}) as run:
+    with mlflow.start_run(tags={"dataset": cfg.data.dataset, "backend": tc.backend, "split": tc.split}) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in _flatten(config_to_dict(cfg)).items()
                            if k.split(".")[0] in ("model", "train", "features", "data")})
         for row in result["history"]:

@@ -89,14 +89,22 @@ def load_model(run_id: str, mlflow_uri: str = "mlruns", device: str = "cpu") -> 
     return loaded
 
 
-def latest_run_id(mlflow_uri: str, experiment: str, dataset: str | None = None) -> str:
+def latest_run_id(mlflow_uri: str, experiment: str, dataset: str | None = None, split: str | None = None) -> str:
+    """The newest finished training run, optionally of one dataset and one split.
+
+    Evaluation asks for the split: a model trained on another split has seen its test rows.
+    Only training runs carry a ``backend`` tag, so evaluation runs are never returned.
+    """
     import mlflow
 
     mlflow_setup(mlflow_uri, experiment)
-    filt = "attributes.status = 'FINISHED'" + (f" and tags.dataset = '{dataset}'" if dataset else "")
+    filt = "attributes.status = 'FINISHED' and tags.backend != ''"
+    filt += (f" and tags.dataset = '{dataset}'" if dataset else "") + (f" and tags.split = '{split}'" if split else "")
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=filt,
                               order_by=["attributes.start_time DESC"], max_results=1)
     if runs.empty:
-        raise LookupError(f"no finished training run in MLflow experiment {experiment!r} at {mlflow_uri}"
-                          + (f" for dataset {dataset!r}" if dataset else "") + ": run `sparkrec train` first")
+        what = (f" for dataset {dataset!r}" if dataset else "") + (f" on split {split!r}" if split else "")
+        hint = f" --set train.split={split}" if split else ""
+        raise LookupError(f"no finished training run in MLflow experiment {experiment!r} at {mlflow_uri}{what}: "
+                          f"run `sparkrec train{hint}` first")
     return str(runs.iloc[0]["run_id"])
