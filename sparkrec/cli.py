@@ -125,7 +125,8 @@ def run_stages(cfg: Config, names: Sequence[str], args: argparse.Namespace | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    # intermixed: overrides may follow --conf (`sparkrec train --conf c.yaml train.epochs=3`).
+    args = _parser().parse_intermixed_args(argv)
     text = args.overrides.pop(0) if args.stage == "recommend-text" and args.overrides else None
     if args.stage == "recommend-text" and not text:
         print("sparkrec: recommend-text needs the interest text, e.g. sparkrec recommend-text \"space opera\"",
