@@ -44,3 +44,11 @@ def test_extends_merges_and_detects_loops(tmp_path):
 def test_generic_dataset_requires_its_source():
     with pytest.raises(ConfigError, match=r"data\.generic is not set"):
         load_config(None, ["data.dataset=generic"])
+
+
+def test_cli_takes_overrides_after_the_conf_option(capsys):
+    from sparkrec.cli import main
+
+    assert main(["show-config", "--conf", "conf/local.yaml", "train.epochs=3", "evaluation.ks=[1,2]"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 3" in out and "- 1\n  - 2" in out
