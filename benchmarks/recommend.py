@@ -9,7 +9,7 @@
 Setup (ingest, features, a 1-epoch local model without text) runs in a temporary lake first.
 
     python benchmarks/recommend.py                                   # the bundled sample
-    python benchmarks/recommend.py --dataset bookcrossing --epochs 1 --max-users 20000
+    python benchmarks/recommend.py --dataset bookcrossing --epochs 1 --steps 200   # every BX user
 
 Measured (sample: 150 users x 6,003 items, k=20, local[2] on a machine at load ~11): Spark
 scoring 19.6 s = 46k scores/s, one numpy process 0.2 s = 4.6M scores/s (ratio 0.01: on a job
@@ -48,6 +48,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="sample", choices=["sample", "movielens", "bookcrossing"])
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training steps per epoch (timing only needs a model, not a good one)")
     ap.add_argument("--max-users", type=int, default=None, help="score only the first N users (by user_idx)")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--workdir", default=None, help="keep the lake here (default: a temporary directory)")
@@ -59,7 +61,8 @@ def main() -> None:
                              f"data.paths.bookcrossing={REPO.parent / 'shared/datasets/book-crossing'}",
                              f"train.workdir={root / 'work'}", f"train.mlflow_uri={root / 'ml'}",
                              "train.backend=local", f"train.epochs={args.epochs}", "train.progress=false",
-                             "model.use_text=false", f"recommend.k={args.k}"])
+                             "model.use_text=false", f"recommend.k={args.k}",
+                             *([f"train.steps_per_epoch={args.steps}"] if args.steps else [])])
     spark = get_spark(cfg.spark)
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))
     timings: dict[str, Any] = {"dataset": args.dataset, "cores": spark.sparkContext.defaultParallelism}
