@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 
+from ..recommend.topk import best_k
 from .base import RECS_SCHEMA
 
 ScoreBlock = Callable[[pa.RecordBatch], np.ndarray]
@@ -75,32 +76,9 @@ def history_matrix(batch: pa.RecordBatch, space: ItemSpace, binary: bool = False
     return out
 
 
-def _best_columns(scores: np.ndarray, kk: int) -> np.ndarray:
-    """Per row, columns that surely contain the kk best, ties at the cut included.
-
-    argpartition alone picks an arbitrary subset of items tied at the K-th score, which would
-    make lists differ between runs; widening the cut to every tied item keeps the tie-break
-    (smaller item_idx first) exact.
-    """
-    n = scores.shape[1]
-    if kk >= n:
-        return np.broadcast_to(np.arange(n), scores.shape).copy()
-    part = np.argpartition(-scores, kk - 1, axis=1)
-    kth = np.take_along_axis(scores, part[:, kk - 1:kk], axis=1)
-    width = int((scores >= kth).sum(axis=1).max())
-    if width == kk:
-        return part[:, :kk]
-    if width >= n:
-        return np.broadcast_to(np.arange(n), scores.shape).copy()
-    return np.argpartition(-scores, width - 1, axis=1)[:, :width]
-
-
 def _top_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int) -> pa.RecordBatch:
     kk = min(k, scores.shape[1])
-    idx = _best_columns(scores, kk)
-    vals = np.take_along_axis(scores, idx, axis=1)
-    order = np.lexsort((idx, -vals), axis=1)[:, :kk]  # best score first, ties to the smaller item_idx
-    idx, vals = np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    idx, vals = best_k(scores, kk)  # best score first, ties to the smaller item_idx (columns are sorted by it)
     keep = np.isfinite(vals)  # masked (seen / unknown) items sort last, so ranks stay 1..m
     ranks = np.broadcast_to(np.arange(1, kk + 1, dtype=np.int32), vals.shape)
     return pa.RecordBatch.from_arrays(

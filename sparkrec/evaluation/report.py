@@ -131,12 +131,7 @@ def expected_chart_ids(metrics: pd.DataFrame, curves: pd.DataFrame | None = None
     return [chart_id for chart_id, _ in _chart_plan(frame, _normalise_curves(curves))]
 
 
-def render_report(
-    metrics: pd.DataFrame,
-    curves: pd.DataFrame | None,
-    meta: Mapping[str, Any],
-    protocol: str,
-) -> str:
+def render_report(metrics: pd.DataFrame, curves: pd.DataFrame | None, meta: Mapping[str, Any], protocol: str) -> str:
     """Build the whole report as one string, so it can be written, attached or served as-is."""
     frame = _normalise_metrics(metrics)
     curve_frame = _normalise_curves(curves)
@@ -183,13 +178,8 @@ def render_report(
     return "\n".join(parts)
 
 
-def write_report(
-    path: str | Path,
-    metrics: pd.DataFrame,
-    curves: pd.DataFrame | None,
-    meta: Mapping[str, Any],
-    protocol: str,
-) -> Path:
+def write_report(path: str | Path, metrics: pd.DataFrame, curves: pd.DataFrame | None, meta: Mapping[str, Any],
+                 protocol: str) -> Path:
     """Render and write the report; parent directories are created because run folders often are not yet."""
     target = Path(path)
     document = render_report(metrics, curves, meta, protocol)

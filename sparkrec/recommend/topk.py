@@ -20,6 +20,41 @@ def csr(lists: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return indptr, flat
 
 
+def _best_columns(scores: np.ndarray, kk: int) -> np.ndarray:
+    """Per row, columns that surely contain the kk best, ties at the cut included.
+
+    argpartition alone picks an arbitrary subset of items tied at the K-th score, which would
+    make lists differ between runs; widening the cut to every tied item keeps the tie-break
+    exact.
+    """
+    n = scores.shape[1]
+    if kk >= n:
+        return np.broadcast_to(np.arange(n), scores.shape).copy()
+    part = np.argpartition(-scores, kk - 1, axis=1)
+    kth = np.take_along_axis(scores, part[:, kk - 1:kk], axis=1)
+    width = int((scores >= kth).sum(axis=1).max())
+    if width == kk:
+        return part[:, :kk]
+    if width >= n:
+        return np.broadcast_to(np.arange(n), scores.shape).copy()
+    return np.argpartition(-scores, width - 1, axis=1)[:, :width]
+
+
+def best_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``k`` best columns and their scores, best first.
+
+    Ties go to the smaller id (``ids``, same shape as ``scores``; the column index when None),
+    so a list is the same whichever block or executor computed it. This is the one top-K
+    selection of the platform: the recommend job and every baseline go through it.
+    """
+    kk = min(k, scores.shape[1])
+    cols = _best_columns(scores, kk)
+    vals = np.take_along_axis(scores, cols, axis=1)
+    tie = cols if ids is None else np.take_along_axis(ids, cols, axis=1)
+    order = np.lexsort((tie, -vals), axis=1)[:, :kk]
+    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
 def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | None = None,
           seen: tuple[np.ndarray, np.ndarray] | None = None, block_rows: int = 65_536
           ) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +62,8 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | N
 
     ``eligible`` (n_items,) bool removes items for everyone (padding, filters); ``seen`` is a
     CSR of item rows removed per user. Slots with no eligible item left hold index -1 and
-    score -inf, so callers drop them instead of recommending an excluded item.
+    score -inf, so callers drop them instead of recommending an excluded item. Ties go to the
+    smaller item row, as in a full stable sort.
     """
     b, n = users.shape[0], items.shape[0]
     k_eff = min(k, n)
@@ -38,6 +74,7 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | N
     if seen is not None:
         indptr, flat = seen
         seen_rows = np.repeat(np.arange(b), np.diff(indptr))
+    last = np.iinfo(np.int64).max  # empty slots lose every tie
     for start in range(0, n, block_rows):
         stop = min(start + block_rows, n)
         scores = users @ items[start:stop].T
@@ -46,15 +83,11 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | N
         if seen is not None:
             inside = (flat >= start) & (flat < stop)
             scores[seen_rows[inside], flat[inside] - start] = NEG
-        kk = min(k_eff, stop - start)
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < stop - start else \
-            np.broadcast_to(np.arange(stop - start), (b, stop - start))
-        cand_i = np.concatenate([best_i, part + start], axis=1)
-        cand_s = np.concatenate([best_s, np.take_along_axis(scores, part, axis=1)], axis=1)
-        keep = np.argpartition(-cand_s, k_eff - 1, axis=1)[:, :k_eff]
-        best_i, best_s = np.take_along_axis(cand_i, keep, axis=1), np.take_along_axis(cand_s, keep, axis=1)
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    best_i, best_s = np.take_along_axis(best_i, order, axis=1), np.take_along_axis(best_s, order, axis=1)
+        cols, vals = best_k(scores, k_eff)
+        cand_i = np.concatenate([best_i, cols + start], axis=1)
+        cand_s = np.concatenate([best_s, vals.astype(np.float32)], axis=1)
+        keep, best_s = best_k(cand_s, k_eff, np.where(cand_i >= 0, cand_i, last))
+        best_i = np.take_along_axis(cand_i, keep, axis=1)
     best_i[~np.isfinite(best_s)] = -1
     return best_i, best_s
 
