@@ -132,6 +132,10 @@ class GenericSource(StrictModel):
     unescape_html: bool = False  # "&amp;" in titles and publishers, as Book-Crossing has
     # A rating value that means "interacted, no rating given" (Book-Crossing's 0).
     implicit_rating: float | None = None
+    # Without timestamps, is the file's line order the order events happened in? "arbitrary"
+    # (Book-Crossing: sorted by user, then ISBN) orders a user's events by a seeded hash instead,
+    # so no split or history learns the file's sort key as if it were time.
+    file_order: Literal["chronological", "arbitrary"] = "chronological"
 
 
 class DatasetPaths(StrictModel):

@@ -119,3 +119,26 @@ def test_implicit_weights(spark):
     binary = WeightConfig(mode="binary", implicit_value=0.3)
     got = [r.w for r in df.select(implicit_weight(F.col("rating"), binary, src).alias("w")).collect()]
     assert got == [0.3, 1.0, 1.0, 0.3]
+
+
+def test_a_sorted_file_without_timestamps_is_not_mistaken_for_time(spark):
+    """Book-Crossing's ratings are sorted by user and ISBN; that order must not become "time"."""
+    from sparkrec.features.events import build_events
+
+    rows = [(u, f"{i:010d}", 5.0, None, u * 100 + i) for u in (1, 2) for i in range(40)]
+    interactions = spark.createDataFrame(rows, "user_id string, item_id string, rating double, "
+                                               "event_time timestamp, source_line long")
+    users = spark.createDataFrame([("1", 0), ("2", 1)], "user_id string, user_idx int")
+    items = spark.createDataFrame([(f"{i:010d}", i) for i in range(40)], "item_id string, item_idx int")
+    base = {"interactions": {"path": "x", "columns": {"user": "u", "item": "i"}}}
+
+    def seqs(order: str) -> dict[int, list[int]]:
+        src = GenericSource.model_validate({**base, "file_order": order})
+        pdf = build_events(interactions, users, items, WeightConfig(), src).toPandas()
+        return {u: g.sort_values("item_idx")["seq"].tolist() for u, g in pdf.groupby("user_idx")}
+
+    assert all(s == sorted(s) for s in seqs("chronological").values())  # file lines = time
+    shuffled = seqs("arbitrary")
+    for s in shuffled.values():
+        assert sorted(s) == list(range(1, 41)) and s != sorted(s)  # positions, not the ISBN order
+    assert shuffled[0] != shuffled[1] and shuffled == seqs("arbitrary")  # per user, and reproducible

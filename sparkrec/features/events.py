@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from ..config import GenericSource, WeightConfig
@@ -43,8 +43,15 @@ def has_timestamps(events: DataFrame) -> bool:
 def build_events(interactions: DataFrame, user_index: DataFrame, item_index: DataFrame,
                  cfg: WeightConfig, src: GenericSource) -> DataFrame:
     """seq orders a user's events: epoch seconds where there are timestamps, else the
-    event's line in its source file (the order the source recorded them in)."""
-    seq = F.coalesce(F.unix_timestamp("event_time"), F.col("source_line"), F.lit(0)).cast("long")
+    event's line in its source file (the order the source recorded them in) or, where that
+    order is a sort key rather than time (``file_order="arbitrary"``), a fixed pseudo-random
+    order: a sequence model or a leave-last-out split must not learn "next ISBN" as "next"."""
+    fallback = F.col("source_line")
+    if src.file_order == "arbitrary":  # positions 1..n per user, so history gaps stay "steps"
+        shuffled = Window.partitionBy("user_id").orderBy(F.xxhash64(F.lit("sparkrec-order"), "user_id", "item_id"),
+                                                         "item_id")
+        fallback = F.row_number().over(shuffled)
+    seq = F.coalesce(F.unix_timestamp("event_time"), fallback, F.lit(0)).cast("long")
     return (interactions.join(user_index, "user_id").join(item_index, "item_id")
             .select("user_idx", "item_idx", "rating",
                     implicit_weight(F.col("rating"), cfg, src).alias("weight"),

@@ -63,6 +63,7 @@ def bookcrossing(path: str | Path) -> GenericSource:
         rating_min=0.0, rating_max=10.0, implicit_rating=0.0,
         user_id_pattern=r"\d+", item_id_pattern=r"\d{9}[\dX]|\d{13}", item_id_uppercase=True,
         unescape_html=True,
+        file_order="arbitrary",  # the ratings file is sorted by user and ISBN: not time
     )
 
 
