@@ -48,6 +48,23 @@ def test_upsert_rejects_duplicate_source_keys(spark, lake):
         lake.upsert("t", _rows(spark, [1, 1], "z"), ["k"])
 
 
+def _ranked(spark, lists, tag):
+    return spark.createDataFrame([Row(g=g, r=r, v=f"{tag}{g}{r}") for g, n in lists.items() for r in range(1, n + 1)])
+
+
+def test_upsert_replace_within_deletes_ranks_a_group_no_longer_has(spark, lake):
+    lake.overwrite("ranked", _ranked(spark, {"a": 5, "b": 5}, "x"))
+    result = lake.upsert("ranked", _ranked(spark, {"a": 3, "c": 2}, "y"), ["g", "r"], replace_within=["g"])
+    assert (result.inserted, result.updated, result.deleted) == (2, 3, 2)
+    got = sorted((r.g, r.r, r.v) for r in lake.read("ranked").collect())
+    assert got == sorted([("a", r, f"ya{r}") for r in (1, 2, 3)] + [("b", r, f"xb{r}") for r in range(1, 6)]
+                         + [("c", r, f"yc{r}") for r in (1, 2)])
+    assert lake.version("ranked") == 1  # deletes and updates in one commit
+    assert lake.history("ranked")[0]["sparkrec.deleted"] == "2"
+    with pytest.raises(LakeError, match="must be columns of the MERGE keys"):
+        lake.upsert("ranked", _ranked(spark, {"a": 1}, "z"), ["g", "r"], replace_within=["v"])
+
+
 def test_schema_is_enforced(spark, lake):
     lake.overwrite("t", _rows(spark, range(3), "x"))
     with pytest.raises(SchemaMismatchError, match="missing \\['v'\\]"):
@@ -74,4 +91,7 @@ def test_spark_delta_engine(spark, tmp_path):
     lake.overwrite("t", _rows(spark, range(5), "x"))
     result = lake.upsert("t", _rows(spark, range(3, 7), "y"), ["k"])
     assert (result.inserted, result.updated) == (2, 2)
+    lake.overwrite("ranked", _ranked(spark, {"a": 5, "b": 5}, "x"))
+    shrunk = lake.upsert("ranked", _ranked(spark, {"a": 3}, "y"), ["g", "r"], replace_within=["g"])
+    assert (shrunk.updated, shrunk.deleted) == (3, 2) and lake.read("ranked").count() == 8
     assert lake.read("t", version=0).count() == 5

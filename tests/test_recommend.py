@@ -190,3 +190,16 @@ def test_partial_refresh_merges_only_the_given_users_in_one_commit(served, spark
     old = before.set_index(["user_id", "rank"])["generated_at"]
     changed = {u for (u, _), a in stamp.items() if a != old[(u, _)]}
     assert changed == set(chosen)
+
+
+def test_partial_refresh_leaves_no_stale_ranks_when_a_list_shrinks(served, spark):
+    cfg, lake, _ = served
+    before = _rows(lake)
+    user = sorted(before["user_id"].dropna().unique())[-1]
+    shorter = cfg.model_copy(update={"recommend": cfg.recommend.model_copy(update={"k": K // 2})})
+    out = run_recommend(shorter, spark, lake, spark.createDataFrame([(user,)], "user_id string"))
+    after = _rows(lake)
+    assert out["deleted"] == K - K // 2 and len(after) == len(before) - out["deleted"]
+    assert sorted(after.query("user_id == @user")["rank"]) == list(range(1, K // 2 + 1))
+    others = after.query("user_id != @user").groupby("user_id")["rank"].max()
+    assert (others == K).all()

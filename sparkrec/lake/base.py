@@ -36,6 +36,7 @@ class CommitResult:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    deleted: int = 0
 
 
 @dataclass
@@ -145,9 +146,15 @@ class Lake(abc.ABC):
     def append(self, table: str, df: DataFrame) -> CommitResult: ...
 
     @abc.abstractmethod
-    def upsert(self, table: str, df: DataFrame, keys: list[str]) -> CommitResult:
+    def upsert(self, table: str, df: DataFrame, keys: list[str],
+               replace_within: list[str] | None = None) -> CommitResult:
         """MERGE by ``keys``: new keys inserted, rows whose other columns changed updated,
-        identical rows left alone. Creates the table when it does not exist."""
+        identical rows left alone. Creates the table when it does not exist.
+
+        ``replace_within`` (a prefix of ``keys``, e.g. the user id of (user id, rank)) makes the
+        source the whole truth for each group it mentions: the table's rows of those groups whose
+        key is absent from the source are deleted in the same commit, so a user whose list got
+        shorter keeps no stale ranks."""
 
     def read_or_empty(self, table: str, schema: T.StructType) -> DataFrame:
         if self.exists(table):
@@ -165,3 +172,11 @@ class Lake(abc.ABC):
         counts = flagged.agg(F.count(F.lit(1)).alias("n"),
                              F.count("__exists").alias("updated")).collect()[0]
         return changed.drop(ROW_HASH), int(counts["n"]), int(counts["updated"])
+
+    def stale_keys(self, table: str, df: DataFrame, keys: list[str], within: list[str]) -> DataFrame:
+        """Keys of the table's rows in the groups ``df`` mentions that ``df`` no longer has."""
+        if not set(within) <= set(keys):
+            raise LakeError(f"replace_within {within} must be columns of the MERGE keys {keys}")
+        return (self.read(table).select(*keys)
+                .join(df.select(*within).distinct(), on=within, how="left_semi")
+                .join(df.select(*keys), on=keys, how="left_anti"))

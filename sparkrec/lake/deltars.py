@@ -229,9 +229,10 @@ class DeltaRsLake(Lake):
         version = self._commit(table, df.schema, list(adds), "append", "append", rows=rows)
         return CommitResult(table, version, rows_written=rows, inserted=rows)
 
-    def upsert(self, table: str, df: DataFrame, keys: list[str]) -> CommitResult:
-        """Copy-on-write MERGE planned in Spark: only the files holding updated keys are
-        rewritten; new keys are appended; the commit removes and adds files atomically."""
+    def upsert(self, table: str, df: DataFrame, keys: list[str],
+               replace_within: list[str] | None = None) -> CommitResult:
+        """Copy-on-write MERGE planned in Spark: only the files holding updated or deleted keys
+        are rewritten; new keys are appended; the commit removes and adds files atomically."""
         if not self.exists(table):
             check_unique_keys(table, df, keys)
             return self.overwrite(table, df)
@@ -239,15 +240,21 @@ class DeltaRsLake(Lake):
         schema = self._spark_schema(dt)
         check_schema(table, schema, df.schema)
         df = df.select(*schema.names).persist()
+        stale: DataFrame | None = None
         try:
             check_unique_keys(table, df, keys)
             total = df.count()
             changed, n_changed, n_updated = self.count_changes(table, df, keys)
+            stale = self.stale_keys(table, df, keys, replace_within).persist() if replace_within else None
+            n_deleted = stale.count() if stale is not None else 0
             counts = {"inserted": n_changed - n_updated, "updated": n_updated,
-                      "unchanged": total - n_changed}
+                      "unchanged": total - n_changed, "deleted": n_deleted}
             actions: list[AddAction | RemoveAction] = []
-            if n_updated:
-                actions.extend(self._rewrite_updated(table, dt, schema, changed, keys))
+            if n_updated or n_deleted:
+                dropped = changed.select(*keys)
+                if stale is not None:
+                    dropped = dropped.unionByName(stale)
+                actions.extend(self._rewrite_files(table, dt, schema, dropped, changed, keys))
             elif n_changed:
                 actions.extend(self._write_files(table, changed))
             rows = sum(_records(a) for a in actions if isinstance(a, AddAction))
@@ -255,19 +262,22 @@ class DeltaRsLake(Lake):
             return CommitResult(table, version, rows_written=rows, **counts)
         finally:
             df.unpersist()
+            if stale is not None:
+                stale.unpersist()
 
-    def _rewrite_updated(self, table: str, dt: DeltaTable, schema: T.StructType, changed: DataFrame,
-                         keys: list[str]) -> list[AddAction | RemoveAction]:
+    def _rewrite_files(self, table: str, dt: DeltaTable, schema: T.StructType, dropped: DataFrame,
+                       added: DataFrame, keys: list[str]) -> list[AddAction | RemoveAction]:
+        """Removes every file holding a ``dropped`` key and adds its other rows back with ``added``."""
         prefix = self.location(table).rstrip("/") + "/"
         by_name = {os.path.basename(u): u.removeprefix(prefix) for u in dt.file_uris()}
         target = self.spark.read.schema(schema).parquet(*dt.file_uris()).select(
             "*", F.col("_metadata.file_path").alias("__file"))
-        touched = [r["__file"] for r in target.join(changed.select(*keys), on=keys, how="left_semi")
+        touched = [r["__file"] for r in target.join(dropped, on=keys, how="left_semi")
                    .select("__file").distinct().collect()]
         touched_rel = [by_name[os.path.basename(p)] for p in touched]
         kept = (self.spark.read.schema(schema).parquet(*[f"{self.location(table)}/{p}" for p in touched_rel])
-                .join(changed.select(*keys), on=keys, how="left_anti"))
-        adds = self._write_files(table, kept.unionByName(changed))
+                .join(dropped, on=keys, how="left_anti"))
+        adds = self._write_files(table, kept.unionByName(added))
         now = int(time.time() * 1000)
         removes = [RemoveAction(p, True, now) for p in touched_rel]
         return [*removes, *adds]

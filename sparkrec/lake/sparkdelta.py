@@ -90,7 +90,8 @@ class SparkDeltaLake(Lake):
         self._save(table, df, "append")
         return CommitResult(table, self.version(table), rows_written=rows, inserted=rows)
 
-    def upsert(self, table: str, df: DataFrame, keys: list[str]) -> CommitResult:
+    def upsert(self, table: str, df: DataFrame, keys: list[str],
+               replace_within: list[str] | None = None) -> CommitResult:
         check_unique_keys(table, df, keys)
         if not self.exists(table):
             return self.overwrite(table, df)
@@ -100,14 +101,22 @@ class SparkDeltaLake(Lake):
         try:
             total = df.count()
             changed, n_changed, n_updated = self.count_changes(table, df, keys)
+            source = changed.withColumn("__delete", F.lit(False))
+            n_deleted = 0
+            if replace_within:
+                # Stale keys ride in the same MERGE as delete markers: one commit, one version.
+                stale = self.stale_keys(table, df, keys, replace_within)
+                n_deleted = stale.count()
+                source = source.unionByName(stale.withColumn("__delete", F.lit(True)), allowMissingColumns=True)
             counts = {"inserted": n_changed - n_updated, "updated": n_updated,
-                      "unchanged": total - n_changed}
+                      "unchanged": total - n_changed, "deleted": n_deleted}
             self._with_metadata("merge", **counts)
-            source = changed.alias("s")
             cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-            (self._delta_table(table).alias("t").merge(source, cond)
+            (self._delta_table(table).alias("t").merge(source.alias("s"), cond)
+             .whenMatchedDelete(condition="s.__delete")
              .whenMatchedUpdate(set={c: F.col(f"s.`{c}`") for c in schema.names})
-             .whenNotMatchedInsert(values={c: F.col(f"s.`{c}`") for c in schema.names})
+             .whenNotMatchedInsert(condition="NOT s.__delete",
+                                   values={c: F.col(f"s.`{c}`") for c in schema.names})
              .execute())
             return CommitResult(table, self.version(table), rows_written=n_changed, **counts)
         finally:

@@ -1,7 +1,8 @@
 """The recommend stage: current histories -> user tower -> exact top-K -> explained rows in Delta.
 
 A full run replaces ``recommendations`` in one atomic overwrite, so readers never see a mix of
-two runs; a partial refresh (given users) MERGEs their rows by (user_id, rank) in one commit.
+two runs; a partial refresh (given users) MERGEs their rows by (user_id, rank) in one commit,
+deleting ranks a refreshed user no longer has (a shorter list leaves nothing stale behind).
 User vectors come from the users' current positive events, not from training data, so new
 events change the lists without retraining.
 """
@@ -134,9 +135,10 @@ def run_recommend(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame
     if text_scored is not None:
         scored = scored.unionByName(text_scored)
     out = finish(explain(scored, item_facts(lake.read("item_features")), rc.explain_attributes), loaded.version)
-    commit = lake.overwrite(TABLE, out) if users is None else lake.upsert(TABLE, out, KEYS)
+    commit = lake.overwrite(TABLE, out) if users is None else lake.upsert(TABLE, out, KEYS, replace_within=["user_id"])
     summary = {"model_run_id": loaded.version, "rows": commit.rows_written, "inserted": commit.inserted,
-               "updated": commit.updated, "version": commit.version, "partial": users is not None,
+               "updated": commit.updated, "deleted": commit.deleted, "version": commit.version,
+               "partial": users is not None,
                "text_only_users": text_scored is not None, "seconds": round(time.perf_counter() - started, 1)}
     log_fields(log, "recommendations written", **summary)
     return summary
