@@ -31,23 +31,19 @@ from sparkrec.lake import DeltaRsLake, RunContext
 from sparkrec.logs import setup_logging
 from sparkrec.model.data import user_states
 from sparkrec.model.distributed import run_distributed
-from sparkrec.model.job import collect_eval_set, petastorm_converter, prepare, quiet_petastorm, run_train
+from sparkrec.model.job import (
+    collect_eval_set,
+    examples_to_safetensors,
+    petastorm_converter,
+    prepare,
+    quiet_petastorm,
+    run_train,
+)
 from sparkrec.model.registry import load_model
 from sparkrec.model.worker import model_scores, ranking_metrics, worker_main
 from sparkrec.session import get_spark
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _memory_file(examples: Any, path: Path) -> int:
-    from safetensors.numpy import save_file
-
-    pdf = examples.toPandas()
-    arrays = {"user": pdf["user"].to_numpy(np.int64), "hist": np.stack(pdf["hist"].to_numpy()).astype(np.int64),
-              "gaps": np.stack(pdf["gaps"].to_numpy()).astype(np.float32),
-              "target": pdf["target"].to_numpy(np.int64), "weight": pdf["weight"].to_numpy(np.float32)}
-    save_file(arrays, str(path))
-    return len(pdf)
 
 
 def _one_epoch(cfg: Config, params: dict[str, Any], backend: str, workers: int, steps: int) -> dict[str, float]:
@@ -88,7 +84,7 @@ def main() -> None:
 
     prep = prepare(cfg, spark, lake, work / "prep")
     params = prep["params"]
-    n_mem = _memory_file(prep["examples"], work / "examples.safetensors")
+    n_mem = examples_to_safetensors(prep["examples"], work / "examples.safetensors")
     converter = petastorm_converter(spark, prep["examples"], work / "prep", 4)
     feed = {**params, "converter": converter, "n_examples": len(converter)}
     mem = {**params, "converter": None, "memory_path": str(work / "examples.safetensors"), "n_examples": n_mem}

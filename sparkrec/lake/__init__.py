@@ -1,19 +1,39 @@
-"""Delta table access with two engines; :func:`open_lake` picks the one this cluster supports."""
+"""Delta table access with two engines; :func:`open_lake` picks the one this cluster supports.
+
+Each engine's Python dependency (deltalake, delta-spark) loads only when that engine is used,
+so code that merely shares these modules (an encoder or a trainer on a GPU box) needs neither.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import SparkSession
 
 from ..config import Config
 from ..logs import get_logger
 from .base import CommitResult, Lake, LakeError, RunContext, SchemaMismatchError
-from .deltars import DeltaRsLake
-from .sparkdelta import SparkDeltaLake
+
+if TYPE_CHECKING:
+    from .deltars import DeltaRsLake
+    from .sparkdelta import SparkDeltaLake
 
 __all__ = ["CommitResult", "DeltaRsLake", "Lake", "LakeError", "RunContext", "SchemaMismatchError",
            "SparkDeltaLake", "delta_jars_available", "open_lake"]
 
 log = get_logger("lake")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DeltaRsLake":
+        from .deltars import DeltaRsLake
+
+        return DeltaRsLake
+    if name == "SparkDeltaLake":
+        from .sparkdelta import SparkDeltaLake
+
+        return SparkDeltaLake
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def delta_jars_available(spark: SparkSession) -> bool:
@@ -31,6 +51,9 @@ def open_lake(spark: SparkSession, cfg: Config, context: RunContext | None = Non
     engine = cfg.lake.engine
     if engine == "auto":
         engine = "spark-delta" if delta_jars_available(spark) else "delta-rs"
+    from .deltars import DeltaRsLake
+    from .sparkdelta import SparkDeltaLake
+
     if engine == "spark-delta":
         if not delta_jars_available(spark):
             raise LakeError("lake.engine=spark-delta needs the Delta jars on the classpath and the "

@@ -116,6 +116,20 @@ def prepare(cfg: Config, spark: SparkSession, lake: Lake, workdir: Path) -> dict
                        "val_path": str(workdir / "val.safetensors")}}
 
 
+def examples_to_safetensors(examples: DataFrame, path: Path) -> int:
+    """Training examples as one tensor file, for the in-memory feed (benchmarks, a GPU box
+    without Spark). Collects to the driver: meant for datasets that fit in memory."""
+    from safetensors.numpy import save_file
+
+    pdf = examples.toPandas()
+    # int32 ids: half the bytes; the feed widens them on the device (worker._to_device).
+    arrays = {"user": pdf["user"].to_numpy(np.int32), "hist": np.stack(pdf["hist"].to_numpy()).astype(np.int32),
+              "gaps": np.stack(pdf["gaps"].to_numpy()).astype(np.float32),
+              "target": pdf["target"].to_numpy(np.int32), "weight": pdf["weight"].to_numpy(np.float32)}
+    save_file(arrays, str(path))
+    return len(pdf)
+
+
 def quiet_petastorm() -> None:
     """petastorm 0.12 drives pyarrow 14's legacy dataset API, which warns on every call."""
     import warnings
