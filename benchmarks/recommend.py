@@ -14,7 +14,9 @@ Setup (ingest, features, a 1-epoch local model without text) runs in a temporary
 Measured (sample: 150 users x 6,003 items, k=20, local[2] on a machine at load ~11): Spark
 scoring 19.6 s = 46k scores/s, one numpy process 0.2 s = 4.6M scores/s (ratio 0.01: on a job
 this small, task launch, Python workers and the broadcast are all of Spark's time); the whole
-recommend stage with explanations and the Delta write took 12.7 s. Book-Crossing was not run.
+recommend stage with explanations and the Delta write took 12.7 s. Every Book-Crossing user
+(92,100 x 270,947 items, quiet machine): Spark 148M scores/s vs numpy 68M (2.16x on 2 cores);
+the whole stage 180.8 s for 1,842,000 rows.
 """
 
 from __future__ import annotations
