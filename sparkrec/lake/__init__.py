@@ -51,16 +51,17 @@ def open_lake(spark: SparkSession, cfg: Config, context: RunContext | None = Non
     engine = cfg.lake.engine
     if engine == "auto":
         engine = "spark-delta" if delta_jars_available(spark) else "delta-rs"
-    from .deltars import DeltaRsLake
-    from .sparkdelta import SparkDeltaLake
-
     if engine == "spark-delta":
+        from .sparkdelta import SparkDeltaLake
+
         if not delta_jars_available(spark):
             raise LakeError("lake.engine=spark-delta needs the Delta jars on the classpath and the "
                             "delta-spark Python package: add --packages io.delta:delta-spark_2.12:3.3.2 "
                             "(or run on Databricks), or use lake.engine=delta-rs")
         lake: Lake = SparkDeltaLake(spark, cfg.lake.root, cfg.namespace, cfg.lake.catalog, context)
     else:
+        from .deltars import DeltaRsLake
+
         lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, cfg.lake.catalog, context,
                            cfg.lake.target_file_rows, cfg.lake.storage_options)
     log.info("lake opened", extra={"fields": {"engine": lake.engine, "root": lake.root,
