@@ -98,6 +98,7 @@ class SparkDeltaLake(Lake):
         schema = self.read(table).schema
         check_schema(table, schema, df.schema)
         df = df.select(*schema.names).persist()
+        stale: DataFrame | None = None
         try:
             total = df.count()
             changed, n_changed, n_updated = self.count_changes(table, df, keys)
@@ -105,7 +106,8 @@ class SparkDeltaLake(Lake):
             n_deleted = 0
             if replace_within:
                 # Stale keys ride in the same MERGE as delete markers: one commit, one version.
-                stale = self.stale_keys(table, df, keys, replace_within)
+                # Persisted: counted here, then read again by the MERGE.
+                stale = self.stale_keys(table, df, keys, replace_within).persist()
                 n_deleted = stale.count()
                 source = source.unionByName(stale.withColumn("__delete", F.lit(True)), allowMissingColumns=True)
             counts = {"inserted": n_changed - n_updated, "updated": n_updated,
@@ -121,3 +123,5 @@ class SparkDeltaLake(Lake):
             return CommitResult(table, self.version(table), rows_written=n_changed, **counts)
         finally:
             df.unpersist()
+            if stale is not None:
+                stale.unpersist()
