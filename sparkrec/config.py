@@ -182,6 +182,7 @@ class SplitConfig(StrictModel):
     temporal_leave_last_n: int = Field(1, ge=0)  # 0 disables
     global_time_cut_quantile: float | None = Field(0.8, gt=0, lt=1)
     random_ratio: float | None = Field(0.8, gt=0, lt=1)
+    stratified_ratio: float | None = Field(0.75, gt=0, lt=1)  # MS Recommenders' per-user 75/25
     cold_items_fraction: float | None = Field(0.05, gt=0, lt=1)
     cold_users_fraction: float | None = Field(0.05, gt=0, lt=1)
     cold_user_max_train: int = Field(0, ge=0)  # first interactions a held-out user keeps in train
@@ -208,6 +209,9 @@ class EmbedConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     item_template: str = "{title}. {authors}. {genres}. {publisher} {year}. {tags}. {description}"
     user_text_path: str | None = None  # optional CSV/Parquet of (user_id, text) interests
+    # Splits that get leak-free item text vectors (item_embeddings_<split>, from
+    # item_features_<split>), besides evaluation.split and train.split, which always do.
+    splits: list[str] = Field(default_factory=lambda: ["temporal_loo", "stratified", "cold_items"])
     # torch threads per Spark task; None: the worker's cores / the executor's concurrent tasks
     threads_per_task: int | None = Field(None, gt=0)
     # partitions the rows to embed are spread over; None: 2 x Spark's default parallelism

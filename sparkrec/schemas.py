@@ -53,4 +53,4 @@ USER_HISTORIES = _struct(("user_idx", INT), ("item_idxs", T.ArrayType(INT)), ("s
 SPLIT = _struct(("user_idx", INT), ("item_idx", INT), ("rating", D), ("weight", D), ("event_time", TS),
                 ("seq", L), ("is_positive", B), ("part", S))
 
-SPLIT_NAMES = ("temporal_loo", "global_time", "random", "cold_items", "cold_users")
+SPLIT_NAMES = ("temporal_loo", "global_time", "random", "stratified", "cold_items", "cold_users")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
@@ -88,6 +90,88 @@ def test_random_split_is_stratified_and_deterministic(built, spark):
     assert split.sort_values(key).part.tolist() == again.sort_values(key).part.tolist()
 
 
+def test_stratified_split_is_the_ms_recommenders_75_25(built):
+    cfg, lake, summary = built
+    split = _pdf(lake, "split_stratified")
+    events = _pdf(lake, "events")
+    key = ["user_idx", "item_idx", "seq"]
+    assert len(split) == summary["events"] and not split.duplicated(key).any()  # disjoint, covers all
+    assert sorted(map(tuple, split[key].to_numpy())) == sorted(map(tuple, events[key].to_numpy()))
+    per_user = split.assign(t=split.part == "train").groupby("user_idx").t.agg(["mean", "size"])
+    # round(0.75 n) rows in train: the share is 0.75 up to half a row
+    assert ((per_user["mean"] - 0.75).abs() <= 0.5 / per_user["size"] + 1e-9).all()
+    assert per_user["size"].min() >= cfg.features.splits.min_user_interactions
+    from sparkrec.features.splits import stratified
+
+    again = stratified(lake.read("events"), cfg.features.splits).toPandas()
+    assert split.sort_values(key).part.tolist() == again.sort_values(key).part.tolist()
+    random = _pdf(lake, "split_random")
+    assert (random.part == "train").mean() > (split.part == "train").mean()  # 80/20 stays beside it
+
+
+def _tags_by_index(lake) -> pd.DataFrame:
+    # Tags by users outside the index (the sample keeps other users' tags) are no split's test part.
+    tags = lake.read("tags").join(lake.read("item_index"), "item_id").join(lake.read("user_index"), "user_id", "left")
+    return tags.select("user_idx", "item_idx", F.lower(F.trim("tag")).alias("tag"),
+                       F.unix_timestamp("event_time").alias("ts")).toPandas()
+
+
+def _phrases(text: str) -> set[str]:
+    """The comma/full-stop separated pieces of an item text, lower-cased: the tags among them."""
+    return set(re.split(r"[.,]\s+", text.lower().strip(". ")))
+
+
+@pytest.mark.parametrize(("name", "time_ordered", "at_least"), [("temporal_loo", True, 2), ("stratified", False, 100)])
+def test_split_text_has_no_tag_from_the_test_part(built, name, time_ordered, at_least):
+    """A tag written only on test pairs (or, time-ordered, after its user's first test event) is in
+    the all-data top tags, so in the all-data item text, but neither in the split's top tags nor
+    in the split's text."""
+    cfg, lake, _ = built
+    from sparkrec.text import item_source
+
+    split = _pdf(lake, f"split_{name}")
+    test = split[split.part == "test"]
+    first_test = test.groupby("user_idx").seq.min()
+    tags = _tags_by_index(lake)
+    test_pairs = set(zip(test.user_idx, test.item_idx, strict=True))
+    tags["leaks"] = [(u, i) in test_pairs or (time_ordered and u in first_test.index and ts >= first_test[u])
+                     for u, i, ts in zip(tags.user_idx, tags.item_idx, tags.ts, strict=True)]
+    only_leaky = tags.groupby(["item_idx", "tag"]).leaks.all()
+    only_leaky = only_leaky[only_leaky].reset_index()
+    everything = _pdf(lake, "item_features").set_index("item_idx")
+    own = _pdf(lake, f"item_features_{name}").set_index("item_idx")
+    template = cfg.embed.item_template
+    texts = {"all": item_source(lake, template).toPandas().set_index("item_idx").text,
+             "split": item_source(lake, template, name).toPandas().set_index("item_idx").text}
+    checked = 0
+    for item, tag in zip(only_leaky.item_idx, only_leaky.tag, strict=True):
+        if tag not in list(everything.top_tags[item]):
+            continue
+        assert tag not in list(own.top_tags[item]), (item, tag)
+        genres = everything.genres[item]
+        other_fields = _phrases(everything.title[item] or "") | {g.lower() for g in ([] if genres is None else genres)}
+        if tag in _phrases(texts["all"][item]) and tag not in other_fields:
+            assert tag not in _phrases(texts["split"][item]), (item, tag)
+            checked += 1
+    assert checked >= at_least  # the sample has such tags: the check is not vacuous
+    # statistics come from the train part only
+    assert own.n_interactions.sum() == (split.part == "train").sum()
+    assert own.n_interactions.sum() < everything.n_interactions.sum()
+
+
+def test_cold_items_have_no_tags_and_no_stats_in_their_split_features(built):
+    _, lake, _ = built
+    split = _pdf(lake, "split_cold_items")
+    cold = set(split[split.part == "test"].item_idx)
+    everything = _pdf(lake, "item_features").set_index("item_idx")
+    own = _pdf(lake, "item_features_cold_items").set_index("item_idx")
+    assert sum(len(everything.top_tags[i]) > 0 for i in cold) >= 10  # cold items with tags elsewhere
+    assert all(len(own.top_tags[i]) == 0 for i in cold)
+    assert (own.loc[list(cold)].n_interactions == 0).all() and own.loc[list(cold)].mean_rating.isna().all()
+    warm_tagged = [i for i in set(split.item_idx) - cold if len(everything.top_tags[i]) > 0]
+    assert sum(len(own.top_tags[i]) > 0 for i in warm_tagged) > 0.9 * len(warm_tagged)  # warm items keep theirs
+
+
 def test_cold_holdouts_never_leak_into_train(built):
     _, lake, _ = built
     for table, col in (("split_cold_items", "item_idx"), ("split_cold_users", "user_idx")):
@@ -108,6 +192,7 @@ def test_every_split_has_the_contract_schema(built):
     _, lake, _ = built
     for name in schemas.SPLIT_NAMES:
         assert lake.read(f"split_{name}").schema.names == schemas.SPLIT.names
+        assert lake.read(f"item_features_{name}").schema == lake.read("item_features").schema
 
 
 def test_implicit_weights(spark):

@@ -9,6 +9,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from sparkrec.config import Config, EmbedConfig
+from sparkrec.lake.base import LakeError
 from sparkrec.schemas import ITEM_FEATURES, USER_INDEX
 from sparkrec.text import (
     ITEM_EMBEDDINGS,
@@ -18,6 +19,7 @@ from sparkrec.text import (
     USER_TEXT_EMBEDDINGS_TABLE,
     EncoderUnavailableError,
     TemplateError,
+    item_embeddings_table,
     item_text,
     make_encoder,
     read_user_text,
@@ -178,6 +180,37 @@ def test_incremental_sync(spark, lake):
     assert (fifth["embedded"], fifth["unchanged"]) == (29, 0)
     fingerprints = {v[3] for v in _snapshot(lake).values()}
     assert len(fingerprints) == 1 and fingerprints != {after["b1"][3]}
+
+
+def test_split_embeddings_reuse_unchanged_texts(spark, lake):
+    """A split's leak-free text differs from the all-data text only where tags were filtered:
+    only those items are encoded, the rest copy the all-data vectors."""
+    rows = [{"item_idx": i, "item_id": f"b{i}", "title": f"Book {i}", "top_tags": [f"tag{i}", "shared"]}
+            for i in range(30)]
+    lake.overwrite(ITEM_FEATURES_TABLE, _features(spark, rows))
+    filtered = [{**r, "top_tags": []} if r["item_idx"] in (2, 5, 11) else r for r in rows]
+    lake.overwrite("item_features_temporal_loo", _features(spark, filtered))
+    cfg = Config(embed=EmbedConfig(splits=["temporal_loo", "cold_items"]))  # cold_items: not built, skipped
+    with pytest.raises(LakeError, match=r"sparkrec embed"):
+        item_embeddings_table(lake, "temporal_loo")
+
+    first = run_embed(cfg, spark, lake)
+    split_table = item_embeddings_table(lake, "temporal_loo")
+    assert split_table == "item_embeddings_temporal_loo" and item_embeddings_table(lake, "none") == "item_embeddings"
+    stats = first["tables"][split_table]
+    assert (stats["seen"], stats["embedded"], stats["reused"]) == (30, 3, 27)
+    assert first["embedded"] == 33 and set(first["tables"]) == {ITEM_EMBEDDINGS_TABLE, split_table}
+    base = {r.item_id: r for r in lake.read(ITEM_EMBEDDINGS_TABLE).collect()}
+    own = {r.item_id: r for r in lake.read(split_table).collect()}
+    assert lake.read(split_table).schema == ITEM_EMBEDDINGS
+    for key, row in own.items():
+        same = key not in ("b2", "b5", "b11")
+        assert (row.vector == base[key].vector) == same and (row.text_hash == base[key].text_hash) == same
+    with pytest.raises(LakeError, match=r"embed\.splits=\[random\]"):
+        item_embeddings_table(lake, "random")
+
+    second = run_embed(cfg, spark, lake)
+    assert (second["embedded"], second["reused"], second["tables"][split_table]["unchanged"]) == (0, 0, 30)
 
 
 def test_user_text_embeddings(spark, lake, tmp_path):

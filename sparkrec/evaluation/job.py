@@ -173,7 +173,7 @@ def run_evaluate(cfg: Config, spark: SparkSession, lake: Lake, report_path: str 
     table = f"split_{split_name}"
     if not lake.exists(table):
         raise ValueError(f"no table {table}: run `sparkrec features` (split names: temporal_loo, global_time, "
-                         "random, cold_items, cold_users)")
+                         "random, stratified, cold_items, cold_users)")
     eval_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     started_at = dt.datetime.now(dt.UTC)
     split = lake.read(table).cache()

@@ -21,6 +21,7 @@ from ..config import Config
 from ..lake import Lake
 from ..model.data import user_states
 from ..model.registry import LoadedModel, latest_run_id, load_model
+from ..text.tables import item_embeddings_table
 from .metrics import train_rows
 
 
@@ -124,7 +125,7 @@ def make_candidate(name: str, cfg: Config, lake: Lake, split: str) -> Candidate:
     if name == "content_only":
         if not lake.exists("item_embeddings"):
             raise ValueError("content_only needs the item_embeddings table: run `sparkrec embed` first")
-        return Candidate(name, ContentOnly(lake.read("item_embeddings").select("item_idx", "vector")))
+        return Candidate(name, ContentOnly(lake.read(item_embeddings_table(lake, split)).select("item_idx", "vector")))
     raise ValueError(f"unknown model {name!r}")
 
 

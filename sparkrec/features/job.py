@@ -14,8 +14,8 @@ from ..lake import Lake
 from ..logs import get_logger, log_fields
 from .events import build_events, has_timestamps
 from .indexing import extend_index
-from .splits import enabled_splits
-from .tables import item_features, user_features, user_histories
+from .splits import TIME_ORDERED, enabled_splits
+from .tables import item_features, item_features_table, split_item_features, user_features, user_histories
 
 log = get_logger("features")
 
@@ -59,6 +59,10 @@ def run_features(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]
         has_time = has_timestamps(events)
         for name, split in enabled_splits(fc.splits, has_time).items():
             write(f"split_{name}", split(events, fc.splits))
+            # Leak-free item text input and stats for models evaluated on this split (read back
+            # from Delta: the split is not recomputed, and global_time's quantile is not redrawn).
+            write(item_features_table(name), split_item_features(
+                items, item_index, user_index, lake.read(f"split_{name}"), tags, has_time and name in TIME_ORDERED))
         if not has_time and fc.splits.global_time_cut_quantile is not None:
             log_fields(log, "split skipped: the source has no timestamps", split="global_time")
     finally:

@@ -10,6 +10,11 @@ from .. import schemas
 TOP_TAGS = 10
 
 
+def item_features_table(split: str | None) -> str:
+    """``item_features`` (all data, for production) or ``item_features_<split>`` (leak-free)."""
+    return "item_features" if split in (None, "none") else f"item_features_{split}"
+
+
 def top_tags(tags: DataFrame, item_index: DataFrame, n: int = TOP_TAGS) -> DataFrame:
     """The n tags most users gave an item (lower-cased), most frequent first."""
     counts = (tags.withColumn("tag", F.lower(F.trim("tag"))).groupBy("item_id", "tag")
@@ -39,6 +44,38 @@ def item_features(items: DataFrame, item_index: DataFrame, events: DataFrame,
         "popularity_rank": F.dense_rank().over(Window.orderBy(F.desc("n_interactions"))).cast("int"),
     })
     return out.select(*[F.col(f.name).cast(f.dataType) for f in schemas.ITEM_FEATURES.fields])
+
+
+def split_tags(tags: DataFrame, user_index: DataFrame, item_index: DataFrame, split: DataFrame,
+               before_first_test: bool) -> DataFrame:
+    """The tags a model fitted on ``split``'s train part may know about.
+
+    Item text built from every tag leaks the test part: a held-out user's tag on a held-out
+    item names the answer, and a cold item (no train event) has no user tags yet. So a tag is
+    dropped when its item has no train event, when its (user, item) pair is a test pair, and,
+    with ``before_first_test`` (time-ordered protocols on timestamped data), when it was written
+    at or after its user's first test event: at that moment it did not exist yet.
+    """
+    train, test = split.filter(F.col("part") == "train"), split.filter(F.col("part") == "test")
+    # Tags by users the index does not know are kept: they cannot be test users.
+    indexed = tags.join(item_index, "item_id").join(user_index, "user_id", "left")
+    kept = (indexed.join(train.select("item_idx").distinct(), "item_idx", "left_semi")
+            .join(test.select("user_idx", "item_idx").distinct(), ["user_idx", "item_idx"], "left_anti"))
+    if before_first_test:
+        first_test = test.groupBy("user_idx").agg(F.min("seq").alias("_first_test"))
+        kept = kept.join(first_test, "user_idx", "left").filter(
+            F.col("_first_test").isNull() | F.col("event_time").isNull()
+            | (F.unix_timestamp("event_time") < F.col("_first_test")))
+    return kept.select("user_id", "item_id", "tag")
+
+
+def split_item_features(items: DataFrame, item_index: DataFrame, user_index: DataFrame, split: DataFrame,
+                        tags: DataFrame | None, before_first_test: bool) -> DataFrame:
+    """``item_features`` as a model fitted on ``split``'s train part may see them: tags from
+    :func:`split_tags`, statistics (counts, mean rating, popularity rank) from train events only."""
+    train = split.filter(F.col("part") == "train")
+    kept = None if tags is None else split_tags(tags, user_index, item_index, split, before_first_test)
+    return item_features(items, item_index, train, kept)
 
 
 def user_features(user_index: DataFrame, events: DataFrame, users: DataFrame | None) -> DataFrame:

@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from ..config import Config, config_to_dict
 from ..lake import Lake
 from ..logs import get_logger, log_fields
+from ..text.tables import item_embeddings_table
 from .data import build_catalog, gap_scale_for, training_examples, user_states
 from .distributed import run_distributed
 from .registry import ITEM_VECTORS, mlflow_setup, save_model_dir
@@ -98,7 +99,7 @@ def prepare(cfg: Config, spark: SparkSession, lake: Lake, workdir: Path) -> dict
     n_users = int(lake.read("user_index").agg(F.max("user_idx")).collect()[0][0]) + 1
     text = None
     if cfg.model.use_text and lake.exists("item_embeddings"):
-        text = lake.read("item_embeddings").select("item_idx", "vector")
+        text = lake.read(item_embeddings_table(lake, tc.split)).select("item_idx", "vector")
     elif cfg.model.use_text:
         log_fields(log, "no item_embeddings table: training without text (run `sparkrec embed` first)")
     catalog = build_catalog(lake.read("item_features"), fit, n_users, text, cfg.model.cat_vocab,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .assemble import TemplateError, item_text, parse_template, read_user_text, text_hash
-from .embed import SyncStats, item_source, run_embed, sync_embeddings, user_source
+from .embed import SyncStats, embed_splits, item_source, run_embed, sync_embeddings, user_source
 from .encoders import EncoderUnavailableError, TextEncoder, make_encoder
 from .tables import (
     ITEM_EMBEDDINGS,
@@ -12,9 +12,12 @@ from .tables import (
     USER_INDEX_TABLE,
     USER_TEXT_EMBEDDINGS,
     USER_TEXT_EMBEDDINGS_TABLE,
+    item_embeddings_table,
+    split_embeddings_table,
 )
 
 __all__ = ["ITEM_EMBEDDINGS", "ITEM_EMBEDDINGS_TABLE", "ITEM_FEATURES_TABLE", "USER_INDEX_TABLE",
            "USER_TEXT_EMBEDDINGS", "USER_TEXT_EMBEDDINGS_TABLE", "EncoderUnavailableError", "SyncStats",
-           "TemplateError", "TextEncoder", "item_source", "item_text", "make_encoder", "parse_template",
-           "read_user_text", "run_embed", "sync_embeddings", "text_hash", "user_source"]
+           "TemplateError", "TextEncoder", "embed_splits", "item_embeddings_table", "item_source", "item_text",
+           "make_encoder", "parse_template", "read_user_text", "run_embed", "split_embeddings_table",
+           "sync_embeddings", "text_hash", "user_source"]

@@ -8,6 +8,10 @@ compared with the table by key:
 * ``reindexed`` (same text and model, new dense index): the stored vector is kept and the row
   rewritten with the new index, without embedding;
 * ``unchanged``: left alone, ``updated_at`` included;
+* ``reused`` (new or changed here, but a ``reuse`` table holds a vector for the same key, text
+  and model): that vector is copied, without embedding. A split's leak-free text
+  (``item_embeddings_<split>``) differs from the all-data text only for items whose tags
+  changed, so only those are encoded;
 * ``removed`` (key no longer in the source): deleted, so the table mirrors the current
   catalogue and consumers never recommend an item that left it. The Lake has no DELETE, so a
   run with removals rewrites the table in one ``overwrite`` commit that carries the valid rows
@@ -26,6 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..config import Config
+from ..features.tables import item_features_table
 from ..lake.base import Lake, LakeError
 from ..logs import get_logger, log_fields, timed_stage
 from .assemble import item_text, read_user_text, text_hash
@@ -33,10 +38,10 @@ from .encoders import TextEncoder, make_encoder
 from .tables import (
     ITEM_EMBEDDINGS,
     ITEM_EMBEDDINGS_TABLE,
-    ITEM_FEATURES_TABLE,
     USER_INDEX_TABLE,
     USER_TEXT_EMBEDDINGS,
     USER_TEXT_EMBEDDINGS_TABLE,
+    split_embeddings_table,
 )
 
 log = get_logger("text.embed")
@@ -54,6 +59,7 @@ class SyncStats:
     unchanged: int = 0
     reindexed: int = 0
     removed: int = 0
+    reused: int = 0  # copied from the reuse table instead of embedded
     version: int | None = None  # the table's version after the run (None: no table)
 
     def as_dict(self) -> dict[str, Any]:
@@ -65,7 +71,13 @@ def _conform(df: DataFrame, schema: T.StructType) -> DataFrame:
     return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
 
 
-def _plan(source: DataFrame, existing: DataFrame, key: str, idx: str, fingerprint: str) -> DataFrame:
+def _donor(reuse: DataFrame, key: str, fingerprint: str) -> DataFrame:
+    """The reuse table's rows made by this model: ``key``, ``text_hash``, ``vector``."""
+    return reuse.where(F.col("model_fingerprint") == fingerprint).select(key, "text_hash", "vector")
+
+
+def _plan(source: DataFrame, existing: DataFrame, key: str, idx: str, fingerprint: str,
+          reuse: DataFrame | None = None) -> DataFrame:
     """Source rows and table keys side by side, each with its ``__status``."""
     old = existing.select(key, F.col(idx).alias("__old_idx"), F.col("text_hash").alias("__old_hash"),
                           F.col("model_fingerprint").alias("__old_fp"), F.lit(True).alias("__in_old"))
@@ -76,6 +88,11 @@ def _plan(source: DataFrame, existing: DataFrame, key: str, idx: str, fingerprin
                     | ~F.col("__old_fp").eqNullSafe(F.lit(fingerprint)), "changed")
               .when(~F.col(idx).eqNullSafe(F.col("__old_idx")), "reindexed")
               .otherwise("unchanged"))
+    if reuse is not None:  # only the hash here: vectors are joined in for the reused rows alone
+        donor = _donor(reuse, key, fingerprint).select(key, F.col("text_hash").alias("__donor_hash"))
+        joined = joined.join(donor, on=key, how="left")
+        status = F.when(status.isin(*_TO_EMBED) & F.col("__donor_hash").eqNullSafe(F.col("text_hash")),
+                        "reused").otherwise(status)
     return joined.withColumn("__status", status)
 
 
@@ -93,8 +110,11 @@ def _count(plan: DataFrame, key: str, table: str) -> dict[str, int]:
 
 def sync_embeddings(lake: Lake, table: str, source: DataFrame, key: str, idx: str,
                     encoder: TextEncoder, schema: T.StructType, partitions: int,
-                    batch_size: int) -> SyncStats:
+                    batch_size: int, reuse: DataFrame | None = None) -> SyncStats:
     """Bring ``table`` in step with ``source`` (columns ``idx``, ``key``, ``text``).
+
+    ``reuse``: a table of the same schema whose vectors may be copied for rows with the same
+    key, text hash and model fingerprint (the all-data table, for a split's table).
 
     The rows to embed are spread evenly over ``partitions`` (after a join, adaptive execution
     may leave them in one partition, i.e. on one core) and sorted by length inside each, so a
@@ -108,15 +128,15 @@ def sync_embeddings(lake: Lake, table: str, source: DataFrame, key: str, idx: st
            .withColumn("text_hash", text_hash(F.col("text"))))
     exists = lake.exists(table)
     existing = lake.read(table) if exists else spark.createDataFrame([], schema)
-    plan = _plan(src, existing, key, idx, fingerprint).persist()
+    plan = _plan(src, existing, key, idx, fingerprint, reuse).persist()
     try:
         counts = _count(plan, key, table)
         stats = SyncStats(table, seen=sum(n for s, n in counts.items() if s != "removed"),
                           embedded=sum(counts.get(s, 0) for s in _TO_EMBED),
                           unchanged=counts.get("unchanged", 0), reindexed=counts.get("reindexed", 0),
-                          removed=counts.get("removed", 0))
+                          removed=counts.get("removed", 0), reused=counts.get("reused", 0))
         log_fields(log, "embedding plan", table=table, fingerprint=fingerprint, **counts)
-        if not (stats.embedded or stats.reindexed or stats.removed):
+        if not (stats.embedded or stats.reindexed or stats.removed or stats.reused):
             stats.version = lake.version(table) if exists else None
             return stats
 
@@ -124,15 +144,15 @@ def sync_embeddings(lake: Lake, table: str, source: DataFrame, key: str, idx: st
         to_embed = plan.where(F.col("__status").isin(*_TO_EMBED)).select(idx, key, "text", "text_hash")
         parts = max(1, min(partitions, math.ceil(stats.embedded / batch_size)))
         spread = to_embed.repartition(parts).sortWithinPartitions(F.length("text"))
-        embedded = (encoder.embed_column(spread, "text", "vector")
-                    .withColumn("model", F.lit(encoder.model_name))
-                    .withColumn("model_fingerprint", F.lit(fingerprint))
-                    .withColumn("dim", F.size("vector"))
-                    .withColumn("updated_at", now))
+        embedded = encoder.embed_column(spread, "text", "vector")
         remapped = (existing.drop(idx)
                     .join(plan.where(F.col("__status") == "reindexed").select(key, idx), on=key)
                     .withColumn("updated_at", now))
-        changes = _conform(embedded, schema).unionByName(_conform(remapped, schema))
+        changes = _conform(_stamp(embedded, encoder, fingerprint), schema).unionByName(_conform(remapped, schema))
+        if stats.reused and reuse is not None:
+            copied = plan.where(F.col("__status") == "reused").select(idx, key, "text_hash").join(
+                _donor(reuse, key, fingerprint), on=[key, "text_hash"])
+            changes = changes.unionByName(_conform(_stamp(copied, encoder, fingerprint), schema))
         if stats.removed:
             kept = existing.join(plan.where(F.col("__status") == "unchanged").select(key), on=key,
                                  how="left_semi")
@@ -145,16 +165,24 @@ def sync_embeddings(lake: Lake, table: str, source: DataFrame, key: str, idx: st
         plan.unpersist()
 
 
+def _stamp(vectors: DataFrame, encoder: TextEncoder, fingerprint: str) -> DataFrame:
+    """A new or copied vector's provenance columns; ``updated_at`` is now."""
+    return vectors.withColumns({"model": F.lit(encoder.model_name), "model_fingerprint": F.lit(fingerprint),
+                                "dim": F.size("vector"), "updated_at": F.current_timestamp()})
+
+
 def _default_partitions(spark: SparkSession, configured: int | None) -> int:
     return configured or 2 * spark.sparkContext.defaultParallelism
 
 
-def item_source(lake: Lake, template: str) -> DataFrame:
-    """``(item_idx, item_id, text)`` from ``item_features``; the template is checked before any job."""
-    if not lake.exists(ITEM_FEATURES_TABLE):
-        raise LakeError(f"embed needs table {ITEM_FEATURES_TABLE!r} at "
-                        f"{lake.location(ITEM_FEATURES_TABLE)}: run the features stage first")
-    items = lake.read(ITEM_FEATURES_TABLE)
+def item_source(lake: Lake, template: str, split: str | None = None) -> DataFrame:
+    """``(item_idx, item_id, text)`` from ``item_features`` or, for an evaluation split, from
+    its leak-free ``item_features_<split>``; the template is checked before any job."""
+    features = item_features_table(split)
+    if not lake.exists(features):
+        raise LakeError(f"embed needs table {features!r} at {lake.location(features)}: "
+                        "run the features stage first")
+    items = lake.read(features)
     return items.select("item_idx", "item_id", item_text(items, template).alias("text"))
 
 
@@ -167,11 +195,20 @@ def user_source(lake: Lake, path: str) -> DataFrame:
     return users.select(F.lit(None).cast("int").alias("user_idx"), "user_id", "text")
 
 
-def run_embed(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
-    """The embed stage: item text always, user interests when ``embed.user_text_path`` is set.
+def embed_splits(cfg: Config) -> list[str]:
+    """``embed.splits`` plus the splits evaluation and training use, in order, without "none"."""
+    names = [*cfg.embed.splits, cfg.evaluation.split, cfg.train.split]
+    return [s for s in dict.fromkeys(names) if s and s != "none"]
 
-    Returns totals over both tables (``rows_seen``, ``embedded``, ``unchanged``, ``reindexed``,
-    ``removed``, ``seconds``) and per-table figures under ``tables``.
+
+def run_embed(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
+    """The embed stage: item text always, user interests when ``embed.user_text_path`` is set,
+    and each split of :func:`embed_splits` whose ``item_features_<split>`` the features stage wrote.
+
+    The all-data ``item_embeddings`` is synced first: a split's text equals it for every item
+    whose tags the split did not filter, and those vectors are copied rather than embedded.
+    Returns totals over all tables (``rows_seen``, ``embedded``, ``reused``, ``unchanged``,
+    ``reindexed``, ``removed``, ``seconds``) and per-table figures under ``tables``.
     """
     ecfg = cfg.embed
     with timed_stage(log, "embed", encoder=ecfg.encoder, model=ecfg.model) as info:
@@ -184,7 +221,15 @@ def run_embed(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
                          "user_idx", USER_TEXT_EMBEDDINGS))
         results = [sync_embeddings(lake, table, source, key, idx, encoder, schema, parts, ecfg.batch_size)
                    for table, source, key, idx, schema in jobs]
-        for name in ("seen", "embedded", "unchanged", "reindexed", "removed"):
+        for split in embed_splits(cfg):
+            if not lake.exists(item_features_table(split)):
+                log_fields(log, "split skipped: the features stage wrote no item features for it", split=split)
+                continue
+            results.append(sync_embeddings(
+                lake, split_embeddings_table(split), item_source(lake, ecfg.item_template, split), "item_id",
+                "item_idx", encoder, ITEM_EMBEDDINGS, parts, ecfg.batch_size,
+                reuse=lake.read(ITEM_EMBEDDINGS_TABLE)))
+        for name in ("seen", "embedded", "reused", "unchanged", "reindexed", "removed"):
             info["rows_seen" if name == "seen" else name] = sum(getattr(r, name) for r in results)
         info["tables"] = {r.table: r.as_dict() for r in results}
     return info
