@@ -80,7 +80,7 @@ def main() -> None:
     users = None
     if args.max_users:
         users = lake.read("user_index").filter(F.col("user_idx") < args.max_users).select("user_id")
-    loaded = resolve_model(cfg)
+    loaded = resolve_model(cfg, lake)
     payload = make_payload(cfg, loaded, eligibility(cfg, lake, loaded))
     states = current_states(lake, loaded, users).persist()
     n_users, n_items = states.count(), loaded.spec.n_items

@@ -279,7 +279,9 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(1, gt=0)
     use_gpu: bool = False
     local_mode: bool = True  # TorchDistributor: processes on the driver (False: on executors)
-    split: str = "temporal_loo"
+    # "none": every event is a train row (production; validation is still carved out of them).
+    # An evaluation split (temporal_loo, ...): only its train part, for `sparkrec evaluate`.
+    split: str = "none"
     epochs: int = Field(10, gt=0)
     steps_per_epoch: int | None = Field(None, gt=0)  # None: one pass over the examples
     batch_size: int = Field(512, gt=0)
@@ -312,7 +314,12 @@ class RecommendConfig(StrictModel):
 
     k: int = Field(20, gt=0)
     exclude_seen: bool = True
-    model_run_id: str | None = None  # None: the latest finished training run for the dataset
+    # What is served: "hybrid" (the latest hybrid training run of this dataset and lake),
+    # "champion" (the registered model sparkrec-<namespace>, alias champion, set by `sparkrec
+    # evaluate`), a model name (most_popular, als, itemknn, ease, content_only: its latest saved
+    # run of this dataset and lake) or an MLflow run id.
+    model: str = Field("hybrid", min_length=1)
+    model_run_id: str | None = None  # the older key: a run id here wins over `model`
     item_block_rows: int = Field(65_536, gt=0)  # items scored per matrix product; bounds executor memory
     user_batch: int = Field(1024, gt=0)  # users per matrix product inside one Spark task
     partitions: int | None = Field(None, gt=0)  # None: 2 x Spark's default parallelism

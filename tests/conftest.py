@@ -63,3 +63,23 @@ def sample_lake(spark, tmp_path_factory):
     run_ingest(cfg, spark, lake)
     run_features(cfg, spark, lake)
     return cfg, lake
+
+
+@pytest.fixture(scope="session")
+def sample_copy(spark, sample_lake, tmp_path_factory):
+    """A factory of private copies of the sample lake, each with its own work dir and MLflow
+    store, for modules that write tables or models the others must not see."""
+    import shutil
+
+    from sparkrec.lake import DeltaRsLake, RunContext
+
+    def make(name: str):
+        base_cfg, _ = sample_lake
+        root = tmp_path_factory.mktemp(name)
+        shutil.copytree(base_cfg.lake.root, root / "lake", ignore=shutil.ignore_patterns("work", "mlruns"))
+        cfg = base_cfg.model_copy(deep=True)
+        cfg.lake.root, cfg.train.workdir = str(root / "lake"), str(root / "work")
+        cfg.train.mlflow_uri = str(root / "ml")
+        return cfg, DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="test")), root
+
+    return make

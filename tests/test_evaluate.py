@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 
 import pandas as pd
 import pytest
@@ -39,24 +38,19 @@ def test_slices_tag_each_test_row_by_what_train_knew(spark):
 
 
 @pytest.fixture(scope="module")
-def evaluated(spark, sample_lake, tmp_path_factory):
+def evaluated(spark, sample_copy):
     """The sample with item text and a small model trained on temporal_loo, then evaluated."""
     from sparkrec.evaluation.job import run_evaluate
-    from sparkrec.lake import DeltaRsLake, RunContext
     from sparkrec.model.job import run_train
     from sparkrec.text import run_embed
 
-    base_cfg, _ = sample_lake
-    root = tmp_path_factory.mktemp("evaluate")
-    shutil.copytree(base_cfg.lake.root, root / "lake", ignore=shutil.ignore_patterns("work", "mlruns"))
-    cfg = base_cfg.model_copy(deep=True)
-    cfg.lake.root, cfg.train.workdir, cfg.train.mlflow_uri = str(root / "lake"), str(root / "work"), str(root / "ml")
+    cfg, lake, root = sample_copy("evaluate")
     cfg.train.backend, cfg.train.epochs, cfg.model.history = "local", 2, 10
+    cfg.train.split = "temporal_loo"  # the evaluated split: the default (none) trains on its test rows too
     ec = cfg.evaluation
     ec.models, ec.ks = MODELS, [5, 10, 20]
     ec.als_ranks, ec.als_reg_params, ec.als_alphas, ec.als_max_iter = [16], [0.1], [1.0], 5
     ec.ease_lambdas = [250.0]  # grids are tested in test_baselines; one point keeps this fast
-    lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="test"))
     run_embed(cfg, spark, lake)
     run_train(cfg, spark, lake)
     summary = run_evaluate(cfg, spark, lake, root / "report.html")

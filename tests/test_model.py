@@ -106,7 +106,7 @@ def trained(spark, sample_lake):
             pytest.importorskip("horovod.torch", reason="Horovod not built (scripts/build_horovod.sh)")
         run_cfg = cfg.model_copy(deep=True)
         run_cfg.train.backend, run_cfg.train.num_workers, run_cfg.train.epochs = backend, workers, 2
-        run_cfg.model.history = 10
+        run_cfg.model.history, run_cfg.train.split = 10, "temporal_loo"
         runs[backend] = run_train(run_cfg, spark, lake)
     return cfg, lake, runs
 

@@ -86,7 +86,7 @@ def test_spark_top_k_equals_numpy_brute_force(served):
     from sparkrec.recommend.job import resolve_model
 
     cfg, lake, _ = served
-    loaded = resolve_model(cfg)
+    loaded = resolve_model(cfg, lake)
     events = lake.read("events").filter(F.col("user_idx") < 5)
     states = user_states(events.filter("is_positive"), loaded.meta["history"], loaded.meta["gap_scale"]).toPandas()
     seen = events.groupBy("user_idx").agg(F.collect_set("item_idx").alias("s")).toPandas().set_index("user_idx")
@@ -110,7 +110,7 @@ def test_cold_items_are_eligible_and_rank_high_for_a_matching_history(served):
     from sparkrec.recommend.score import user_vectors
 
     cfg, lake, _ = served
-    loaded = resolve_model(cfg)
+    loaded = resolve_model(cfg, lake)
     feats = lake.read("item_features").select("item_idx", "genres", "n_interactions").toPandas()
     feats["genres"] = feats["genres"].map(lambda g: tuple(sorted(g)) if g is not None else ())
     has_id = loaded.catalog.has_id[feats["item_idx"].to_numpy() + 1]

@@ -3,7 +3,14 @@
 An untuned ALS is the classic strawman: its quality swings by a factor of two or more over
 rank, regularisation and confidence scaling. So ``fit`` searches a small grid on a holdout
 carved from train and refits the winner, and the grid lives in ``EvaluationConfig``.
+
+Users are scored by *folding in*: their factors are solved from their positives against the
+fixed item factors with the same least-squares step Spark's implicit ALS ends on (its last
+half-iteration updates users from the final item factors), so folded-in factors equal Spark's
+up to float rounding. The model therefore keeps only item factors, a saved model serves users
+from their current events, and users with events after the fit need no refit.
 """
+
 
 from __future__ import annotations
 
@@ -12,14 +19,13 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..logs import get_logger, log_fields
-from .base import Recommender, distinct_users, positives, seen_items
-from .scoring import ItemSpace, top_k_per_user
+from .base import Recommender, SharedMatrix, distinct_users, positives, user_state
+from .scoring import ItemSpace, list_entries, top_k_per_user
 from .tuning import Holdout, expand_grid, holdout_validation, select_by_validation
 
 if TYPE_CHECKING:
@@ -30,16 +36,43 @@ if TYPE_CHECKING:
 log = get_logger("baselines.als")
 
 
-class _FactorScorer:
-    """Scores a block of users as U @ V^T against the broadcast item factors."""
+def fold_in(items: np.ndarray, cols: np.ndarray, weights: np.ndarray, alpha: float, reg_param: float,
+            gram_matrix: np.ndarray | None = None) -> np.ndarray:
+    """One user's factors from their positives (columns of ``items``, weights), item factors fixed.
 
-    def __init__(self, items: Broadcast, rank: int) -> None:
-        self.items, self.rank = items, rank
+    Spark's implicit ALS normal equation for a user: (Y^T Y + sum_i c_i y_i y_i^T + reg n I) x
+    = sum_i (1 + c_i) y_i over the user's ratings r_i > 0, with c_i = alpha r_i and n the
+    number of such ratings (Spark scales regParam by it); solved in double precision.
+    """
+    y = items.astype(np.float64)
+    yty = y.T @ y if gram_matrix is None else gram_matrix
+    keep = weights > 0
+    yu, c = y[cols[keep]], alpha * weights[keep].astype(np.float64)
+    a = yty + (yu * c[:, None]).T @ yu + reg_param * keep.sum() * np.eye(y.shape[1])
+    return np.linalg.solve(a, ((1.0 + c)[:, None] * yu).sum(axis=0))
+
+
+class _FoldInScorer:
+    """Scores a block of users as U @ V^T, U folded in from the users' histories."""
+
+    def __init__(self, items: Broadcast, space: ItemSpace, alpha: float, reg_param: float) -> None:
+        self.items, self.space, self.alpha, self.reg_param = items, space, alpha, reg_param
+        self._gram: np.ndarray | None = None
 
     def __call__(self, batch: pa.RecordBatch) -> np.ndarray:
-        flat = pc.list_flatten(batch.column("features")).to_numpy(zero_copy_only=False)
-        users = flat.astype(np.float32).reshape(batch.num_rows, self.rank)
-        return users @ self.items.value.T
+        v = self.items.value
+        if self._gram is None:
+            self._gram = v.T.astype(np.float64) @ v.astype(np.float64)
+        rows, items = list_entries(batch, "hist_items")
+        _, weights = list_entries(batch, "hist_weights")
+        cols, known = self.space.columns(items)
+        users = np.zeros((batch.num_rows, v.shape[1]), dtype=np.float32)
+        ends = np.cumsum(np.bincount(rows, minlength=batch.num_rows))  # entries come grouped by row
+        for r in range(batch.num_rows):
+            mine = slice(ends[r - 1] if r else 0, ends[r])
+            ok = known[mine]
+            users[r] = fold_in(v, cols[mine][ok], weights[mine][ok], self.alpha, self.reg_param, self._gram)
+        return users @ v.T
 
 
 class ALSBaseline(Recommender):
@@ -49,8 +82,8 @@ class ALSBaseline(Recommender):
     ``fit`` holds out one positive per user (see :func:`holdout_validation`), fits every
     (rank, reg_param, alpha), keeps the best NDCG@10 and refits it on the whole train;
     ``best_params`` and ``tuning_results`` record the search. Scoring is exact over the
-    catalogue with broadcast item factors (:func:`top_k_per_user`); users without factors
-    (not in train) get no rows.
+    catalogue with broadcast item factors (:func:`top_k_per_user`), users folded in from
+    their observed positives (:func:`fold_in`); users without positives get no rows.
     """
 
     name = "als"
@@ -63,9 +96,8 @@ class ALSBaseline(Recommender):
         self.best_params: dict[str, Any] | None = None
         self.tuning_results: list[dict[str, Any]] = []
         self.space: ItemSpace | None = None
-        self._items: Broadcast | None = None
+        self._items: SharedMatrix | None = None
         self._users: DataFrame | None = None
-        self._rank = 0
 
     @classmethod
     def from_config(cls, cfg: EvaluationConfig, **overrides: Any) -> ALSBaseline:
@@ -88,11 +120,20 @@ class ALSBaseline(Recommender):
             log_fields(log, "als selected", **best)
         self.best_params = best
         self._fit_once(train, **best)
+        return self.observe(train)
+
+    def observe(self, events: DataFrame) -> Self:
+        """Item factors stay; users are folded in from their positives in ``events``."""
+        if self._users is not None:
+            self._users.unpersist()
+        self._users = user_state(events).filter(F.size("hist_items") > 0).cache()
         return self
 
     def _candidate(self, params: dict[str, Any]) -> ALSBaseline:
-        return ALSBaseline([params["rank"]], [params["reg_param"]], [params["alpha"]], self.max_iter,
-                           self.holdout, self.seed, self.num_blocks)
+        model = ALSBaseline([params["rank"]], [params["reg_param"]], [params["alpha"]], self.max_iter,
+                            self.holdout, self.seed, self.num_blocks)
+        model.best_params = dict(params)
+        return model
 
     def _fit_once(self, train: DataFrame, rank: int, reg_param: float, alpha: float) -> None:
         spark = train.sparkSession
@@ -107,24 +148,36 @@ class ALSBaseline(Recommender):
                   else np.zeros((0, rank), dtype=np.float32))
         self.release()
         self.space = ItemSpace(items["id"].to_numpy())
-        self._items = spark.sparkContext.broadcast(matrix)
-        self._rank = rank
-        self._users = (model.userFactors.select(F.col("id").alias("user_idx"), "features")
-                       .join(seen_items(train), "user_idx", "left").cache())
+        self._items = SharedMatrix(matrix)
 
     def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
                   candidates: np.ndarray | None = None) -> DataFrame:
         self._check_k(k)
         space = self._fitted(self.space)
         state = distinct_users(users).join(self._fitted(self._users), "user_idx")
-        scorer = _FactorScorer(self._fitted(self._items), self._rank)
+        params = self._fitted(self.best_params)
+        scorer = _FoldInScorer(self._fitted(self._items).broadcast(users.sparkSession), space, params["alpha"],
+                               params["reg_param"])
         return top_k_per_user(state, scorer, space, k, exclude_seen, space.mask(candidates))
 
     def release(self) -> None:
-        """Drop the cached user factors and the broadcast item factors."""
+        """Drop the cached user histories and the broadcast item factors (kept on the driver)."""
         if self._items is not None:
-            self._items.destroy()
-            self._items = None
+            self._items.release()
         if self._users is not None:
             self._users.unpersist()
             self._users = None
+
+    def _saved(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        params = {"grid": self.grid, "best_params": self._fitted(self.best_params), "max_iter": self.max_iter,
+                  "holdout": self.holdout, "seed": self.seed, "num_blocks": self.num_blocks}
+        return params, {"item_ids": self._fitted(self.space).item_ids, "item_factors": self._fitted(self._items).matrix}
+
+    @classmethod
+    def _from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        best = params["best_params"]
+        model = cls([best["rank"]], [best["reg_param"]], [best["alpha"]], params["max_iter"], params["holdout"],
+                    params["seed"], params["num_blocks"])
+        model.grid, model.best_params = params["grid"], best
+        model.space, model._items = ItemSpace(arrays["item_ids"]), SharedMatrix(arrays["item_factors"])
+        return model

@@ -1,32 +1,51 @@
-"""What every baseline shares: the fit/recommend contract and the per-user state it needs.
+"""What every baseline shares: the per-user state it needs, on top of the model contract.
 
-Baselines take the split table (or its train part) as it is stored, so that a baseline and
-the model it is compared with see exactly the same rows.
+The contract itself (:class:`Recommender`: fit / observe / recommend / save / load / release)
+lives in :mod:`sparkrec.model.recommender`, beside the hybrid; it is re-exported here so
+existing imports keep working. Baselines take the split table (or its train part, or the
+``events`` table) as it is stored, so that a baseline and the model it is compared with see
+exactly the same rows.
 """
 
 from __future__ import annotations
 
-import abc
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..evaluation.metrics import train_rows
+from ..model.recommender import RECS_SCHEMA as RECS_SCHEMA
+from ..model.recommender import NotFittedError as NotFittedError
+from ..model.recommender import Recommender as Recommender
+from ..ranking import train_rows
 
-RECS_SCHEMA = T.StructType([T.StructField("user_idx", T.IntegerType()),
-                            T.StructField("item_idx", T.IntegerType()),
-                            T.StructField("rank", T.IntegerType()),
-                            T.StructField("score", T.DoubleType())])
-
-
-V = TypeVar("V")
+if TYPE_CHECKING:
+    from pyspark import Broadcast
 
 
-class NotFittedError(RuntimeError):
-    pass
+class SharedMatrix:
+    """A driver-side array and its broadcast, made on first use.
+
+    A loaded model is plain numpy until it meets Spark (``observe``/``recommend``), and
+    ``release`` frees the executors' copy while the array stays on the driver, so a model can
+    still be saved after its lists were computed.
+    """
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self.matrix = matrix
+        self._broadcast: Broadcast | None = None
+
+    def broadcast(self, spark: SparkSession) -> Broadcast:
+        if self._broadcast is None:
+            self._broadcast = spark.sparkContext.broadcast(self.matrix)
+        return self._broadcast
+
+    def release(self) -> None:
+        if self._broadcast is not None:
+            self._broadcast.destroy()
+            self._broadcast = None
 
 
 def positives(train: DataFrame) -> DataFrame:
@@ -67,34 +86,3 @@ def user_state(train: DataFrame) -> DataFrame:
 
 def distinct_users(users: DataFrame) -> DataFrame:
     return users.select(F.col("user_idx").cast("int").alias("user_idx")).distinct()
-
-
-class Recommender(abc.ABC):
-    """fit(train) then recommend(users, k): (user_idx, item_idx, rank, score) with rank 1..k.
-
-    ``recommend`` returns at most ``k`` rows per user; a user the model cannot score (no
-    history, no factors) gets no rows, so the evaluation counts that as a miss rather than
-    hiding it behind another model's fallback.
-    """
-
-    name: str = "recommender"
-
-    @abc.abstractmethod
-    def fit(self, train: DataFrame) -> Self: ...
-
-    @abc.abstractmethod
-    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
-                  candidates: np.ndarray | None = None) -> DataFrame:
-        """``candidates`` (item_idx values) restricts the lists to those items, e.g. the
-        cold-item protocol ranks only items absent from train."""
-
-    def _fitted(self, value: V | None) -> V:
-        """A state attribute, or a clear error when ``recommend`` comes before ``fit``."""
-        if value is None:
-            raise NotFittedError(f"{type(self).__name__}: call fit before recommend")
-        return value
-
-    @staticmethod
-    def _check_k(k: int) -> None:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")

@@ -6,14 +6,14 @@ competes on equal terms; that is the number a hybrid model has to beat on cold i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .base import Recommender, distinct_users, user_state
+from .base import Recommender, SharedMatrix, distinct_users, user_state
 from .scoring import ItemSpace, history_matrix, top_k_per_user
 
 if TYPE_CHECKING:
@@ -45,18 +45,20 @@ class ContentOnly(Recommender):
     ``item_vectors`` is (item_idx int, vector array<float>), e.g. the text-embedding stage's
     output; vectors are re-normalised here so unnormalised input cannot skew the ranking.
     The vector table is broadcast (items x dim float32). Users whose history has no vectored
-    item get no rows.
+    item get no rows. A loaded model carries its vectors, so ``item_vectors`` may be None.
     """
 
     name = "content_only"
 
-    def __init__(self, item_vectors: DataFrame, weighted: bool = True) -> None:
+    def __init__(self, item_vectors: DataFrame | None, weighted: bool = True) -> None:
         self.item_vectors, self.weighted = item_vectors, weighted
         self.space: ItemSpace | None = None
-        self._vectors: Broadcast | None = None
+        self._vectors: SharedMatrix | None = None
         self._state: DataFrame | None = None
 
     def fit(self, train: DataFrame) -> Self:
+        if self.item_vectors is None:
+            raise ValueError("ContentOnly.fit needs item_vectors")
         table = (self.item_vectors.select(F.col("item_idx").cast("int"), "vector")
                  .filter(F.size("vector") > 0).dropDuplicates(["item_idx"]).toPandas()
                  .sort_values("item_idx"))
@@ -68,8 +70,14 @@ class ContentOnly(Recommender):
         matrix = unit_rows(np.stack(table["vector"].to_numpy()).astype(np.float32))
         self.release()
         self.space = ItemSpace(table["item_idx"].to_numpy())
-        self._vectors = train.sparkSession.sparkContext.broadcast(matrix)
-        self._state = user_state(train).filter(F.size("hist_items") > 0).cache()
+        self._vectors = SharedMatrix(matrix)
+        return self.observe(train)
+
+    def observe(self, events: DataFrame) -> Self:
+        """The item vectors stay; user profiles are rebuilt from the histories in ``events``."""
+        if self._state is not None:
+            self._state.unpersist()
+        self._state = user_state(events).filter(F.size("hist_items") > 0).cache()
         return self
 
     def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
@@ -77,14 +85,24 @@ class ContentOnly(Recommender):
         self._check_k(k)
         space = self._fitted(self.space)
         state = distinct_users(users).join(self._fitted(self._state), "user_idx")
-        return top_k_per_user(state, _ProfileScorer(self._fitted(self._vectors), space, self.weighted),
+        vectors = self._fitted(self._vectors).broadcast(users.sparkSession)
+        return top_k_per_user(state, _ProfileScorer(vectors, space, self.weighted),
                               space, k, exclude_seen, space.mask(candidates))
 
     def release(self) -> None:
-        """Drop the broadcast vectors and the cached user state."""
+        """Drop the broadcast vectors and the cached user state; the vectors stay on the driver."""
         if self._vectors is not None:
-            self._vectors.destroy()
-            self._vectors = None
+            self._vectors.release()
         if self._state is not None:
             self._state.unpersist()
             self._state = None
+
+    def _saved(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"weighted": self.weighted}, {"item_ids": self._fitted(self.space).item_ids,
+                                             "vectors": self._fitted(self._vectors).matrix}
+
+    @classmethod
+    def _from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        model = cls(None, params["weighted"])
+        model.space, model._vectors = ItemSpace(arrays["item_ids"]), SharedMatrix(arrays["vectors"])
+        return model

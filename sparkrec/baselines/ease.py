@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..logs import get_logger, log_fields
-from .base import Recommender, distinct_users, user_state
+from .base import Recommender, SharedMatrix, distinct_users, user_state
 from .cooccurrence import gram, user_item_values
 from .scoring import ItemSpace, history_matrix, top_k_per_user
 from .tuning import Holdout, holdout_validation, select_by_validation
@@ -113,7 +113,7 @@ class EASE(Recommender):
         self.best_lambda: float | None = None
         self.tuning_results: list[dict[str, Any]] = []
         self.space: ItemSpace | None = None
-        self._weights: Broadcast | None = None
+        self._weights: SharedMatrix | None = None
         self._state: DataFrame | None = None
         self._cached: DataFrame | None = None
         self.weights_matrix: np.ndarray | None = None  # B, float32, for inspection
@@ -132,7 +132,11 @@ class EASE(Recommender):
         finally:
             x.unpersist()
         self.best_lambda = best
-        return self._solved(user_state(train).cache(), space, ease_weights(full, best))
+        return self._solved(space, ease_weights(full, best)).observe(train)
+
+    def observe(self, events: DataFrame) -> Self:
+        """B stays; the users' histories (x_u) are rebuilt from ``events``."""
+        return self._with_state(user_state(events).cache())
 
     def _tune(self, train: DataFrame, x: DataFrame, space: ItemSpace, full: np.ndarray) -> float:
         fit_part, val_truth = holdout_validation(train, self.holdout, self.seed)
@@ -142,7 +146,7 @@ class EASE(Recommender):
 
         def candidate(params: dict[str, Any]) -> EASE:
             model = EASE([params["lam"]], self.max_items, self.binary)
-            return model._solved(state, space, ease_weights(matrix, params["lam"]), owns_state=False)
+            return model._solved(space, ease_weights(matrix, params["lam"]))._with_state(state, owns_state=False)
 
         try:
             params, self.tuning_results = select_by_validation(
@@ -153,11 +157,18 @@ class EASE(Recommender):
         log_fields(log, "ease selected", lam=params["lam"])
         return float(params["lam"])
 
-    def _solved(self, state: DataFrame, space: ItemSpace, weights: np.ndarray, owns_state: bool = True) -> Self:
+    def _solved(self, space: ItemSpace, weights: np.ndarray) -> Self:
         self.release()
         self.space = space
         self.weights_matrix = matrix = weights.astype(np.float32)
-        self._weights = state.sparkSession.sparkContext.broadcast(matrix)
+        self._weights = SharedMatrix(matrix)
+        return self
+
+    def _with_state(self, state: DataFrame, owns_state: bool = True) -> Self:
+        """Scores the users of ``state``; a state shared between tuning candidates is not
+        unpersisted by any of them (``owns_state=False``)."""
+        if self._cached is not None:
+            self._cached.unpersist()
         self._cached = state if owns_state else None
         self._state = state.filter(F.size("hist_items") > 0)
         return self
@@ -167,14 +178,26 @@ class EASE(Recommender):
         self._check_k(k)
         space = self._fitted(self.space)
         state = distinct_users(users).join(self._fitted(self._state), "user_idx")
-        return top_k_per_user(state, _DenseScorer(self._fitted(self._weights), space, self.binary),
+        weights = self._fitted(self._weights).broadcast(users.sparkSession)
+        return top_k_per_user(state, _DenseScorer(weights, space, self.binary),
                               space, k, exclude_seen, space.mask(candidates))
 
     def release(self) -> None:
-        """Drop the broadcast weights (and the cached user state this model owns)."""
+        """Drop the broadcast weights (and the cached user state this model owns); B stays."""
         if self._weights is not None:
-            self._weights.destroy()
-            self._weights = None
+            self._weights.release()
         if self._cached is not None:
             self._cached.unpersist()
         self._state = self._cached = None
+
+    def _saved(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        params = {"lambdas": self.lambdas, "best_lambda": self.best_lambda, "max_items": self.max_items,
+                  "binary": self.binary, "holdout": self.holdout, "seed": self.seed}
+        return params, {"item_ids": self._fitted(self.space).item_ids,
+                        "weights": self._fitted(self.weights_matrix)}
+
+    @classmethod
+    def _from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        model = cls(params["lambdas"], params["max_items"], params["binary"], params["holdout"], params["seed"])
+        model.best_lambda = params["best_lambda"]
+        return model._solved(ItemSpace(arrays["item_ids"]), arrays["weights"])

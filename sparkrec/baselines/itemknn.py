@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
-from pyspark.sql import DataFrame, Window
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ..evaluation.metrics import train_rows
+from ..ranking import train_rows
 from .base import Recommender, distinct_users, positives
 from .cooccurrence import gram, user_item_values
 
@@ -29,7 +30,8 @@ class ItemKNN(Recommender):
     by default) user-item matrix; shrinkage damps similarities supported by few co-raters.
     score(u, j) = sum of sim(i, j) over the user's positive items i that have j among their
     ``neighbours`` nearest. ``max_user_history`` bounds the similarity self-join's cost
-    (see :mod:`.cooccurrence`); scoring always uses the whole history.
+    (see :mod:`.cooccurrence`); scoring always uses the whole history. The (i, j, sim) table
+    is what a saved model stores (items x ``neighbours`` rows at most).
     """
 
     name = "itemknn"
@@ -41,6 +43,7 @@ class ItemKNN(Recommender):
         self.neighbours, self.shrinkage = neighbours, shrinkage
         self.binary, self.max_user_history = binary, max_user_history
         self.similarities: DataFrame | None = None
+        self._loaded: pd.DataFrame | None = None  # the saved (i, j, sim) rows, until observe
         self._history: DataFrame | None = None
         self._seen: DataFrame | None = None
 
@@ -59,18 +62,32 @@ class ItemKNN(Recommender):
                 .select("i", "j", (F.col("value") / (F.col("ni") * F.col("nj") + self.shrinkage)).alias("sim")))
         nearest = Window.partitionBy("i").orderBy(F.desc("sim"), "j")
         self.release()
+        self._loaded = None
         self.similarities = (sims.withColumn("__r", F.row_number().over(nearest))
                              .filter(F.col("__r") <= self.neighbours).drop("__r").cache())
-        self._history = positives(train).select("user_idx", F.col("item_idx").alias("i")).cache()
-        self._seen = train_rows(train).select("user_idx", F.col("item_idx").alias("j")).distinct().cache()
         self.similarities.count()  # materialise now, so fit time is fit time
+        return self.observe(train)
+
+    def observe(self, events: DataFrame) -> Self:
+        """The similarity table stays; histories and seen pairs are rebuilt from ``events``."""
+        self._similarities(events.sparkSession)
+        for table in (self._history, self._seen):
+            if table is not None:
+                table.unpersist()
+        self._history = positives(events).select("user_idx", F.col("item_idx").alias("i")).cache()
+        self._seen = train_rows(events).select("user_idx", F.col("item_idx").alias("j")).distinct().cache()
         return self
+
+    def _similarities(self, spark: SparkSession) -> DataFrame:
+        if self.similarities is None and self._loaded is not None:
+            self.similarities = spark.createDataFrame(self._loaded, "i int, j int, sim double").cache()
+        return self._fitted(self.similarities)
 
     def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
                   candidates: np.ndarray | None = None) -> DataFrame:
         self._check_k(k)
         history = distinct_users(users).join(self._fitted(self._history), "user_idx")
-        sims = self._fitted(self.similarities)
+        sims = self._fitted(self.similarities)  # observe built it
         if candidates is not None:  # a list of item ids, small next to the pair table
             allowed = history.sparkSession.createDataFrame([(int(i),) for i in candidates], "j int")
             sims = sims.join(F.broadcast(allowed), "j")
@@ -83,8 +100,23 @@ class ItemKNN(Recommender):
                         F.col("score").cast("double")))
 
     def release(self) -> None:
-        """Drop the cached similarity, history and seen tables."""
+        """Drop the cached similarity, history and seen tables. The similarity table's plan
+        stays, so the model can still be saved (at the cost of recomputing it)."""
         for table in (self.similarities, self._history, self._seen):
             if table is not None:
                 table.unpersist()
-        self.similarities = self._history = self._seen = None
+        self._history = self._seen = None
+
+    def _saved(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        pairs = self._loaded if self._loaded is not None else self._fitted(self.similarities).toPandas()
+        pairs = pairs.sort_values(["i", "j"])
+        params = {"neighbours": self.neighbours, "shrinkage": self.shrinkage, "binary": self.binary,
+                  "max_user_history": self.max_user_history}
+        return params, {"i": pairs["i"].to_numpy(np.int32), "j": pairs["j"].to_numpy(np.int32),
+                        "sim": pairs["sim"].to_numpy(np.float64)}
+
+    @classmethod
+    def _from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        model = cls(params["neighbours"], params["shrinkage"], params["binary"], params["max_user_history"])
+        model._loaded = pd.DataFrame({"i": arrays["i"], "j": arrays["j"], "sim": arrays["sim"]})
+        return model

@@ -59,7 +59,12 @@ class MostPopular(Recommender):
         order = np.argsort(pop["item_idx"].to_numpy())
         self.space = ItemSpace(pop["item_idx"].to_numpy()[order])
         self.scores = pop["score"].to_numpy(dtype=np.float64)[order]
-        self._seen = seen_items(train).cache()
+        return self.observe(train)
+
+    def observe(self, events: DataFrame) -> Self:
+        """The scores stay; only what each user has seen (and must not be offered) changes."""
+        self.release()
+        self._seen = seen_items(events).cache()
         return self
 
     def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
@@ -69,3 +74,18 @@ class MostPopular(Recommender):
         state = distinct_users(users).join(self._fitted(self._seen), "user_idx", "left")
         return top_k_per_user(state, _Tiled(self._fitted(self.scores)), space, k, exclude_seen,
                               space.mask(candidates))
+
+    def release(self) -> None:
+        if self._seen is not None:
+            self._seen.unpersist()
+            self._seen = None
+
+    def _saved(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"half_life": self.half_life}, {"item_ids": self._fitted(self.space).item_ids,
+                                               "scores": self._fitted(self.scores)}
+
+    @classmethod
+    def _from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        model = cls(params["half_life"])
+        model.space, model.scores = ItemSpace(arrays["item_ids"]), arrays["scores"]
+        return model

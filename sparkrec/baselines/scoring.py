@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 
-from ..recommend.topk import best_k
+from ..selection import best_k
 from .base import RECS_SCHEMA
 
 ScoreBlock = Callable[[pa.RecordBatch], np.ndarray]

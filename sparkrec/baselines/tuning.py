@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from ..evaluation.metrics import ranking_metrics, train_rows
 from ..logs import get_logger, log_fields
+from ..ranking import ranking_metrics, train_rows
 from .base import Recommender
 
 log = get_logger("baselines.tuning")

@@ -26,6 +26,7 @@ from pyspark.sql import types as T
 from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
+from ..model.store import log_recommender, register_champion
 from .metrics import PROTOCOL, catalog_coverage, intra_list_diversity_at, popularity_metrics, ranking_metrics_by
 from .models import Candidate, make_candidate, timed_fit
 from .slices import SLICE_DOCS, cold_item_candidates, sliced_truth
@@ -163,6 +164,26 @@ def protocol_text(cfg: Config, split: str, n_users: int, n_items: int, restricte
         SLICE_DOCS.format(cold=ec.cold_user_max_train)
 
 
+def crown_champion(cfg: Config, lake: Lake, metrics: pd.DataFrame, fitted: list[Candidate]) -> str | None:
+    """Registers the model with the best NDCG@10 on slice "all" as ``champion``; returns its name.
+
+    Not called on cold_items: lists there are ranked among a restricted shelf, so a winner
+    there says nothing about ranking the whole catalogue, which is what serving does.
+    """
+    ks = cfg.evaluation.ks
+    k = 10 if 10 in ks else min(ks, key=lambda v: abs(v - 10))
+    runs = {c.name: c.info["run_id"] for c in fitted if c.info.get("run_id")}
+    ndcg = metrics[(metrics["slice"] == "all") & (metrics["metric"] == "ndcg") & (metrics["k"] == k)
+                   & metrics["model"].isin(list(runs))]
+    if ndcg.empty:
+        return None
+    best = ndcg.loc[ndcg["value"].idxmax()]
+    register_champion(cfg, lake, runs[best["model"]], best["model"], float(best["value"]))
+    log_fields(log, "champion", model=best["model"], metric=f"ndcg@{k}", value=round(float(best["value"]), 4),
+               run_id=runs[best["model"]])
+    return str(best["model"])
+
+
 def run_evaluate(cfg: Config, spark: SparkSession, lake: Lake, report_path: str | Path | None = None
                  ) -> dict[str, Any]:
     """Fits and judges every model in ``cfg.evaluation.models``; returns where everything went."""
@@ -199,9 +220,9 @@ def run_evaluate(cfg: Config, spark: SparkSession, lake: Lake, report_path: str 
                                F.col("rank").cast("int"), F.col("score").cast("double"))
             commit = lake.overwrite(RECS_TABLE, recs) if first else lake.append(RECS_TABLE, recs)
             first = False
-            release = getattr(candidate.model, "release", None)
-            if callable(release):
-                release()
+            if name != "hybrid":  # the train stage saved the hybrid; a baseline is saved here, fitted
+                candidate.info["run_id"] = log_recommender(candidate.model, cfg, lake, split_name)
+            candidate.model.release()
             stored = lake.read(RECS_TABLE, commit.version).filter(
                 (F.col("eval_id") == eval_id) & (F.col("model") == name)).cache()
             version = str(candidate.info.get("run_id", eval_id))
@@ -228,7 +249,8 @@ def run_evaluate(cfg: Config, spark: SparkSession, lake: Lake, report_path: str 
     write_report(path, metrics, training_curves(fitted, cfg), meta, protocol)
     run_id = log_to_mlflow(cfg, eval_id, metrics, fitted, path, protocol)
     summary = {"eval_id": eval_id, "models": [c.name for c in fitted], "users": n_users, "rows": len(rows),
-               "metrics_table_version": commit.version, "report": str(path), "mlflow_run_id": run_id}
+               "metrics_table_version": commit.version, "report": str(path), "mlflow_run_id": run_id,
+               "champion": None if restricted else crown_champion(cfg, lake, metrics, fitted)}
     log_fields(log, "evaluation written", **summary)
     return summary
 

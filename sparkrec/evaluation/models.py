@@ -21,6 +21,7 @@ from ..config import Config
 from ..lake import Lake
 from ..model.data import user_states
 from ..model.registry import LoadedModel, latest_run_id, load_model
+from ..model.store import lake_location
 from ..text.tables import item_embeddings_table
 from .metrics import train_rows
 
@@ -28,9 +29,10 @@ from .metrics import train_rows
 class HybridRecommender(Recommender):
     """The trained two-tower model: user tower over each user's last N train positives.
 
-    ``fit`` does not train (the train stage did, on the same split): it builds the users'
-    model inputs from the train part, exactly as the recommend stage builds them from current
-    events, and ``recommend`` runs the recommend stage's scorer on them.
+    ``fit`` does not train (the train stage did, on the same split): it observes the train
+    part, building the users' model inputs exactly as the recommend stage builds them from
+    current events, and ``recommend`` runs the recommend stage's scorer on them. The model is
+    saved by the train stage (its MLflow run), so ``save``/``load`` here are not used.
     """
 
     name = "hybrid"
@@ -40,9 +42,12 @@ class HybridRecommender(Recommender):
         self._states: DataFrame | None = None
 
     def fit(self, train: DataFrame) -> Self:
+        return self.observe(train)
+
+    def observe(self, events: DataFrame) -> Self:
         meta = self.loaded.meta
         n, gap_scale = int(meta.get("history", self.loaded.spec.history)), float(meta.get("gap_scale", 1.0))
-        rows = train_rows(train)
+        rows = train_rows(events)
         positive = rows.filter(F.coalesce(F.col("is_positive"), F.lit(False)))
         seen = rows.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("seen"))
         self.release()
@@ -77,6 +82,13 @@ class HybridRecommender(Recommender):
             self._states.unpersist()
             self._states = None
 
+    def _saved(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        raise NotImplementedError("the hybrid is saved by the train stage: its MLflow run is the saved model")
+
+    @classmethod
+    def _from_saved(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
+        raise NotImplementedError("load the hybrid with sparkrec.model.registry.load_model(run_id)")
+
 
 @dataclass
 class Candidate:
@@ -88,21 +100,22 @@ class Candidate:
     train_seconds: float | None = None  # known up front for the hybrid (from its MLflow run)
 
 
-def hybrid_run(cfg: Config, split: str) -> str:
+def hybrid_run(cfg: Config, split: str, lake: Lake | None = None) -> str:
     ec = cfg.evaluation
-    return ec.hybrid_run_id or latest_run_id(cfg.train.mlflow_uri, cfg.train.experiment, cfg.data.dataset, split)
+    return ec.hybrid_run_id or latest_run_id(cfg.train.mlflow_uri, cfg.train.experiment, cfg.data.dataset, split,
+                                             lake=lake_location(lake) if lake is not None else None)
 
 
-def hybrid_candidate(cfg: Config, split: str) -> Candidate:
+def hybrid_candidate(cfg: Config, split: str, lake: Lake | None = None) -> Candidate:
     import mlflow
 
-    run_id = hybrid_run(cfg, split)
+    run_id = hybrid_run(cfg, split, lake)
     loaded = load_model(run_id, cfg.train.mlflow_uri)
     trained_on = loaded.meta.get("split")
     if trained_on is not None and trained_on != split:
         raise ValueError(f"hybrid model {run_id} was trained on split {trained_on!r}, but evaluation.split is "
-                         f"{split!r}: its test rows were training rows. Train on {split!r} "
-                         f"(train.split={split}) or set evaluation.hybrid_run_id")
+                         f"{split!r}: its test rows were training rows. Run `sparkrec train "
+                         f"train.split={split}` first, or set evaluation.hybrid_run_id")
     run = mlflow.get_run(run_id)
     seconds = run.data.metrics.get("train_seconds")
     return Candidate("hybrid", HybridRecommender(cfg, loaded), {"run_id": run_id, "split": trained_on},
@@ -113,7 +126,7 @@ def make_candidate(name: str, cfg: Config, lake: Lake, split: str) -> Candidate:
     """One named model configured from ``cfg.evaluation``; the hybrid comes from MLflow."""
     ec = cfg.evaluation
     if name == "hybrid":
-        return hybrid_candidate(cfg, split)
+        return hybrid_candidate(cfg, split, lake)
     if name == "most_popular":
         return Candidate(name, MostPopular.from_config(ec))
     if name == "als":

@@ -25,6 +25,7 @@ from ..text.tables import item_embeddings_table
 from .data import build_catalog, gap_scale_for, training_examples, user_states
 from .distributed import run_distributed
 from .registry import ITEM_VECTORS, mlflow_setup, save_model_dir
+from .store import model_tags
 from .towers import ModelSpec
 from .worker import ValSet, worker_main
 
@@ -88,10 +89,19 @@ def model_spec(cfg: Config, n_items: int, n_users: int, text_in: int, cat_sizes:
                      user_id=m.user_id, temperature=cfg.train.temperature)
 
 
+def training_rows(lake: Lake, split: str) -> DataFrame:
+    """Split-table-shaped rows to train on: ``split_<split>``, or for ``none`` (production)
+    every event as a train row, so the served model has seen everything; validation for early
+    stopping is still carved out of them (:func:`split_validation`)."""
+    if split == "none":
+        return lake.read("events").withColumn("part", F.lit("train"))
+    return lake.read(f"split_{split}")
+
+
 def prepare(cfg: Config, spark: SparkSession, lake: Lake, workdir: Path) -> dict[str, Any]:
     """Everything a training run needs, computed in Spark; returns the worker params."""
     tc, n = cfg.train, cfg.model.history
-    split = lake.read(f"split_{tc.split}")
+    split = training_rows(lake, tc.split)
     train_pos = split.filter((F.col("part") == "train") & F.col("is_positive"))
     fit, val_targets = split_validation(train_pos, tc.max_val_users, tc.seed)
     fit = fit.persist()
@@ -168,7 +178,7 @@ def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     seconds = time.perf_counter() - started
 
     mlflow_setup(tc.mlflow_uri, tc.experiment)
-    with mlflow.start_run(tags={"dataset": cfg.data.dataset, "backend": tc.backend, "split": tc.split}) as run:
+    with mlflow.start_run(tags={**model_tags(cfg, lake, "hybrid", tc.split), "backend": tc.backend}) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in _flatten(config_to_dict(cfg)).items()
                            if k.split(".")[0] in ("model", "train", "features", "data")})
         for row in result["history"]:

@@ -89,22 +89,30 @@ def load_model(run_id: str, mlflow_uri: str = "mlruns", device: str = "cpu") -> 
     return loaded
 
 
-def latest_run_id(mlflow_uri: str, experiment: str, dataset: str | None = None, split: str | None = None) -> str:
-    """The newest finished training run, optionally of one dataset and one split.
+def latest_run_id(mlflow_uri: str, experiment: str, dataset: str | None = None, split: str | None = None,
+                  lake: str | None = None, model: str = "hybrid") -> str:
+    """The newest finished run of ``model``, optionally of one dataset, split and lake.
 
     Evaluation asks for the split: a model trained on another split has seen its test rows.
-    Only training runs carry a ``backend`` tag, so evaluation runs are never returned.
+    ``lake`` (the namespace's location, tag ``lake``) keeps a model fitted on another lake's
+    tables, whose item indices mean other items, from being served. Hybrid training runs carry
+    a ``backend`` tag and baselines saved by ``sparkrec.model.store`` a ``model`` tag, so
+    evaluation runs are never returned.
     """
     import mlflow
 
     mlflow_setup(mlflow_uri, experiment)
-    filt = "attributes.status = 'FINISHED' and tags.backend != ''"
+    filt = "attributes.status = 'FINISHED' and " + ("tags.backend != ''" if model == "hybrid"
+                                                      else f"tags.model = '{model}'")
     filt += (f" and tags.dataset = '{dataset}'" if dataset else "") + (f" and tags.split = '{split}'" if split else "")
+    filt += f" and tags.lake = '{lake}'" if lake else ""
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string=filt,
                               order_by=["attributes.start_time DESC"], max_results=1)
     if runs.empty:
         what = (f" for dataset {dataset!r}" if dataset else "") + (f" on split {split!r}" if split else "")
-        hint = f" --set train.split={split}" if split else ""
-        raise LookupError(f"no finished training run in MLflow experiment {experiment!r} at {mlflow_uri}{what}: "
-                          f"run `sparkrec train{hint}` first")
+        what += f" in lake {lake}" if lake else ""
+        command = ("sparkrec train" + (f" train.split={split}" if split else "") if model == "hybrid"
+                   else "sparkrec evaluate" + (f" evaluation.split={split}" if split else ""))
+        raise LookupError(f"no finished {model} run in MLflow experiment {experiment!r} at {mlflow_uri}{what}: "
+                          f"run `{command}` first")
     return str(runs.iloc[0]["run_id"])

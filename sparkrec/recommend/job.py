@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -22,8 +22,10 @@ from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..model.data import user_states
-from ..model.registry import LoadedModel, latest_run_id, load_model
+from ..model.registry import LoadedModel, load_model
+from ..model.store import resolve_run
 from ..model.worker import all_item_vectors
+from .baseline import baseline_scores
 from .explain import EVIDENCE, explain, item_facts
 from .score import Payload, blend, pseudo_history, pseudo_states, score_users, user_vectors
 from .topk import evidence, top_k
@@ -40,16 +42,20 @@ RECOMMENDATIONS = T.StructType([
     T.StructField("model_version", T.StringType()), T.StructField("generated_at", T.TimestampType())])
 
 
-def resolve_model(cfg: Config) -> LoadedModel:
-    run_id = cfg.recommend.model_run_id or latest_run_id(cfg.train.mlflow_uri, cfg.train.experiment,
-                                                         cfg.data.dataset)
-    return load_model(run_id, cfg.train.mlflow_uri)
+def resolve_model(cfg: Config, lake: Lake) -> LoadedModel:
+    """The hybrid ``recommend.model`` names; text-only scoring needs its user tower."""
+    served = resolve_run(cfg, lake)
+    if served.model != "hybrid":
+        raise ValueError(f"recommend.model={cfg.recommend.model!r} is a {served.model} model (run {served.run_id}); "
+                         "scoring interest text needs the hybrid: set recommend.model=hybrid")
+    return load_model(served.run_id, cfg.train.mlflow_uri)
 
 
-def eligibility(cfg: Config, lake: Lake, loaded: LoadedModel) -> np.ndarray:
-    """(n_items + 1,) bool over model rows. Computed in Spark; only excluded indices come back."""
+def item_filter(cfg: Config) -> Column | None:
+    """True for items ``recommend.filters`` exclude (ids, genres, year); None when none is set."""
     f = cfg.recommend.filters
-    items = lake.read("item_features")
+    if not (f.exclude_item_ids or f.genres or f.min_year is not None):
+        return None
     bad = F.lit(False)
     if f.exclude_item_ids:
         bad = bad | F.col("item_id").isin(f.exclude_item_ids)
@@ -58,9 +64,30 @@ def eligibility(cfg: Config, lake: Lake, loaded: LoadedModel) -> np.ndarray:
         bad = bad | ~F.coalesce(F.arrays_overlap(F.col("genres"), wanted), F.lit(False))
     if f.min_year is not None:
         bad = bad | F.coalesce(F.col("year") < f.min_year, F.lit(True))
+    return bad
+
+
+def allowed_items(cfg: Config, lake: Lake) -> np.ndarray | None:
+    """item_idx a baseline may offer under ``recommend.filters``; None: every item. Cold items
+    are the ones with no interaction, which interaction baselines cannot rank anyway."""
+    bad = item_filter(cfg)
+    if cfg.recommend.filters.exclude_cold_items:
+        cold = F.coalesce(F.col("n_interactions"), F.lit(0)) == 0
+        bad = cold if bad is None else bad | cold
+    if bad is None:
+        return None
+    keep = lake.read("item_features").filter(~bad).select("item_idx")
+    return np.array([r[0] for r in keep.collect()], dtype=np.int64)
+
+
+def eligibility(cfg: Config, lake: Lake, loaded: LoadedModel) -> np.ndarray:
+    """(n_items + 1,) bool over model rows. Computed in Spark; only excluded indices come back."""
+    f = cfg.recommend.filters
+    items = lake.read("item_features")
+    bad = item_filter(cfg)
     eligible = np.ones(loaded.spec.n_items + 1, dtype=bool)
     eligible[0] = False
-    if f.exclude_item_ids or f.genres or f.min_year is not None:
+    if bad is not None:
         excluded = np.array([r[0] for r in items.filter(bad).select("item_idx").collect()], dtype=np.int64)
         eligible[excluded[excluded < loaded.spec.n_items] + 1] = False
     if f.exclude_cold_items:
@@ -126,17 +153,25 @@ def run_recommend(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame
     if rc.llm_rewrite:
         raise ValueError("recommend.llm_rewrite is not implemented: explanations are deterministic templates")
     started = time.perf_counter()
-    loaded = resolve_model(cfg)
-    payload = make_payload(cfg, loaded, eligibility(cfg, lake, loaded))
-    states = current_states(lake, loaded, users)
-    parts = rc.partitions or 2 * spark.sparkContext.defaultParallelism
-    scored = score_users(spark, states, payload, parts)
-    text_scored = text_only_scores(spark, lake, payload, loaded, states, users, parts)
-    if text_scored is not None:
-        scored = scored.unionByName(text_scored)
-    out = finish(explain(scored, item_facts(lake.read("item_features")), rc.explain_attributes), loaded.version)
+    served = resolve_run(cfg, lake)
+    text_scored = baseline = None
+    if served.model == "hybrid":
+        loaded = load_model(served.run_id, cfg.train.mlflow_uri)
+        payload = make_payload(cfg, loaded, eligibility(cfg, lake, loaded))
+        states = current_states(lake, loaded, users)
+        parts = rc.partitions or 2 * spark.sparkContext.defaultParallelism
+        scored = score_users(spark, states, payload, parts)
+        text_scored = text_only_scores(spark, lake, payload, loaded, states, users, parts)
+        if text_scored is not None:
+            scored = scored.unionByName(text_scored)
+    else:  # a saved baseline: users without positive events (text-only) get no list from it
+        scored, baseline = baseline_scores(cfg, lake, served.run_id, users, allowed_items(cfg, lake))
+    out = finish(explain(scored, item_facts(lake.read("item_features")), rc.explain_attributes), served.run_id)
     commit = lake.overwrite(TABLE, out) if users is None else lake.upsert(TABLE, out, KEYS, replace_within=["user_id"])
-    summary = {"model_run_id": loaded.version, "rows": commit.rows_written, "inserted": commit.inserted,
+    if baseline is not None:
+        baseline.release()
+    summary = {"model": served.model, "model_run_id": served.run_id, "rows": commit.rows_written,
+               "inserted": commit.inserted,
                "updated": commit.updated, "deleted": commit.deleted, "version": commit.version,
                "partial": users is not None,
                "text_only_users": text_scored is not None, "seconds": round(time.perf_counter() - started, 1)}
@@ -154,7 +189,7 @@ def recommend_for_text(cfg: Config, spark: SparkSession, lake: Lake, text: str, 
     """
     from ..text import make_encoder
 
-    loaded = resolve_model(cfg)
+    loaded = resolve_model(cfg, lake)
     if loaded.catalog.text is None:
         raise ValueError("the model was trained without item text: run `sparkrec embed` before `sparkrec train`")
     payload = make_payload(cfg.model_copy(update={"recommend": cfg.recommend.model_copy(

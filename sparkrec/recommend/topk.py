@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..selection import best_k as best_k  # re-exported: the one top-K cut
+
 NEG = np.float32(-np.inf)
 
 
@@ -18,41 +20,6 @@ def csr(lists: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else np.zeros(0, np.int64)
     return indptr, flat
-
-
-def _best_columns(scores: np.ndarray, kk: int) -> np.ndarray:
-    """Per row, columns that surely contain the kk best, ties at the cut included.
-
-    argpartition alone picks an arbitrary subset of items tied at the K-th score, which would
-    make lists differ between runs; widening the cut to every tied item keeps the tie-break
-    exact.
-    """
-    n = scores.shape[1]
-    if kk >= n:
-        return np.broadcast_to(np.arange(n), scores.shape).copy()
-    part = np.argpartition(-scores, kk - 1, axis=1)
-    kth = np.take_along_axis(scores, part[:, kk - 1:kk], axis=1)
-    width = int((scores >= kth).sum(axis=1).max())
-    if width == kk:
-        return part[:, :kk]
-    if width >= n:
-        return np.broadcast_to(np.arange(n), scores.shape).copy()
-    return np.argpartition(-scores, width - 1, axis=1)[:, :width]
-
-
-def best_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the ``k`` best columns and their scores, best first.
-
-    Ties go to the smaller id (``ids``, same shape as ``scores``; the column index when None),
-    so a list is the same whichever block or executor computed it. This is the one top-K
-    selection of the platform: the recommend job and every baseline go through it.
-    """
-    kk = min(k, scores.shape[1])
-    cols = _best_columns(scores, kk)
-    vals = np.take_along_axis(scores, cols, axis=1)
-    tie = cols if ids is None else np.take_along_axis(ids, cols, axis=1)
-    order = np.lexsort((tie, -vals), axis=1)[:, :kk]
-    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
 def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | None = None,
