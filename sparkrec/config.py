@@ -266,12 +266,17 @@ class ModelConfig(StrictModel):
     cat_dim: int = Field(16, gt=0)
     cat_vocab: int = Field(5000, gt=1)  # most frequent values kept per categorical field
     hidden: int = Field(256, gt=0)
-    history: int = Field(30, gt=0)  # last N items the user tower attends over
+    history: int = Field(100, gt=0)  # the user tower attends over the last N items (recency is a feature)
     id_dropout: float = Field(0.3, ge=0, lt=1)  # items trained without their id: cold items work from text
     user_id: bool = True
     dropout: float = Field(0.1, ge=0, lt=1)
     use_text: bool = True  # needs the item_embeddings table (sparkrec embed)
     use_categories: bool = True
+    # The collaborative linear head (sparkrec.model.head) beside the towers, blended per user.
+    head: bool = True
+    head_max_items: int = Field(20_000, gt=1)  # a dense items x items inverse on the driver
+    head_min_count: int = Field(2, ge=1)  # items with fewer training users: towers only
+    head_side_information: bool = True  # text and category similarity enter the head's Gram matrix
 
 
 class TrainConfig(StrictModel):
@@ -290,6 +295,14 @@ class TrainConfig(StrictModel):
     temperature: float = Field(0.05, gt=0)
     logq_correction: bool = True
     extra_negatives: int = Field(0, ge=0)  # uniform negatives on top of the in-batch ones
+    # Share of training examples that are masked-item (a random part of the user's set predicts
+    # a held-out member) rather than next-item (the previous events predict the next one).
+    masked_share: float = Field(0.5, ge=0, le=1)
+    # Validation carved out of train: "last" positive per user, a "random" share of them, or
+    # "auto" (last on time-ordered splits and timestamped production data, random otherwise).
+    holdout: Literal["auto", "last", "random"] = "auto"
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # holdout=random: share of each user's positives
+    blend_trials: int = Field(20, ge=1)  # Optuna trials for the head's parameters and the blend
     recall_k: int = Field(20, gt=0)
     patience: int = Field(2, ge=0)  # epochs without a better validation Recall@K before stopping
     max_val_users: int = Field(2000, gt=0)

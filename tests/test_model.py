@@ -92,6 +92,44 @@ def test_examples_use_only_earlier_events(spark):
     state = {r.user_idx: r for r in user_states(events, 3, 86400.0).collect()}
     assert state[0].hist == [7, 8, 9] and np.allclose(state[0].gaps, np.log1p([2.0, 1.0, 0.0]))
     assert state[1].hist == [0, 0, 10]
+    # the linear head reads the whole history (not only the last 3), with each item's weight
+    assert sorted(state[0].items) == [6, 7, 8, 9] and state[1].items == [10] and state[1].weights == [0.5]
+
+
+def test_masked_examples_draw_the_history_from_the_rest_of_the_set(spark):
+    days = [(0, item, day, 1.0) for day, item in enumerate([5, 6, 7, 8, 9, 10])]
+    events = spark.createDataFrame(days, "user_idx int, item_idx int, day int, weight double").selectExpr(
+        "user_idx", "item_idx", "cast(day * 86400 as long) as seq", "weight")
+    rows = training_examples(events, 3, 86400.0, masked_share=1.0, seed=1).collect()
+    assert len(rows) == 6
+    for r in rows:
+        drawn = [h for h in r.hist if h > 0]
+        assert len(drawn) == 3 and r.target not in drawn  # three other items, never the target
+        assert drawn == sorted(drawn)  # laid out in time order (item order = time order here)
+        assert set(drawn) <= {6, 7, 8, 9, 10, 11}
+        day_of = {item + 1: day for day, item in enumerate([5, 6, 7, 8, 9, 10])}
+        assert np.allclose(r.gaps, np.log1p([5 - day_of[h] for h in drawn]))  # gaps to the user's latest event
+    targets_first = next(r for r in rows if r.target == 6)
+    assert targets_first.hist != [0, 0, 0]  # unlike next-item, the first event is predicted from later ones
+    mixed = training_examples(events, 3, 86400.0, masked_share=0.0).collect()
+    assert {r.target: r.hist for r in mixed}[6] == [0, 0, 0]  # share 0: all next-item
+
+
+def test_validation_holdout_follows_the_protocol(spark):
+    from sparkrec.model.validation import holdout_for, split_validation
+
+    rows = [(u, i, i, 1.0) for u in range(4) for i in range(10)]
+    pos = spark.createDataFrame(rows, "user_idx int, item_idx int, seq long, weight double")
+    fit, val = split_validation(pos, 3, 7, "last")
+    held = {(r.user_idx, r.item_idx) for r in val.collect()}
+    assert len(held) == 3 and all(i == 9 for _, i in held)  # the latest positive of 3 sampled users
+    fit, val = split_validation(pos, 10, 7, "random", 0.3)
+    held = val.collect()
+    assert len(held) == 12 and fit.count() == 28  # 3 of each user's 10, the rest stays
+    assert {r.item_idx for r in held} != {7, 8, 9}  # a random share, not the latest
+    assert holdout_for("temporal_loo", "auto", True) == "last"
+    assert holdout_for("stratified", "auto", True) == "random"
+    assert holdout_for("none", "auto", False) == "random" and holdout_for("none", "auto", True) == "last"
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ class HybridRecommender(Recommender):
         self.release()
         self._states = (user_states(positive, n, gap_scale).join(seen, "user_idx", "left")
                         .select("user_idx", F.col("user_idx").cast("string").alias("user_id"), "hist", "gaps",
-                                "seen", F.lit("history").alias("basis")).cache())
+                                "seen", F.lit("history").alias("basis"), "items", "weights").cache())
         return self
 
     def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,

@@ -19,16 +19,18 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from ..features.events import has_timestamps
+from ..features.splits import unit_hash
 from ..features.tables import last_n
 
 SECONDS_PER_DAY = 86_400.0
 GENRE_SLOTS = 4
 
 
-def _history_columns(h: Column, n: int, gap_scale: float) -> dict[str, Column]:
+def _history_columns(h: Column, n: int, gap_scale: float, last: Column | None = None) -> dict[str, Column]:
     """From an array of struct(seq, item_idx) (oldest first, at most n) to left-padded
-    model inputs: item ids + 1 (0 = padding) and log-scaled gaps to the latest event."""
-    last = F.element_at(h, -1)["seq"]
+    model inputs: item ids + 1 (0 = padding) and log-scaled gaps to the latest event (by
+    default the history's own last one)."""
+    last = F.element_at(h, -1)["seq"] if last is None else last
     items = F.transform(h, lambda x: (x["item_idx"] + 1).cast("int"))
     gaps = F.transform(h, lambda x: F.log1p(F.greatest(last - x["seq"], F.lit(0)) / F.lit(gap_scale)).cast("float"))
     pad = F.lit(n) - F.size(h)
@@ -41,23 +43,50 @@ def gap_scale_for(events: DataFrame) -> float:
     return SECONDS_PER_DAY if has_timestamps(events) else 1.0
 
 
-def training_examples(positives: DataFrame, n: int, gap_scale: float) -> DataFrame:
-    """One row per positive event: the n events before it (by seq) are its history."""
+def training_examples(positives: DataFrame, n: int, gap_scale: float, masked_share: float = 0.0,
+                      seed: int = 42) -> DataFrame:
+    """One row per positive event, of one of two kinds (a seeded hash of the event picks):
+
+    * next-item: the n events before it (by seq) are its history, as a sequence model trains;
+    * masked (a ``masked_share`` of events): the target is taken out of the user's whole set and
+      up to n of the user's *other* positives, drawn at random from all of them and laid out
+      in time order with their gaps to the latest event, are its history. This is the denoising
+      / masked-item objective (Mult-DAE, BERT4Rec's cloze): it teaches the user tower to complete
+      a set from any part of it, which is the task when test items are a random share of a
+      user's history, or when a source has no time at all.
+    """
     order = Window.partitionBy("user_idx").orderBy("seq", "item_idx")
-    h = F.collect_list(F.struct("seq", "item_idx")).over(order.rowsBetween(-n, -1))
-    cols = _history_columns(F.col("h"), n, gap_scale)
-    return (positives.withColumn("h", h)
-            .select((F.col("user_idx") + 1).cast("int").alias("user"), cols["hist"].alias("hist"),
-                    cols["gaps"].alias("gaps"), (F.col("item_idx") + 1).cast("int").alias("target"),
-                    F.col("weight").cast("float").alias("weight")))
+    previous = F.collect_list(F.struct("seq", "item_idx")).over(order.rowsBetween(-n, -1))
+    if masked_share <= 0:
+        cols = _history_columns(F.col("h"), n, gap_scale)
+        rows = positives.withColumn("h", previous)
+    else:
+        everything = F.collect_list(F.struct("seq", "item_idx")).over(Window.partitionBy("user_idx"))
+        is_masked = unit_hash(seed, "user_idx", "item_idx", "seq") < F.lit(masked_share)
+        others = F.filter(F.col("_all"), lambda x: x["item_idx"] != F.col("item_idx"))
+        # A random draw of n others, then back in time order: recency stays a feature, not a cut.
+        drawn = F.array_sort(F.slice(F.shuffle(others), 1, n))
+        last = F.when(F.col("_masked"), F.array_max(F.col("_all.seq"))).otherwise(F.element_at("h", -1)["seq"])
+        cols = _history_columns(F.col("h"), n, gap_scale, last)
+        rows = (positives.withColumns({"_all": everything, "_masked": is_masked})
+                .withColumn("h", F.when(F.col("_masked"), drawn).otherwise(previous)))
+    return rows.select((F.col("user_idx") + 1).cast("int").alias("user"), cols["hist"].alias("hist"),
+                       cols["gaps"].alias("gaps"), (F.col("item_idx") + 1).cast("int").alias("target"),
+                       F.col("weight").cast("float").alias("weight"))
 
 
 def user_states(positives: DataFrame, n: int, gap_scale: float) -> DataFrame:
-    """Each user's current model input: their last n positive events."""
+    """Each user's current model input: their last n positive events for the towers, and every
+    positive item with its weight (model rows; a re-rated item once, at its largest weight)
+    for the linear head, which reads the whole history."""
     agg = positives.groupBy("user_idx").agg(F.sort_array(F.collect_list(F.struct("seq", "item_idx"))).alias("h"))
     agg = agg.withColumn("h", last_n(F.col("h"), n))
     cols = _history_columns(F.col("h"), n, gap_scale)
-    return agg.select("user_idx", cols["hist"].alias("hist"), cols["gaps"].alias("gaps"))
+    pairs = (positives.groupBy("user_idx", "item_idx").agg(F.max("weight").alias("w"))
+             .groupBy("user_idx").agg(F.collect_list(F.struct((F.col("item_idx") + 1).cast("int").alias("i"),
+                                                             F.col("w").cast("float").alias("w"))).alias("p")))
+    return agg.join(pairs, "user_idx").select("user_idx", cols["hist"].alias("hist"), cols["gaps"].alias("gaps"),
+                                              F.col("p.i").alias("items"), F.col("p.w").alias("weights"))
 
 
 # --------------------------------------------------------------------------- catalogue

@@ -15,19 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession, Window
+import pandas as pd
+import torch
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config, config_to_dict
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..text.tables import item_embeddings_table
+from .blend import BlendSearch, search_blend
 from .data import build_catalog, gap_scale_for, training_examples, user_states
 from .distributed import run_distributed
-from .registry import ITEM_VECTORS, mlflow_setup, save_model_dir
+from .head import LinearHead, head_rows, side_grams, solve_head, weighted_gram
+from .registry import ITEM_VECTORS, load_weights, mlflow_setup, save_model_dir
 from .store import model_tags
 from .towers import ModelSpec
-from .worker import ValSet, worker_main
+from .validation import collect_eval_set, holdout_for, split_validation
+from .worker import all_item_vectors, worker_main
 
 log = get_logger("train")
 
@@ -46,38 +51,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def mlflow_name(metric: str) -> str:
     """MLflow metric names allow no '@': recall@20 -> recall_at_20."""
     return metric.replace("@", "_at_")
-
-
-def split_validation(train_pos: DataFrame, max_users: int, seed: int) -> tuple[DataFrame, DataFrame]:
-    """Holds out each sampled user's last training positive as the validation target."""
-    w = Window.partitionBy("user_idx")
-    ranked = train_pos.withColumns({
-        "_r": F.row_number().over(w.orderBy(F.desc("seq"), F.desc("item_idx"))),
-        "_n": F.count(F.lit(1)).over(w)})
-    eligible = ranked.filter((F.col("_n") >= 2) & (F.col("_r") == 1)).select("user_idx")
-    chosen = (eligible.withColumn("_h", F.xxhash64(F.lit(seed), "user_idx")).orderBy("_h").limit(max_users)
-              .select("user_idx").withColumn("_val", F.lit(True)))
-    marked = ranked.join(chosen, "user_idx", "left")
-    is_val = F.coalesce(F.col("_val"), F.lit(False)) & (F.col("_r") == 1)
-    cols = train_pos.columns
-    return marked.filter(~is_val).select(*cols), marked.filter(is_val).select(*cols)
-
-
-def collect_eval_set(states: DataFrame, targets: DataFrame, seen: DataFrame) -> ValSet:
-    """Users with their state, one target each, and their seen items; small by design."""
-    seen_lists = seen.groupBy("user_idx").agg(F.collect_set(F.col("item_idx") + 1).alias("seen"))
-    rows = (targets.select("user_idx", (F.col("item_idx") + 1).alias("target"))
-            .join(states, "user_idx").join(seen_lists, "user_idx", "left").orderBy("user_idx").toPandas())
-    seen_arrays = [np.asarray(s if s is not None else [], dtype=np.int64) for s in rows["seen"]]
-    seen_arrays = [s[s != t] for s, t in zip(seen_arrays, rows["target"], strict=True)]
-    indptr = np.concatenate([[0], np.cumsum([len(s) for s in seen_arrays])]).astype(np.int64)
-    items = np.concatenate(seen_arrays) if seen_arrays else np.zeros(0, np.int64)
-    def stacked(col: str, dtype: type) -> np.ndarray:
-        return np.stack(rows[col].to_numpy()).astype(dtype) if len(rows) else np.zeros((0, 1), dtype)
-
-    return ValSet(users=(rows["user_idx"].to_numpy() + 1).astype(np.int64), hist=stacked("hist", np.int64),
-                  gaps=stacked("gaps", np.float32), target=rows["target"].to_numpy().astype(np.int64),
-                  seen_indptr=indptr, seen_items=items)
 
 
 def model_spec(cfg: Config, n_items: int, n_users: int, text_in: int, cat_sizes: list[int],
@@ -103,9 +76,10 @@ def prepare(cfg: Config, spark: SparkSession, lake: Lake, workdir: Path) -> dict
     tc, n = cfg.train, cfg.model.history
     split = training_rows(lake, tc.split)
     train_pos = split.filter((F.col("part") == "train") & F.col("is_positive"))
-    fit, val_targets = split_validation(train_pos, tc.max_val_users, tc.seed)
-    fit = fit.persist()
     gap_scale = gap_scale_for(split)
+    holdout = holdout_for(tc.split, tc.holdout, gap_scale != 1.0)
+    fit, val_targets = split_validation(train_pos, tc.max_val_users, tc.seed, holdout, tc.val_fraction)
+    fit = fit.persist()
     n_users = int(lake.read("user_index").agg(F.max("user_idx")).collect()[0][0]) + 1
     text = None
     if cfg.model.use_text and lake.exists("item_embeddings"):
@@ -118,10 +92,12 @@ def prepare(cfg: Config, spark: SparkSession, lake: Lake, workdir: Path) -> dict
     catalog.save(workdir / "catalog.safetensors")
     val = collect_eval_set(user_states(fit, n, gap_scale), val_targets, fit)
     val.save(workdir / "val.safetensors")
-    examples = training_examples(fit, n, gap_scale)
+    log_fields(log, "validation set", holdout=holdout, users=len(val), targets=len(val.targets))
+    examples = training_examples(fit, n, gap_scale, tc.masked_share, tc.seed)
     spec = model_spec(cfg, catalog.n_items, n_users, 0 if catalog.text is None else catalog.text.shape[1],
                       catalog.cat_vocab_sizes, catalog.genre_vocab)
     return {"examples": examples, "catalog": catalog, "spec": spec, "gap_scale": gap_scale, "fit": fit,
+            "train_pos": train_pos, "val": val, "holdout": holdout,
             "params": {"train": tc.model_dump(mode="json"), "spec": spec.to_dict(), "workdir": str(workdir),
                        "catalog_path": str(workdir / "catalog.safetensors"),
                        "val_path": str(workdir / "val.safetensors")}}
@@ -172,8 +148,12 @@ def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     params = {**prep["params"], "converter": converter, "n_examples": len(converter)}
     try:
         result = run_distributed(tc.backend, tc.num_workers, worker_main, params, tc.use_gpu, tc.local_mode)
-    finally:
         converter.delete()
+        converter = None
+        head, blend = fit_head(cfg, prep, result["state"])
+    finally:
+        if converter is not None:
+            converter.delete()
         prep["fit"].unpersist()
     seconds = time.perf_counter() - started
 
@@ -184,11 +164,15 @@ def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
         for row in result["history"]:
             mlflow.log_metrics({mlflow_name(k): v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         mlflow.log_metrics({"best_val_recall": result["best"], "train_seconds": seconds,
-                            "n_examples": params["n_examples"]})
+                            "n_examples": params["n_examples"],
+                            **{f"blend_{k}": v for k, v in blend.items() if isinstance(v, float)}})
+        if blend.get("trials"):
+            mlflow.log_table(pd.DataFrame(blend["trials"]), "blend_trials.json")
         meta = {"run_id": run.info.run_id, "dataset": cfg.data.dataset, "split": tc.split,
                 "backend": tc.backend, "workers": result["world"], "gap_scale": prep["gap_scale"],
-                "history": cfg.model.history}
-        model_dir = save_model_dir(workdir / "model", prep["spec"], result["state"], prep["catalog"], meta)
+                "history": cfg.model.history, "holdout": prep["holdout"],
+                "blend": {k: v for k, v in blend.items() if k != "trials"}}
+        model_dir = save_model_dir(workdir / "model", prep["spec"], result["state"], prep["catalog"], meta, head)
         mlflow.log_artifacts(str(model_dir), artifact_path="model")
         run_id = run.info.run_id
     _write_item_vectors(spark, lake, model_dir / ITEM_VECTORS, run_id)
@@ -198,6 +182,34 @@ def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     log_fields(log, "model trained", **summary)
     print(f"trained model: MLflow run {run_id} (val recall@{tc.recall_k} = {result['best']:.4f})")
     return summary
+
+
+def fit_head(cfg: Config, prep: dict[str, Any], state: bytes) -> tuple[LinearHead | None, dict[str, Any]]:
+    """The linear head and the blend, searched on the validation set with the trained towers,
+    then the head refitted on every train row (validation targets included) with the chosen
+    parameters: the search needs held-out rows, the served model should not waste them."""
+    mc, tc = cfg.model, cfg.train
+    if not mc.head:
+        return None, {}
+    rows = head_rows(prep["fit"], mc.head_max_items, mc.head_min_count)
+    if len(rows) < 2:
+        log_fields(log, "no linear head: fewer than two items with enough interactions", items=len(rows))
+        return None, {}
+    towers = load_weights(prep["spec"], prep["catalog"], state)
+    val = prep["val"]
+    items = all_item_vectors(towers)
+    with torch.no_grad():
+        users = torch.cat([towers.user_vectors(*(torch.from_numpy(getattr(val, k)[s:s + 1024])
+                                                 for k in ("users", "hist", "gaps")))
+                           for s in range(0, len(val), 1024)]) if len(val) else items[:0]
+    sides = side_grams(prep["catalog"], rows) if mc.head_side_information else {}
+    grams = {binary: weighted_gram(prep["fit"], rows, binary) for binary in (False, True)}
+    search = BlendSearch(val, users.numpy(), items.numpy(), grams, sides, rows)
+    params, w_tower, ndcg = search_blend(search, tc.blend_trials, tc.seed)
+    head = solve_head(weighted_gram(prep["train_pos"], rows, bool(params["binary"])), sides, rows, params)
+    blend = {"w_tower": w_tower, "val_ndcg_at_10": ndcg, "tower_only_val_ndcg_at_10": search.tower_only,
+             "head_items": float(len(rows)), **{k: float(v) for k, v in params.items()}, "trials": search.trials}
+    return head, blend
 
 
 def _write_item_vectors(spark: SparkSession, lake: Lake, path: Path, run_id: str) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from .data import Catalog
+from .head import LinearHead
 from .towers import ModelSpec, TwoTower
 from .worker import build_model
 
-WEIGHTS, SPEC = "weights.safetensors", "spec.json"
+WEIGHTS, SPEC, HEAD = "weights.safetensors", "spec.json", "head.safetensors"
 CATALOG, ITEM_VECTORS = "catalog.safetensors", "item_vectors.safetensors"
 
 
@@ -28,17 +29,37 @@ class LoadedModel:
     catalog: Catalog
     spec: ModelSpec
     meta: dict[str, Any]
+    head: LinearHead | None = None  # the collaborative head; None: towers only
+
+    @property
+    def tower_weight(self) -> float:
+        return float(self.meta.get("blend", {}).get("w_tower", 1.0))
 
     @property
     def version(self) -> str:
         return str(self.meta.get("run_id", "local"))
 
 
-def save_model_dir(path: Path, spec: ModelSpec, weights: bytes, catalog: Catalog, meta: dict[str, Any]) -> Path:
+def load_weights(spec: ModelSpec, catalog: Catalog, weights: bytes, device: str = "cpu") -> TwoTower:
+    """The towers from safetensors bytes, in eval mode."""
+    from safetensors.torch import load
+
+    model = build_model(spec, catalog, torch.device(device))
+    missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in load(weights).items()}, strict=True)
+    assert not missing and not unexpected
+    return model.eval()
+
+
+def save_model_dir(path: Path, spec: ModelSpec, weights: bytes, catalog: Catalog, meta: dict[str, Any],
+                   head: LinearHead | None = None) -> Path:
+    from safetensors.numpy import save_file as save_numpy
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
     (path / WEIGHTS).write_bytes(weights)
+    if head is not None:
+        save_numpy(head.tensors(), str(path / HEAD))
+        meta = {**meta, "head_params": head.params}
     (path / SPEC).write_text(json.dumps({"spec": spec.to_dict(), "meta": meta}, indent=2, default=str))
     catalog.save(path / CATALOG)
     loaded = load_model_dir(path)
@@ -49,17 +70,18 @@ def save_model_dir(path: Path, spec: ModelSpec, weights: bytes, catalog: Catalog
 
 
 def load_model_dir(path: str | Path, device: str = "cpu") -> LoadedModel:
-    from safetensors.torch import load_file
-
     path = Path(path)
     doc = json.loads((path / SPEC).read_text())
     spec = ModelSpec(**doc["spec"])
     catalog = Catalog.load(path / CATALOG)
-    model = build_model(spec, catalog, torch.device(device))
-    missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS), device=device), strict=True)
-    assert not missing and not unexpected
-    model.eval()
-    return LoadedModel(model, catalog, spec, doc.get("meta", {}))
+    model = load_weights(spec, catalog, (path / WEIGHTS).read_bytes(), device)
+    meta = doc.get("meta", {})
+    head = None
+    if (path / HEAD).exists():
+        from safetensors.numpy import load_file
+
+        head = LinearHead.from_tensors(load_file(str(path / HEAD)), meta.get("head_params", {}))
+    return LoadedModel(model, catalog, spec, meta, head)
 
 
 def mlflow_setup(uri: str, experiment: str) -> None:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +22,9 @@ import torch
 from .data import Catalog
 from .distributed import Dist, make_dist
 from .towers import ModelSpec, TwoTower
+from .validation import ValSet, ranking_quality
 
 BATCH_KEYS = ("user", "hist", "gaps", "target", "weight")
-
-
-@dataclass
-class ValSet:
-    """Validation users: model inputs, the held-out target, and items to exclude (CSR)."""
-
-    users: np.ndarray
-    hist: np.ndarray
-    gaps: np.ndarray
-    target: np.ndarray
-    seen_indptr: np.ndarray
-    seen_items: np.ndarray
-
-    def save(self, path: str | Path) -> None:
-        from safetensors.numpy import save_file
-
-        save_file({k: np.ascontiguousarray(v) for k, v in self.__dict__.items()}, str(path))
-
-    @classmethod
-    def load(cls, path: str | Path) -> ValSet:
-        from safetensors.numpy import load_file
-
-        return cls(**load_file(str(path)))
 
 
 def pick_device(use_gpu: bool) -> torch.device:
@@ -79,54 +56,28 @@ def all_item_vectors(model: TwoTower, chunk: int = 16384) -> torch.Tensor:
     return out
 
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+def tower_scores(model: TwoTower, val: ValSet, start: int, stop: int, items: torch.Tensor) -> np.ndarray:
+    """(users, n_items + 1) cosine scores of validation users ``start .. stop`` in model space."""
+    device = items.device
+    part = {k: torch.from_numpy(getattr(val, k)[start:stop]).to(device) for k in ("users", "hist", "gaps")}
+    u = model.user_vectors(part["users"].long(), part["hist"].long(), part["gaps"].float())
+    return (u @ items.T).float().cpu().numpy()
 
 
 @torch.no_grad()
-def ranking_metrics(score: ScoreFn, val: ValSet, ks: Sequence[int], device: torch.device,
-                    chunk: int = 256) -> dict[str, float]:
-    """Recall@K and NDCG@K of each user's held-out item among all items, seen items excluded.
-
-    ``score(users, hist, gaps)`` returns (B, n_items + 1) scores; column 0 is padding."""
-    kmax = max(ks)
-    hits = dict.fromkeys(ks, 0.0)
-    gains = dict.fromkeys(ks, 0.0)
-    n = len(val.users)
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        part = {k: torch.from_numpy(getattr(val, k)[s:e]).to(device) for k in ("users", "hist", "gaps", "target")}
-        scores = score(part["users"].long(), part["hist"].long(), part["gaps"].float()).clone()
-        scores[:, 0] = -torch.inf
-        lo, hi = val.seen_indptr[s], val.seen_indptr[e]
-        rows = torch.from_numpy(np.repeat(np.arange(e - s), np.diff(val.seen_indptr[s:e + 1]))).to(device)
-        scores[rows, torch.from_numpy(val.seen_items[lo:hi]).long().to(device)] = -torch.inf
-        match = scores.topk(kmax, dim=1).indices == part["target"].long().unsqueeze(1)
-        rank = match.float().argmax(dim=1)
-        found = match.any(dim=1)
-        for k in ks:
-            within = found & (rank < k)
-            hits[k] += float(within.sum())
-            gains[k] += float((within.float() / torch.log2(rank.float() + 2)).sum())
-    out = {}
-    for k in ks:
-        out[f"recall@{k}"] = hits[k] / max(n, 1)
-        out[f"ndcg@{k}"] = gains[k] / max(n, 1)
-    return out
-
-
-def model_scores(model: TwoTower) -> ScoreFn:
-    items = all_item_vectors(model)
-
-    def score(users: torch.Tensor, hist: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        return model.user_vectors(users, hist, gaps) @ items.T
-
-    return score
-
-
-@torch.no_grad()
-def ranking_at_k(model: TwoTower, val: ValSet, k: int) -> dict[str, float]:
+def ranking_at_k(model: TwoTower, val: ValSet, k: int, chunk: int = 256) -> dict[str, float]:
+    """Mean Recall@k and NDCG@k of the towers on the validation set, all items ranked."""
     model.eval()
-    return ranking_metrics(model_scores(model), val, [k], model.log_q.device)
+    items = all_item_vectors(model)
+    recall, ndcg = [], []
+    for start in range(0, len(val), chunk):
+        stop = min(start + chunk, len(val))
+        r, n = ranking_quality(tower_scores(model, val, start, stop, items), val, start, k)
+        recall.append(r)
+        ndcg.append(n)
+    if not recall:
+        return {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
+    return {f"recall@{k}": float(np.concatenate(recall).mean()), f"ndcg@{k}": float(np.concatenate(ndcg).mean())}
 
 
 def _petastorm_batches(converter: Any, batch_size: int, dist: Dist, seed: int) -> tuple[Any, Iterator[dict]]:
@@ -228,7 +179,7 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
                     save_file(best_state, str(checkpoints / "best.safetensors"))
             else:
                 stale += 1
-                if stale > tc.patience:
+                if stale >= tc.patience:  # patience epochs without a better one, not one more
                     break
     finally:
         if ctx is not None:

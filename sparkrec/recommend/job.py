@@ -102,11 +102,12 @@ def make_payload(cfg: Config, loaded: LoadedModel, eligible: np.ndarray) -> Payl
     items = all_item_vectors(loaded.model).cpu().numpy().astype(np.float32)
     return Payload(items=items, eligible=eligible, tower=tower, spec=spec, k=rc.k, block_rows=rc.item_block_rows,
                    user_batch=rc.user_batch, explain_items=rc.explain_items, exclude_seen=rc.exclude_seen,
-                   text_neighbours=rc.text_neighbours, text_weight=rc.text_weight)
+                   text_neighbours=rc.text_neighbours, text_weight=rc.text_weight, head=loaded.head,
+                   tower_weight=loaded.tower_weight)
 
 
 def current_states(lake: Lake, loaded: LoadedModel, users: DataFrame | None) -> DataFrame:
-    """(user_idx, user_id, hist, gaps, seen, basis) for every user with a positive event."""
+    """(user_idx, user_id, hist, gaps, seen, basis, items, weights) for every user with a positive event."""
     events = lake.read("events")
     index = lake.read("user_index").select("user_id", "user_idx")
     if users is not None:
@@ -116,7 +117,8 @@ def current_states(lake: Lake, loaded: LoadedModel, users: DataFrame | None) -> 
     states = user_states(events.filter("is_positive"), n, gap_scale)
     seen = events.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("seen"))
     return (states.join(index, "user_idx").join(seen, "user_idx", "left")
-            .select("user_idx", "user_id", "hist", "gaps", "seen", F.lit("history").alias("basis")))
+            .select("user_idx", "user_id", "hist", "gaps", "seen", F.lit("history").alias("basis"), "items",
+                    "weights"))
 
 
 def text_only_scores(spark: SparkSession, lake: Lake, payload: Payload, loaded: LoadedModel,

@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from ..model.blend import head_scores, tower_scale
+from ..model.head import LinearHead
 from .topk import evidence, top_k
 
 SCORED = T.StructType([T.StructField("user_idx", T.IntegerType()), T.StructField("user_id", T.StringType()),
@@ -50,6 +52,8 @@ class Payload:
     text_neighbours: int = 10
     text_weight: float = 1.0
     blend_items: np.ndarray | None = None  # built lazily on executors from items and text
+    head: LinearHead | None = None  # the hybrid's collaborative head (model.blend: how it is mixed in)
+    tower_weight: float = 1.0
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -109,11 +113,16 @@ def score_batch(payload: Payload, batch: pa.RecordBatch) -> pa.RecordBatch:
     hist = _fixed(batch.column("hist"), n_hist, np.int64)
     u = user_vectors(payload, model_users, hist, _fixed(batch.column("gaps"), n_hist, np.float32))
     seen = _list_csr(batch.column("seen")) if payload.exclude_seen else None
-    matrix = payload.items
+    matrix, extra = payload.items, None
     if payload.text is not None:  # text-only users: model score + weighted text cosine, as one product
         query = _fixed(batch.column("query"), payload.text.shape[1], np.float32)
         u, matrix = blend(payload, u, query)
-    recs, scores = top_k(u, matrix, payload.k, payload.eligible, seen, payload.block_rows)
+    elif payload.head is not None and "items" in batch.schema.names:  # the hybrid: towers + linear head
+        indptr, rows = _list_csr(batch.column("items"))
+        weights = pc.list_flatten(batch.column("weights")).to_numpy(zero_copy_only=False).astype(np.float32)
+        extra = head_scores(payload.head, indptr, rows, weights)
+        u = tower_scale(u, payload.items, payload.head, payload.tower_weight).astype(np.float32)
+    recs, scores = top_k(u, matrix, payload.k, payload.eligible, seen, payload.block_rows, extra)
     ev = evidence(payload.items, hist, recs, payload.explain_items)
     k = recs.shape[1]
     keep = (recs >= 0).reshape(-1)
@@ -182,7 +191,8 @@ def pseudo_batches(payload: Payload, batches: Iterator[pa.RecordBatch]) -> Itera
 
 
 def score_users(spark: SparkSession, states: DataFrame, payload: Payload, partitions: int) -> DataFrame:
-    """``states`` (user_idx, user_id, hist, gaps, seen, basis) -> SCORED rows."""
+    """``states`` (user_idx, user_id, hist, gaps, seen, basis[, items, weights]) -> SCORED rows;
+    ``items``/``weights`` (every positive, for the linear head) are what makes a list hybrid."""
     bc = spark.sparkContext.broadcast(payload)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

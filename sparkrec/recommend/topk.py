@@ -23,14 +23,15 @@ def csr(lists: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | None = None,
-          seen: tuple[np.ndarray, np.ndarray] | None = None, block_rows: int = 65_536
-          ) -> tuple[np.ndarray, np.ndarray]:
+          seen: tuple[np.ndarray, np.ndarray] | None = None, block_rows: int = 65_536,
+          extra: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Best ``k`` item rows per user by dot product, best first: (indices, scores), both (B, k).
 
     ``eligible`` (n_items,) bool removes items for everyone (padding, filters); ``seen`` is a
     CSR of item rows removed per user. Slots with no eligible item left hold index -1 and
     score -inf, so callers drop them instead of recommending an excluded item. Ties go to the
-    smaller item row, as in a full stable sort.
+    smaller item row, as in a full stable sort. ``extra`` = (item rows ascending, (B, m)
+    scores) adds a second score to those rows, e.g. the hybrid's linear head.
     """
     b, n = users.shape[0], items.shape[0]
     k_eff = min(k, n)
@@ -45,6 +46,9 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | N
     for start in range(0, n, block_rows):
         stop = min(start + block_rows, n)
         scores = users @ items[start:stop].T
+        if extra is not None:
+            lo, hi = np.searchsorted(extra[0], [start, stop])
+            scores[:, extra[0][lo:hi] - start] += extra[1][:, lo:hi]
         if eligible is not None:
             scores[:, ~eligible[start:stop]] = NEG
         if seen is not None:

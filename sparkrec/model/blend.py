@@ -1,0 +1,109 @@
+"""How the hybrid's two parts make one score, and the search that decides their balance.
+
+score(user, item) = w * cos(user tower, item tower) / s_user + head(user, item), with the head's
+scores scaled to unit standard deviation per user (``LinearHead.scores``) and ``s_user`` the
+standard deviation of the user's tower cosines over the head's items. Per-user scaling is why
+one weight ``w`` holds for light and heavy users alike. The head's regularisation, its side
+information weights and ``w`` are chosen together by an Optuna (TPE) search on the validation
+set carved out of train (:mod:`sparkrec.model.validation`), never on test; ``w`` is optimised
+exactly inside each trial on a grid (it costs no refit), so every trial pays one head solve.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..logs import get_logger, log_fields
+from .head import LinearHead, head_params, solve_head
+from .validation import ValSet, ranking_quality
+
+log = get_logger("train.blend")
+
+TOWER_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def tower_scale(u: np.ndarray, items: np.ndarray, head: LinearHead | None, weight: float) -> np.ndarray:
+    """User vectors rescaled so that ``u . v`` is the tower's share of the blended score."""
+    if head is None:
+        return u
+    cos = u @ items[head.rows].T
+    return u * (weight / np.maximum(cos.std(axis=1, keepdims=True), 1e-6))
+
+
+def head_scores(head: LinearHead, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The head's share as ``top_k``'s ``extra`` argument: (its rows, per-user scores)."""
+    return head.rows, head.scores(indptr, rows, weights)
+
+
+def _slice_csr(indptr: np.ndarray, values: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = indptr[start], indptr[stop]
+    return indptr[start:stop + 1] - lo, values[lo:hi]
+
+
+@dataclass
+class BlendSearch:
+    """The validation problem, prepared once: tower vectors of the validation users and items."""
+
+    val: ValSet
+    users: np.ndarray  # (n_val, d) tower vectors
+    items: np.ndarray  # (n_items + 1, d) tower vectors
+    grams: dict[bool, np.ndarray]  # X^T X of the fit part: weighted (False) and binary (True)
+    sides: dict[str, np.ndarray]
+    rows: np.ndarray
+    k: int = 10
+    chunk: int = 512
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    tower_only: float = 0.0  # validation NDCG of the towers alone, for the record
+
+    def quality(self, head: LinearHead | None) -> dict[float, float]:
+        """Mean validation NDCG@k for every tower weight on the grid (head None: tower only)."""
+        weights = TOWER_WEIGHTS if head is not None else (1.0,)
+        totals = dict.fromkeys(weights, 0.0)
+        n = len(self.val)
+        for start in range(0, n, self.chunk):
+            stop = min(start + self.chunk, n)
+            u = self.users[start:stop]
+            extra = None
+            if head is not None:
+                indptr, rows = _slice_csr(self.val.items_indptr, self.val.items, start, stop)
+                _, w = _slice_csr(self.val.items_indptr, self.val.item_weights, start, stop)
+                extra = head_scores(head, indptr, rows, w)
+            for weight in weights:
+                scores = tower_scale(u, self.items, head, weight) @ self.items.T
+                if extra is not None:
+                    scores[:, extra[0]] += extra[1]
+                totals[weight] += float(ranking_quality(scores, self.val, start, self.k)[1].sum())
+        return {w: t / max(n, 1) for w, t in totals.items()}
+
+    def objective(self, trial: Any) -> float:
+        started = time.perf_counter()
+        params = head_params(trial, self.sides)
+        head = solve_head(self.grams[bool(params["binary"])], self.sides, self.rows, params)
+        by_weight = self.quality(head)
+        weight = max(by_weight, key=lambda w: (by_weight[w], -w))
+        trial.set_user_attr("w_tower", weight)
+        record = {**params, "w_tower": weight, f"ndcg@{self.k}": by_weight[weight],
+                  "seconds": round(time.perf_counter() - started, 1)}
+        self.trials.append(record)
+        log_fields(log, "blend trial", **record)
+        return by_weight[weight]
+
+
+def search_blend(search: BlendSearch, n_trials: int, seed: int) -> tuple[dict[str, float], float, float]:
+    """(head params, tower weight, validation NDCG) of the best of ``n_trials`` TPE trials; the
+    towers alone are scored too and reported, so the gain of the head is on record."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search.tower_only = tower_only = search.quality(None)[1.0]
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(search.objective, n_trials=n_trials)
+    best = study.best_trial
+    log_fields(log, "blend chosen", tower_only_ndcg=round(tower_only, 5), best_ndcg=round(best.value, 5),
+               **best.params, w_tower=best.user_attrs["w_tower"])
+    return dict(best.params), float(best.user_attrs["w_tower"]), float(best.value)

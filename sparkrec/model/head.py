@@ -1,0 +1,171 @@
+"""The hybrid's collaborative item-item head: a closed-form linear model with side information.
+
+Why a linear head beside the towers: completing a user's set from a random part of it (the
+random per-user protocols, any source without timestamps) is what an item-item regression
+over the whole history solves best (EASE, Steck 2019), while the towers win on sequences and
+on items nobody has touched. The head is EASE over the users' *weighted* positives, with the
+items' side information added to the Gram matrix as extra pseudo-users (collective EASE,
+Jeunen et al. 2020): ``G = X^T X + b_text d T T^T + b_cat d C C^T`` with ``T`` the items' unit
+text vectors and ``C`` their normalised category memberships, ``d`` the mean of diag(X^T X) so
+the betas do not depend on the dataset's scale. Side information is how two items that no user
+has shared yet still lend each other weight.
+
+The head covers the ``max_items`` most popular items with at least ``min_count`` training
+interactions (a dense m x m inverse on the driver bounds it); every other item is scored by
+the towers alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from .data import Catalog
+
+TEXT_NEIGHBOURS = 50
+
+
+@dataclass
+class LinearHead:
+    """Item-item weights over ``rows`` (model rows: item_idx + 1, ascending)."""
+
+    rows: np.ndarray  # (m,) int64
+    weights: np.ndarray  # (m, m) float32, zero diagonal
+    params: dict[str, float] = field(default_factory=dict)
+
+    def columns(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Head column of each model row, and whether the head covers it."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(self.rows) == 0:
+            return np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
+        cols = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
+        return cols, self.rows[cols] == rows
+
+    @property
+    def binary(self) -> bool:
+        """Whether the head reads 1 per positive rather than the interaction's weight (a
+        searched choice: ratings as weights help where they say how much a user liked an item)."""
+        return bool(self.params.get("binary", 0.0))
+
+    def user_matrix(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(users, m) float32 input rows from CSR histories of model rows and their weights."""
+        if self.binary:
+            weights = np.ones(len(rows), dtype=np.float32)
+        n_users = len(indptr) - 1
+        owner = np.repeat(np.arange(n_users), np.diff(indptr))
+        cols, known = self.columns(rows)
+        x = np.zeros((n_users, len(self.rows)), dtype=np.float32)
+        np.maximum.at(x, (owner[known], cols[known]), weights[known].astype(np.float32))
+        return x
+
+    def scores(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(users, m) head scores, each user's row scaled to unit standard deviation, so that
+        the blend weight means the same for a user with 5 items and one with 500."""
+        s = self.user_matrix(indptr, rows, weights) @ self.weights
+        return s / np.maximum(s.std(axis=1, keepdims=True), 1e-6)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {"head_rows": self.rows.astype(np.int64), "head_weights": np.ascontiguousarray(self.weights)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], params: dict[str, float]) -> LinearHead:
+        return cls(tensors["head_rows"].astype(np.int64), tensors["head_weights"].astype(np.float32), params)
+
+
+# --------------------------------------------------------------------------- fitting
+def head_rows(positives: DataFrame, max_items: int, min_count: int) -> np.ndarray:
+    """The items the head covers: the most popular with at least ``min_count`` users (bounded
+    by ``max_items``, so what comes to the driver is small by construction)."""
+    counts = positives.groupBy("item_idx").agg(F.countDistinct("user_idx").alias("n")).filter(F.col("n") >= min_count)
+    top = counts.orderBy(F.desc("n"), "item_idx").limit(max_items).select("item_idx").collect()
+    return np.sort(np.array([r[0] + 1 for r in top], dtype=np.int64))
+
+
+def weighted_gram(positives: DataFrame, rows: np.ndarray, binary: bool = False) -> np.ndarray:
+    """X^T X over ``rows`` of the users' positives (one value per user and item: the largest
+    weight, or 1), summed on executors; only the m x m result reaches the driver."""
+    from ..baselines.cooccurrence import gram
+
+    spark = positives.sparkSession
+    keep = spark.createDataFrame([(int(r) - 1,) for r in rows], "item_idx int")
+    value = F.lit(1.0).cast("double") if binary else F.max("weight").cast("double")
+    x = (positives.groupBy("user_idx", "item_idx").agg(value.alias("value"))
+         .join(F.broadcast(keep), "item_idx"))
+    entries = gram(x).toPandas()
+    g = np.zeros((len(rows), len(rows)), dtype=np.float64)
+    i = np.searchsorted(rows, entries["i"].to_numpy() + 1)
+    j = np.searchsorted(rows, entries["j"].to_numpy() + 1)
+    np.add.at(g, (i, j), entries["value"].to_numpy(dtype=np.float64))
+    return g
+
+
+def side_grams(catalog: Catalog, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Item-item similarity from side information, over the head's rows: text cosine, and
+    shared categorical values (author, publisher, year bucket, genres; each item's memberships
+    scaled to unit norm, so an item with four genres is not four times as similar)."""
+    out: dict[str, np.ndarray] = {}
+    if catalog.text is not None:
+        t = catalog.text[rows].astype(np.float32)
+        t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-6)
+        out["text"] = nearest_only(t @ t.T, TEXT_NEIGHBOURS)
+    codes = []
+    offset = 0
+    if catalog.cats is not None:
+        for f, size in enumerate(catalog.cat_vocab_sizes):
+            codes.append(np.where(catalog.cats[rows, f] > 1, catalog.cats[rows, f] + offset, -1)[:, None])
+            offset += size
+    if catalog.genres is not None:
+        codes.append(np.where(catalog.genres[rows] > 1, catalog.genres[rows] + offset, -1))
+        offset += catalog.genre_vocab
+    if codes:
+        member = np.concatenate(codes, axis=1)
+        owner, slot = np.nonzero(member >= 0)
+        c = np.zeros((len(rows), offset), dtype=np.float32)
+        c[owner, member[owner, slot]] = 1.0
+        c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-6)
+        if c.any():
+            out["cat"] = (c @ c.T).astype(np.float64)
+    return out
+
+
+def nearest_only(sim: np.ndarray, k: int) -> np.ndarray:
+    """Each item's k most similar items (symmetrised), the rest 0. Sentence-embedding cosines
+    are positive for almost any pair; kept dense they would act as a popularity prior rather
+    than say which items are alike."""
+    m = len(sim)
+    np.fill_diagonal(sim, 1.0)
+    if m > k + 1:
+        cut = np.partition(sim, m - k - 1, axis=1)[:, m - k - 1][:, None]
+        sim = np.where(sim >= cut, sim, 0.0)
+    sim = np.maximum(sim, sim.T)
+    return np.clip(sim, 0.0, None).astype(np.float64)
+
+
+def solve_head(gram_matrix: np.ndarray, sides: dict[str, np.ndarray], rows: np.ndarray,
+               params: dict[str, float]) -> LinearHead:
+    """B = I - P diag(1/diag(P)), P = (G + sum_s beta_s d S_s + lam d I)^-1 (float32 LAPACK:
+    the inverse dominates the cost, and single precision halves it at no loss of ranking)."""
+    d = float(np.mean(np.diag(gram_matrix))) or 1.0
+    g = gram_matrix.copy()
+    for name, s in sides.items():
+        beta = float(params.get(f"beta_{name}", 0.0))
+        if beta > 0:
+            g += beta * d * s
+    g[np.diag_indices_from(g)] += float(params["lam"]) * d
+    p = np.linalg.inv(g.astype(np.float32))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return LinearHead(rows, b.astype(np.float32), {k: float(v) for k, v in params.items()})
+
+
+def head_params(trial: Any, sides: dict[str, np.ndarray]) -> dict[str, float]:
+    """The head's search space, relative to the data's scale (see the module docstring)."""
+    params = {"binary": float(trial.suggest_categorical("binary", [0, 1])),
+              "lam": trial.suggest_float("lam", 0.3, 300.0, log=True)}
+    for name in sides:
+        params[f"beta_{name}"] = trial.suggest_float(f"beta_{name}", 0.0, 2.0)
+    return params

@@ -1,0 +1,143 @@
+"""The hybrid's validation set: carved out of the training rows, shaped like the test it stands for.
+
+Early stopping and the hybrid's hyper-parameter search both judge on it, so it must ask the
+question the evaluation will ask: on a temporal split, "what comes next?" (each sampled user's
+last positive); on a random split, or a source without time, "what else is in this set?" (a
+random share of each sampled user's positives). A next-item validation set would tune a
+set-completion model for the wrong task, and the other way round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from ..features.splits import unit_hash
+
+Holdout = Literal["last", "random"]
+TIME_ORDERED_SPLITS = frozenset({"temporal_loo", "global_time"})
+
+
+def holdout_for(split: str, setting: str, has_time: bool) -> Holdout:
+    """``train.holdout`` resolved: "auto" follows the split's nature (time-ordered splits and
+    production training on timestamped data hold out the latest event; random splits and
+    sources without time hold out a random share)."""
+    if setting in ("last", "random"):
+        return setting  # type: ignore[return-value]
+    if split in TIME_ORDERED_SPLITS or (split == "none" and has_time):
+        return "last"
+    return "random"
+
+
+def split_validation(train_pos: DataFrame, max_users: int, seed: int, how: Holdout = "last",
+                     fraction: float = 0.2) -> tuple[DataFrame, DataFrame]:
+    """(fit part, validation targets) of the positive train rows.
+
+    A deterministic hash sample of at most ``max_users`` users with two or more positives each
+    gives up their latest positive ("last") or a ``fraction`` of them, at least one and never
+    all ("random"); everyone else's rows stay whole in the fit part.
+    """
+    w = Window.partitionBy("user_idx")
+    order = [F.desc("seq"), F.desc("item_idx")] if how == "last" else [unit_hash(seed, "user_idx", "item_idx", "seq")]
+    ranked = train_pos.withColumns({"_r": F.row_number().over(w.orderBy(*order)), "_n": F.count(F.lit(1)).over(w)})
+    eligible = ranked.filter((F.col("_n") >= 2) & (F.col("_r") == 1)).select("user_idx")
+    chosen = (eligible.withColumn("_h", F.xxhash64(F.lit(seed), "user_idx")).orderBy("_h").limit(max_users)
+              .select("user_idx").withColumn("_val", F.lit(True)))
+    marked = ranked.join(chosen, "user_idx", "left")
+    share = F.greatest(F.lit(1), F.round(F.col("_n") * fraction))
+    n_val = F.lit(1) if how == "last" else F.least(F.col("_n") - 1, share)
+    is_val = F.coalesce(F.col("_val"), F.lit(False)) & (F.col("_r") <= n_val)
+    cols = train_pos.columns
+    return marked.filter(~is_val).select(*cols), marked.filter(is_val).select(*cols)
+
+
+@dataclass
+class ValSet:
+    """Validation users: tower inputs, the head's input (every fit positive with its weight),
+    the held-out targets and the items to exclude (CSR, model rows)."""
+
+    users: np.ndarray
+    hist: np.ndarray
+    gaps: np.ndarray
+    target_indptr: np.ndarray
+    targets: np.ndarray
+    seen_indptr: np.ndarray
+    seen_items: np.ndarray
+    items_indptr: np.ndarray
+    items: np.ndarray
+    item_weights: np.ndarray
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in self.__dict__.items()}, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ValSet:
+        from safetensors.numpy import load_file
+
+        return cls(**load_file(str(path)))
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def _csr(lists: list[np.ndarray], dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
+    indptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+    flat = np.concatenate(lists).astype(dtype) if lists else np.zeros(0, dtype)
+    return indptr, flat
+
+
+def collect_eval_set(states: DataFrame, targets: DataFrame, fit: DataFrame) -> ValSet:
+    """Validation users with their state, targets and seen items; bounded by ``max_users``."""
+    seen_lists = fit.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("seen"))
+    target_lists = targets.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("t"))
+    rows = (target_lists.join(states, "user_idx").join(seen_lists, "user_idx", "left")
+            .orderBy("user_idx").toPandas())
+    held = [np.asarray(t, dtype=np.int64) for t in rows["t"]]
+    seen = [np.setdiff1d(np.asarray(s if s is not None else [], dtype=np.int64), t)
+            for s, t in zip(rows["seen"], held, strict=True)]
+
+    def stacked(col: str, dtype: type) -> np.ndarray:
+        return np.stack(rows[col].to_numpy()).astype(dtype) if len(rows) else np.zeros((0, 1), dtype)
+
+    target_indptr, flat_targets = _csr(held)
+    seen_indptr, seen_items = _csr(seen)
+    items_indptr, items = _csr([np.asarray(x) for x in rows["items"]])
+    _, weights = _csr([np.asarray(x) for x in rows["weights"]], np.float32)
+    return ValSet(users=(rows["user_idx"].to_numpy() + 1).astype(np.int64), hist=stacked("hist", np.int64),
+                  gaps=stacked("gaps", np.float32), target_indptr=target_indptr, targets=flat_targets,
+                  seen_indptr=seen_indptr, seen_items=seen_items, items_indptr=items_indptr, items=items,
+                  item_weights=weights)
+
+
+def ranking_quality(scores: np.ndarray, val: ValSet, start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user Recall@k and binary NDCG@k of a block of validation users' score rows.
+
+    ``scores`` is (rows, n_items + 1) for users ``start .. start + rows``; column 0 (padding)
+    and each user's seen items are excluded here, so callers pass raw scores.
+    """
+    b = len(scores)
+    scores = scores.copy()
+    scores[:, 0] = -np.inf
+    lo, hi = val.seen_indptr[start], val.seen_indptr[start + b]
+    rows = np.repeat(np.arange(b), np.diff(val.seen_indptr[start:start + b + 1]))
+    scores[rows, val.seen_items[lo:hi]] = -np.inf
+    kk = min(k, scores.shape[1] - 1)
+    top = np.argpartition(-scores, kk, axis=1)[:, :kk]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
+    t_lo, t_hi = val.target_indptr[start], val.target_indptr[start + b]
+    t_rows = np.repeat(np.arange(b), np.diff(val.target_indptr[start:start + b + 1]))
+    truth = np.zeros(scores.shape, dtype=bool)
+    truth[t_rows, val.targets[t_lo:t_hi]] = True
+    hit = np.take_along_axis(truth, top, 1)
+    n_true = np.diff(val.target_indptr[start:start + b + 1])
+    disc = 1.0 / np.log2(np.arange(2, kk + 2))
+    ideal = np.cumsum(disc)[np.minimum(n_true, kk) - 1]
+    recall = hit.sum(1) / np.minimum(n_true, kk)
+    return recall, (hit * disc).sum(1) / ideal

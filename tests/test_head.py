@@ -1,0 +1,110 @@
+"""The hybrid's linear head and blend: closed form, side information, and the search's choice."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparkrec.model.blend import TOWER_WEIGHTS, BlendSearch, tower_scale
+from sparkrec.model.data import Catalog
+from sparkrec.model.head import LinearHead, side_grams, solve_head
+from sparkrec.model.validation import ValSet, ranking_quality
+
+
+def _gram(x: np.ndarray) -> np.ndarray:
+    return (x.T @ x).astype(np.float64)
+
+
+def test_head_without_side_information_is_ease():
+    rng = np.random.default_rng(0)
+    x = (rng.random((40, 12)) < 0.3).astype(np.float64)
+    g = _gram(x)
+    head = solve_head(g, {}, np.arange(1, 13), {"lam": 0.5})
+    lam = 0.5 * np.mean(np.diag(g))
+    p = np.linalg.inv(g + lam * np.eye(12))
+    want = -p / np.diag(p)[None, :]
+    np.fill_diagonal(want, 0)
+    assert np.allclose(head.weights, want, atol=1e-4)
+    assert np.all(np.diag(head.weights) == 0)  # an item never recommends itself
+
+
+def test_text_side_information_links_items_no_user_shared():
+    # items 0 and 1 are each taken by their own users only, but their texts are alike
+    x = np.zeros((20, 4))
+    x[:10, [0, 2]] = 1
+    x[10:, [1, 3]] = 1
+    text = np.zeros((5, 3), dtype=np.float16)
+    text[1:] = [[1, 0, 0], [1, 0.1, 0], [0, 1, 0], [0, 0, 1]]
+    catalog = Catalog(4, 20, np.ones(5, bool), np.zeros(5, np.float32), text=text)
+    rows = np.arange(1, 5)
+    sides = side_grams(catalog, rows)
+    assert set(sides) == {"text"} and sides["text"][0, 1] > 0.9
+    plain = solve_head(_gram(x), sides, rows, {"lam": 0.1, "beta_text": 0.0})
+    linked = solve_head(_gram(x), sides, rows, {"lam": 0.1, "beta_text": 1.0})
+    assert abs(plain.weights[0, 1]) < 1e-6 and linked.weights[0, 1] > 0.01
+
+
+def test_head_scores_are_scaled_per_user_and_columns_map_rows():
+    head = LinearHead(np.array([2, 5, 9]), np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0]], np.float32))
+    cols, known = head.columns(np.array([5, 4, 9]))
+    assert list(cols[known]) == [1, 2] and list(known) == [True, False, True]
+    s = head.scores(np.array([0, 1, 3]), np.array([2, 5, 9]), np.array([1.0, 1.0, 10.0], np.float32))
+    assert np.allclose(s.std(axis=1), 1.0)  # a heavy user and a light one weigh the same in the blend
+
+
+def _valset(targets: list[list[int]], seen: list[list[int]], n_items: int) -> ValSet:
+    def csr(lists):
+        return np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64), \
+            np.array([v for x in lists for v in x], dtype=np.int64)
+
+    t_ptr, t = csr(targets)
+    s_ptr, s = csr(seen)
+    b = len(targets)
+    return ValSet(np.arange(1, b + 1), np.zeros((b, 2), np.int64), np.zeros((b, 2), np.float32), t_ptr, t, s_ptr, s,
+                  s_ptr, s, np.ones(len(s), np.float32))
+
+
+def test_ranking_quality_matches_hand_computed_values():
+    val = _valset([[3], [1, 2]], [[1], [3]], 4)
+    scores = np.array([[0, 9, 1, 5, 0], [0, 2, 1, 9, 3]], dtype=np.float64)  # column 0 = padding
+    recall, ndcg = ranking_quality(scores, val, 0, 2)
+    # user 1: item 1 seen, so the list is [3, 2]: the target is first
+    assert recall[0] == 1.0 and np.isclose(ndcg[0], 1.0)
+    # user 2: item 3 seen, list [4, 1]: one of two targets at rank 2
+    assert recall[1] == 0.5 and np.isclose(ndcg[1], (1 / np.log2(3)) / (1 + 1 / np.log2(3)))
+
+
+def test_search_prefers_the_head_when_the_towers_know_nothing():
+    """Towers with random vectors, a head that has the answer: the search must weight the head."""
+    rng = np.random.default_rng(1)
+    n_items, n_users = 30, 60
+    x = np.zeros((n_users, n_items))
+    for u in range(n_users):  # two taste groups, each takes most of its own half
+        half = np.arange(15) + 15 * (u % 2)
+        x[u, rng.choice(half, 10, replace=False)] = 1
+    targets, seen = [], []
+    for u in range(n_users):
+        items = np.flatnonzero(x[u]) + 1
+        targets.append(list(items[:2]))
+        seen.append(list(items[2:]))
+    val = _valset(targets, seen, n_items)
+    fit = x.copy()
+    for u in range(n_users):
+        fit[u, np.array(targets[u]) - 1] = 0
+    items = rng.normal(size=(n_items + 1, 8)).astype(np.float32)
+    users = rng.normal(size=(n_users, 8)).astype(np.float32)
+    search = BlendSearch(val, users, items, {False: _gram(fit), True: _gram(fit)}, {}, np.arange(1, n_items + 1))
+
+    class Trial:
+        def suggest_float(self, name, low, high, log=False):
+            return 1.0
+
+        def suggest_categorical(self, name, choices):
+            return choices[-1]
+
+        def set_user_attr(self, key, value):
+            self.attr = value
+
+    trial = Trial()
+    best = search.objective(trial)
+    assert trial.attr < max(TOWER_WEIGHTS) and best > search.quality(None)[1.0]
+    assert np.allclose(tower_scale(users, items, None, 3.0), users)  # no head: the towers as they are
