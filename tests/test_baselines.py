@@ -181,17 +181,19 @@ def test_ease_tuning_gram_equals_a_direct_one(spark):
     rows = [(0, 0), (0, 1), (0, 3), (1, 1), (1, 2), (1, 0), (2, 0), (2, 2), (2, 3), (2, 4), (3, 4), (3, 1)]
     train = spark.createDataFrame(
         [(u, i, None, 0.5 + 0.1 * i, None, n, True, "train") for n, (u, i) in enumerate(rows)], SPLIT)
-    fit_part, val = holdout_validation(train)
-    assert val.count() == 4  # the last row of each user
     x = user_item_values(train, binary=False)  # weighted: the general case of the identity
     space, full = dense_gram(x, 100)
-    got = without_held_out(full, space, x, val)
-    direct_space, direct = dense_gram(user_item_values(fit_part, binary=False), 100)
-    cols, known = space.columns(direct_space.item_ids)
-    assert known.all()
-    expected = np.zeros_like(full)
-    expected[np.ix_(cols, cols)] = direct
-    np.testing.assert_allclose(got, expected, atol=1e-12)
+    # one held-out row per user ("last"), and several per user (a random half of each user's rows)
+    for how, fraction, held in (("last", 0.2, 4), ("random", 0.5, 7)):  # 3, 3, 4 and 2 rows: 2 + 2 + 2 + 1
+        fit_part, val = holdout_validation(train, how, fraction=fraction)
+        assert val.count() == held
+        got = without_held_out(full, space, x, val)
+        direct_space, direct = dense_gram(user_item_values(fit_part, binary=False), 100)
+        cols, known = space.columns(direct_space.item_ids)
+        assert known.all()
+        expected = np.zeros_like(full)
+        expected[np.ix_(cols, cols)] = direct
+        np.testing.assert_allclose(got, expected, atol=1e-12)
 
 
 def test_ease_refuses_a_catalogue_too_large_for_the_driver(spark):

@@ -69,19 +69,22 @@ def dense_gram(x: DataFrame, max_items: int) -> tuple[ItemSpace, np.ndarray]:
 def without_held_out(full: np.ndarray, space: ItemSpace, x: DataFrame, held: DataFrame) -> np.ndarray:
     """The Gram matrix of ``x`` minus the held-out (user_idx, item_idx) cells, from the full one.
 
-    Removing value a at item v from a user's row x changes x x^T by
-    a (e_v x^T + x e_v^T) - a^2 e_v e_v^T, so the fit part's Gram costs one pass over the
-    validation users' rows instead of a second full self-join.
+    With H the held-out cells and X = F + H, F^T F = X^T X - (H^T X + X^T H) + H^T H: the fit
+    part's Gram costs one pass over the validation users' rows instead of a second full
+    self-join. H^T H has off-diagonal terms whenever a user gives up several items (a random
+    share, not one), so it is computed as pairs, not squares.
     """
     held_x = x.join(held.select("user_idx", "item_idx").distinct(), ["user_idx", "item_idx"]).select(
         "user_idx", F.col("item_idx").alias("v"), F.col("value").alias("a"))
     cross = (held_x.join(x, "user_idx").groupBy(F.col("v").alias("i"), F.col("item_idx").alias("j"))
              .agg(F.sum(F.col("a") * F.col("value")).alias("value")).toPandas())
-    squares = held_x.groupBy(F.col("v").alias("i")).agg(F.sum(F.col("a") ** 2).alias("value")).toPandas()
+    other = held_x.select("user_idx", F.col("v").alias("w"), F.col("a").alias("b"))
+    pairs = (held_x.join(other, "user_idx").groupBy(F.col("v").alias("i"), F.col("w").alias("j"))
+             .agg(F.sum(F.col("a") * F.col("b")).alias("value")).toPandas())
     delta = np.zeros_like(full)
     _scatter(cross, space, delta)
     delta += delta.T
-    _scatter(squares.assign(j=squares["i"], value=-squares["value"]), space, delta)
+    _scatter(pairs.assign(value=-pairs["value"]), space, delta)
     return full - delta
 
 

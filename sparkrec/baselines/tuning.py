@@ -10,42 +10,34 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ..holdout import Holdout, split_validation
 from ..logs import get_logger, log_fields
 from ..ranking import ranking_metrics, train_rows
 from .base import Recommender
 
 log = get_logger("baselines.tuning")
 
-Holdout = Literal["last", "random"]
-
-
-def holdout_validation(train: DataFrame, how: Holdout = "last", seed: int = 42) -> tuple[DataFrame, DataFrame]:
-    """(fit part, validation truth) from the train rows.
-
-    Every user with at least two positive train rows gives up one positive: the latest by
-    ``seq`` ("last", mirroring a temporal leave-last-one test) or a random one. All of the
-    user's rows for that item leave the fit part, so a re-rating cannot leak it back. The
-    validation truth has the split-table columns with ``part = 'test'``.
+def holdout_validation(train: DataFrame, how: Holdout = "last", seed: int = 42, fraction: float = 0.2
+                       ) -> tuple[DataFrame, DataFrame]:
+    """(fit part, validation truth) from the train rows, held out as the hybrid's are
+    (:func:`sparkrec.holdout.split_validation`, every eligible user): the latest positive
+    ("last") or a random ``fraction`` of them ("random"). All of the user's rows for a held
+    item leave the fit part, so a re-rating cannot leak it back. The validation truth has the
+    split-table columns with ``part = 'test'``.
     """
+    if how not in ("last", "random"):
+        raise ValueError(f"holdout must be 'last' or 'random', got {how!r}")
     rows = train_rows(train)
     pos = rows.filter(F.coalesce(F.col("is_positive"), F.lit(False))) if "is_positive" in rows.columns \
         else rows.withColumn("is_positive", F.lit(True))
-    if how == "last":
-        seq = F.col("seq") if "seq" in rows.columns else F.lit(0)
-        order = [F.desc_nulls_last(seq), F.desc("item_idx")]
-    elif how == "random":
-        order = [F.rand(seed)]
-    else:
-        raise ValueError(f"holdout must be 'last' or 'random', got {how!r}")
-    by_user = Window.partitionBy("user_idx")
-    ranked = (pos.withColumn("__n", F.count(F.lit(1)).over(by_user))
-              .withColumn("__r", F.row_number().over(by_user.orderBy(*order))))
-    held = ranked.filter((F.col("__r") == 1) & (F.col("__n") >= 2)).drop("__n", "__r")
+    if "seq" not in pos.columns:
+        pos = pos.withColumn("seq", F.lit(0).cast("long"))
+    _, held = split_validation(pos, None, seed, how, fraction)
     held = held.dropDuplicates(["user_idx", "item_idx"])
     fit_part = rows.join(held.select("user_idx", "item_idx"), ["user_idx", "item_idx"], "left_anti")
     truth = held.withColumn("part", F.lit("test"))
