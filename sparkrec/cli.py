@@ -51,6 +51,8 @@ def _train(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dic
 
 
 def _recommend(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from pyspark.sql import functions as F
+
     from .recommend import run_recommend
 
     users = None
@@ -59,7 +61,7 @@ def _recommend(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) ->
     summary = run_recommend(cfg, spark, lake, users)
     first_user = lake.read("recommendations").agg({"user_id": "min"}).collect()[0][0]
     print(f"\nrecommendations for user {first_user} (of {summary.get('rows', 0):,} rows):")
-    for row in (lake.read("recommendations").filter(f"user_id = '{first_user}'").orderBy("rank").limit(5)
+    for row in (lake.read("recommendations").filter(F.col("user_id") == first_user).orderBy("rank").limit(5)
                 .select("rank", "item_id", "score", "explanation").collect()):
         print(f"{row['rank']:>3}. item {row['item_id']}  ({row['score']:.3f})  {row['explanation']}")
     return summary
@@ -75,10 +77,12 @@ def _recommend_text(cfg: Config, text: str) -> None:
 
 
 def _evaluate(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from pyspark.sql import functions as F
+
     from .evaluation.job import run_evaluate, summary_table
 
     summary = run_evaluate(cfg, spark, lake, getattr(args, "report", None))
-    metrics = lake.read("evaluation_metrics").filter(f"eval_id = '{summary['eval_id']}'").toPandas()
+    metrics = lake.read("evaluation_metrics").filter(F.col("eval_id") == summary["eval_id"]).toPandas()
     k_mid = sorted(cfg.evaluation.ks)[len(cfg.evaluation.ks) // 2]
     wanted = [f"{m}@{k}" for k in sorted(cfg.evaluation.ks) for m in ("ndcg", "recall")] + [f"coverage@{k_mid}"]
     print(f"\nevaluation {summary['eval_id']} on split_{cfg.evaluation.split} ({summary['users']} test users):")
