@@ -128,9 +128,9 @@ def champion_run(cfg: Config, lake: Lake) -> ServedRun:
 
 def resolve_run(cfg: Config, lake: Lake) -> ServedRun:
     """What ``recommend.model`` names: ``hybrid`` (the latest hybrid training run of this
-    dataset and lake), ``champion`` (the registered alias), another model name (its latest saved
-    run of this dataset and lake) or an MLflow run id. ``recommend.model_run_id``, when set,
-    is a run id and wins (the older key)."""
+    dataset and lake on all events, else on any split), ``champion`` (the registered alias),
+    another model name (its latest saved run of this dataset and lake) or an MLflow run id.
+    ``recommend.model_run_id``, when set, is a run id and wins (the older key)."""
     import mlflow
 
     from .registry import latest_run_id, mlflow_setup
@@ -141,7 +141,14 @@ def resolve_run(cfg: Config, lake: Lake) -> ServedRun:
     if choice == CHAMPION:
         return champion_run(cfg, lake)
     if choice in MODEL_NAMES:
-        return ServedRun(latest_run_id(tc.mlflow_uri, tc.experiment, cfg.data.dataset, lake=lake_location(lake),
-                                       model=choice), choice)
+        # A production hybrid (trained on every event, split none) before one fitted on an
+        # evaluation split's train part, which has not seen the held-out events.
+        for split in (("none", None) if choice == "hybrid" else (None,)):
+            try:
+                return ServedRun(latest_run_id(tc.mlflow_uri, tc.experiment, cfg.data.dataset, split,
+                                               lake=lake_location(lake), model=choice), choice)
+            except LookupError:
+                if split is None:
+                    raise
     run = mlflow.get_run(choice)  # an unknown id raises here, naming it
     return ServedRun(choice, run.data.tags.get("model", "hybrid"))
