@@ -58,7 +58,7 @@ def sample_lake(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("sample-lake")
     cfg = load_config(None, [f"lake.root={root}", "features.history_length=20",
                              f"train.workdir={root / 'work'}", f"train.mlflow_uri={root / 'mlruns'}",
-                             "train.progress=false"])
+                             "train.progress=false", "train.blend_trials=4"])  # the search path, not its quality
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="fixture"))
     run_ingest(cfg, spark, lake)
     run_features(cfg, spark, lake)
