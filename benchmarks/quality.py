@@ -186,7 +186,10 @@ def seeded_verdict(summary: dict[str, dict[str, Any]], rivals: list[str], metric
             f"= {ratio:.3f}x")
 
 
-def run_dataset(dataset: str, args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], list[str]]:
+def run_dataset(dataset: str, args: argparse.Namespace, work: Path, results: dict[str, Any]
+                ) -> tuple[dict[str, Any], list[str]]:
+    """Runs the protocols in order of what the goals need most (a long run may be cut short),
+    writing ``--json`` after each one."""
     overrides = [f"lake.root={work / 'lake'}", f"data.dataset={dataset}", "logging.level=WARNING",
                  f"train.workdir={work / 'train'}", f"train.mlflow_uri={work / 'mlruns'}",
                  "train.progress=false", f"train.epochs={args.epochs}"]
@@ -200,8 +203,13 @@ def run_dataset(dataset: str, args: argparse.Namespace, work: Path) -> tuple[dic
                       "evaluation.ease_lambdas=[100,300,1000,3000]"]
     elif dataset == "movielens":
         overrides.append(f"data.paths.movielens={args.shared / 'ml-latest-small'}")
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = results.setdefault(dataset, {})
     verdicts: list[str] = []
+
+    def save() -> None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
     cfg = load_config(REPO / "conf" / "local.yaml", overrides)
     spark = get_spark(cfg.spark)
     protocols = [p for p in args.protocols if dataset == "movielens" or p == "stratified"]
@@ -217,25 +225,31 @@ def run_dataset(dataset: str, args: argparse.Namespace, work: Path) -> tuple[dic
             metrics = evaluate_split(spark, seeded, lake, "stratified", ["hybrid", *BASELINES], args.out)
             tables.append(print_table(f"{dataset}, split_stratified, seed {seed}: slice all", metrics, COLUMNS))
             print_slices(metrics, "ndcg", 10)
-        summary = seeded_summary(tables, [*COLUMNS, "train_seconds"])
-        result["stratified"] = {"seeds": list(args.seeds), "models": summary}
+            summary = seeded_summary(tables, [*COLUMNS, "train_seconds"])
+            result["stratified"] = {"seeds": list(args.seeds[:len(tables)]), "models": summary}
+            save()  # after every seed: a run cut short still leaves its numbers
         print_seeded(f"{dataset}, split_stratified", summary, ["ndcg@10", "recall@20"])
         verdicts.append(f"{dataset} (stratified 75/25, {len(args.seeds)} seeds):")
         verdicts += [seeded_verdict(summary, BASELINES, m, 1.05) for m in ("ndcg@10", "recall@20")]
+        print("\n".join(verdicts[-3:]), flush=True)
     lake, _ = prepared(spark, cfg) if set(protocols) - {"stratified"} else (None, None)
-    if "temporal_loo" in protocols:
-        metrics = evaluate_split(spark, cfg, lake, "temporal_loo", ["hybrid", *BASELINES], args.out)
-        table = print_table(f"{dataset}, split_temporal_loo: slice all", metrics, COLUMNS)
-        result["temporal_loo"] = {"models": seeded_summary([table], [*COLUMNS, "train_seconds"])}
-        verdicts.append(f"{dataset} (temporal leave-last-one):")
-        verdicts += verdict(table, BASELINES, ["ndcg@10", "recall@20"])
     if "cold_items" in protocols:
         cold = evaluate_split(spark, cfg, lake, "cold_items", ["hybrid", "content_only", "most_popular"], args.out)
         table = print_table(f"{dataset}, split_cold_items: ranked among held-out items only", cold, COLUMNS)
         result["cold_items"] = {"models": seeded_summary([table], [*COLUMNS, "train_seconds"])}
+        save()
         ratio = table.loc["hybrid", "recall@20"] / max(table.loc["content_only", "recall@20"], 1e-12)
         verdicts.append(f"{dataset} (cold items): hybrid Recall@20 = {ratio:.2f}x content-only "
                         f"({'MEETS' if ratio >= 2 else 'MISSES'} the 2x goal)")
+        print(verdicts[-1], flush=True)
+    if "temporal_loo" in protocols:
+        metrics = evaluate_split(spark, cfg, lake, "temporal_loo", ["hybrid", *BASELINES], args.out)
+        table = print_table(f"{dataset}, split_temporal_loo: slice all", metrics, COLUMNS)
+        result["temporal_loo"] = {"models": seeded_summary([table], [*COLUMNS, "train_seconds"])}
+        save()
+        verdicts.append(f"{dataset} (temporal leave-last-one):")
+        verdicts += verdict(table, BASELINES, ["ndcg@10", "recall@20"])
+        print("\n".join(verdicts[-3:]), flush=True)
     return result, verdicts
 
 
@@ -243,8 +257,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["movielens", "bookcrossing"],
                         choices=["movielens", "bookcrossing", "sample"])
-    parser.add_argument("--protocols", nargs="+", default=["stratified", "temporal_loo", "cold_items"],
-                        choices=["stratified", "temporal_loo", "cold_items"],
+    parser.add_argument("--protocols", nargs="+", default=["stratified", "cold_items", "temporal_loo"],
+                        choices=["stratified", "cold_items", "temporal_loo"],
                         help="temporal_loo and cold_items run on ml-latest-small only")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44], help="split seeds (stratified)")
     parser.add_argument("--epochs", type=int, default=8, help="max hybrid epochs (early stopping on validation)")
@@ -260,10 +274,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     verdicts: list[str] = []
     for dataset in args.datasets:
-        results[dataset], lines = run_dataset(dataset, args, work)
+        _, lines = run_dataset(dataset, args, work, results)
         verdicts += lines
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
     print("\n== goals ==")
     print("\n".join(verdicts))
     print(f"results: {args.json}")
