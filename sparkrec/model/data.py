@@ -64,8 +64,14 @@ def training_examples(positives: DataFrame, n: int, gap_scale: float, masked_sha
         everything = F.collect_list(F.struct("seq", "item_idx")).over(Window.partitionBy("user_idx"))
         is_masked = unit_hash(seed, "user_idx", "item_idx", "seq") < F.lit(masked_share)
         others = F.filter(F.col("_all"), lambda x: x["item_idx"] != F.col("item_idx"))
-        # A random draw of n others, then back in time order: recency stays a feature, not a cut.
-        drawn = F.array_sort(F.slice(F.shuffle(others), 1, n))
+        # A seeded random draw of n others (sorted by a hash of seed, target and item: the same
+        # examples on every run and every recomputation), then back in time order: recency
+        # stays a feature, not a cut.
+        keyed = F.transform(others, lambda x: F.struct(
+            F.xxhash64(F.lit(seed), F.col("item_idx"), F.col("seq"), x["item_idx"]).alias("k"),
+            x["seq"].alias("seq"), x["item_idx"].alias("item_idx")))
+        drawn = F.array_sort(F.transform(F.slice(F.array_sort(keyed), 1, n),
+                                         lambda x: F.struct(x["seq"].alias("seq"), x["item_idx"].alias("item_idx"))))
         last = F.when(F.col("_masked"), F.array_max(F.col("_all.seq"))).otherwise(F.element_at("h", -1)["seq"])
         cols = _history_columns(F.col("h"), n, gap_scale, last)
         rows = (positives.withColumns({"_all": everything, "_masked": is_masked})
