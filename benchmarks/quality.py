@@ -19,6 +19,11 @@ to ``--json`` and every report is written as HTML under --out.
 
     python benchmarks/quality.py                                  # everything (about an hour on 2 cores)
     python benchmarks/quality.py --datasets movielens --seeds 42 --protocols stratified
+    python benchmarks/quality.py --combine seed42.json seeds43-44.json --json all.json
+
+``--combine`` merges the stratified results of runs made separately (one seed per run, say,
+on a machine that cannot hold a long run) into one mean +- std per model, and re-prints the
+goals; the other protocols are carried over from the files as they are.
 """
 
 from __future__ import annotations
@@ -186,6 +191,35 @@ def seeded_verdict(summary: dict[str, dict[str, Any]], rivals: list[str], metric
             f"= {ratio:.3f}x")
 
 
+def combine(paths: list[Path]) -> tuple[dict[str, Any], list[str]]:
+    """Concatenates each model's per-seed values across result files and recomputes the stats.
+    A seed present in two files is an error: it would count one split twice."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        for dataset, protocols in json.loads(path.read_text()).items():
+            into = merged.setdefault(dataset, {})
+            for protocol, result in protocols.items():
+                if protocol != "stratified" or protocol not in into:
+                    into[protocol] = json.loads(json.dumps(result))
+                    continue
+                seen = into[protocol]["seeds"]
+                if twice := set(seen) & set(result["seeds"]):
+                    raise SystemExit(f"{path}: {dataset} seed(s) {sorted(twice)} already in an earlier file")
+                into[protocol]["seeds"] = seen + result["seeds"]
+                for model, metrics in result["models"].items():
+                    for metric, st in metrics.items():
+                        old = into[protocol]["models"].setdefault(model, {}).get(metric, {"values": []})
+                        into[protocol]["models"][model][metric] = stats(old["values"] + st["values"])
+    verdicts = []
+    for dataset, protocols in merged.items():
+        if "stratified" in protocols:
+            summary, seeds = protocols["stratified"]["models"], protocols["stratified"]["seeds"]
+            print_seeded(f"{dataset}, split_stratified, seeds {seeds}", summary, ["ndcg@10", "recall@20"])
+            verdicts.append(f"{dataset} (stratified 75/25, {len(seeds)} seeds):")
+            verdicts += [seeded_verdict(summary, BASELINES, m, 1.05) for m in ("ndcg@10", "recall@20")]
+    return merged, verdicts
+
+
 def run_dataset(dataset: str, args: argparse.Namespace, work: Path, results: dict[str, Any]
                 ) -> tuple[dict[str, Any], list[str]]:
     """Runs the protocols in order of what the goals need most (a long run may be cut short),
@@ -267,7 +301,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "quality")
     parser.add_argument("--json", type=Path, default=REPO / "reports" / "quality" / "quality.json")
     parser.add_argument("--work", type=Path, default=None, help="lake + MLflow (default: a temporary directory)")
+    parser.add_argument("--combine", type=Path, nargs="+", default=None,
+                        help="merge earlier --json outputs (runs of different seeds) instead of running")
     args = parser.parse_args()
+    if args.combine:
+        merged, verdicts = combine(args.combine)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(merged, indent=2))
+        print("\n== goals ==\n" + "\n".join(verdicts) + f"\nresults: {args.json}")
+        return
     setup_logging("WARNING")
     quiet_petastorm()
     work = args.work or Path(tempfile.mkdtemp(prefix="sparkrec-quality-"))
