@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..holdout import Holdout, holdout_for, split_validation
+from ..ragged import csr
 
 __all__ = ["Holdout", "ValSet", "collect_eval_set", "holdout_for", "ranking_quality", "split_validation"]
 
@@ -51,12 +52,6 @@ class ValSet:
         return len(self.users)
 
 
-def _csr(lists: list[np.ndarray], dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
-    indptr = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
-    flat = np.concatenate(lists).astype(dtype) if lists else np.zeros(0, dtype)
-    return indptr, flat
-
-
 def collect_eval_set(states: DataFrame, targets: DataFrame, fit: DataFrame) -> ValSet:
     """Validation users with their state, targets and seen items; bounded by ``max_users``."""
     seen_lists = fit.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("seen"))
@@ -70,10 +65,10 @@ def collect_eval_set(states: DataFrame, targets: DataFrame, fit: DataFrame) -> V
     def stacked(col: str, dtype: type) -> np.ndarray:
         return np.stack(rows[col].to_numpy()).astype(dtype) if len(rows) else np.zeros((0, 1), dtype)
 
-    target_indptr, flat_targets = _csr(held)
-    seen_indptr, seen_items = _csr(seen)
-    items_indptr, items = _csr([np.asarray(x) for x in rows["items"]])
-    _, weights = _csr([np.asarray(x) for x in rows["weights"]], np.float32)
+    target_indptr, flat_targets = csr(held)
+    seen_indptr, seen_items = csr(seen)
+    items_indptr, items = csr([np.asarray(x) for x in rows["items"]])
+    _, weights = csr([np.asarray(x) for x in rows["weights"]], np.float32)
     return ValSet(users=(rows["user_idx"].to_numpy() + 1).astype(np.int64), hist=stacked("hist", np.int64),
                   gaps=stacked("gaps", np.float32), target_indptr=target_indptr, targets=flat_targets,
                   seen_indptr=seen_indptr, seen_items=seen_items, items_indptr=items_indptr, items=items,

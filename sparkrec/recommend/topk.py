@@ -9,17 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ragged import csr as csr  # re-exported: the seen-item masks' form
 from ..selection import best_k as best_k  # re-exported: the one top-K cut
 
 NEG = np.float32(-np.inf)
-
-
-def csr(lists: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr, flat values) of a ragged list of int arrays; the form seen-item masks use."""
-    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else np.zeros(0, np.int64)
-    return indptr, flat
 
 
 def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | None = None,
