@@ -9,16 +9,80 @@ command line as ``section.key=value`` (the value is parsed as YAML, so ``5``, ``
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message names the key and the bad value."""
+
+
+# Names that become paths, metastore identifiers and MLflow model names: nothing that could
+# climb out of the lake root (``../../etc``) or need quoting in SQL.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
+# The evaluation splits the features stage can write (sparkrec.features.splits.enabled_splits).
+SplitName = Literal["temporal_loo", "global_time", "random", "stratified", "cold_items", "cold_users"]
+SPLIT_NAMES: tuple[str, ...] = SplitName.__args__  # type: ignore[attr-defined]
+TrainSplit = Literal[SplitName, "none"]  # "none": every event is a train row
+# A JVM memory size as Spark reads it (JavaUtils.byteStringAs): digits and an optional unit.
+_MEMORY = re.compile(r"^\d+(b|k|kb|m|mb|g|gb|t|tb|p|pb)?$", re.IGNORECASE)
+# Pattern letters Spark 3's datetime parser accepts; the others fail at run time
+# (week-based Y w u e c, Java-only A n N p, or letters Java does not know).
+_DATETIME_LETTERS = frozenset("GyDMLdQqEFahKkHmsSVzOXxZ")
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def check_name(value: str | None) -> str | None:
+    if value is not None and not NAME_PATTERN.match(value):
+        raise ValueError(f"must match {NAME_PATTERN.pattern} (letters, digits, underscore)")
+    return value
+
+
+def check_regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+def check_timestamp_format(value: str) -> str:
+    """``unix``, ``unix_ms`` or a Spark 3 datetime pattern whose letters Spark can parse with."""
+    if value in ("unix", "unix_ms"):
+        return value
+    in_quote, depth, i = False, 0, 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "'":
+            if value[i + 1:i + 2] == "'":  # '' is a literal quote, in or out of a quoted part
+                i += 2
+                continue
+            in_quote = not in_quote
+        elif not in_quote:
+            if ch == "[":
+                depth += 1
+            elif ch == "]":
+                depth -= 1
+                if depth < 0:
+                    raise ValueError("not a valid datetime pattern: ']' without '['")
+            elif ch in "#{}" or (ch.isascii() and ch.isalpha() and ch not in _DATETIME_LETTERS):
+                raise ValueError(f"not a valid datetime pattern: letter {ch!r} is not a Spark pattern letter "
+                                 "(use unix, unix_ms or e.g. yyyy-MM-dd HH:mm:ss)")
+        i += 1
+    if in_quote or depth:
+        raise ValueError("not a valid datetime pattern: unbalanced quote or '['")
+    if not any(ch in _DATETIME_LETTERS for ch in value):
+        raise ValueError("not a valid datetime pattern: no date or time letters")
+    return value
 
 
 class StrictModel(BaseModel):
@@ -34,6 +98,13 @@ class SparkConfig(StrictModel):
     log_level: str = "WARN"
     conf: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("driver_memory")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        if not _MEMORY.match(value.strip()):
+            raise ValueError("not a JVM memory size such as 512m, 4g or 2t")
+        return value.strip()
+
 
 class LakeConfig(StrictModel):
     root: str = "lakehouse"  # local path, file:/, s3://, abfss://, dbfs:/ ...
@@ -42,6 +113,15 @@ class LakeConfig(StrictModel):
     namespace: str | None = None  # defaults to the dataset name, so datasets never collide
     target_file_rows: int = Field(1_000_000, gt=0)
     storage_options: dict[str, str] = Field(default_factory=dict)
+
+    _names = field_validator("catalog", "namespace")(check_name)
+
+    @field_validator("root")
+    @classmethod
+    def _root_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
 
 
 # --------------------------------------------------------------------------- data sources
@@ -54,6 +134,22 @@ class CsvOptions(StrictModel):
     # Records that span lines (quoted newlines) need Spark's multiLine reader, which
     # cannot report line numbers; quarantine rows then carry the file only.
     multiline: bool = False
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError("unknown encoding (e.g. UTF-8, ISO-8859-1, windows-1252)") from None
+        return value
+
+    @field_validator("sep")
+    @classmethod
+    def _separator(cls, value: str) -> str:
+        if not value:
+            raise ValueError("the separator must not be empty")
+        return value
 
 
 class InteractionColumns(StrictModel):
@@ -89,6 +185,8 @@ class GenericInteractions(GenericInput):
     # unix (seconds), unix_ms, or a Spark datetime pattern such as "yyyy-MM-dd HH:mm:ss"
     timestamp_format: str = "unix"
 
+    _timestamp_format = field_validator("timestamp_format")(check_timestamp_format)
+
 
 class GenericItems(GenericInput):
     columns: ItemColumns
@@ -115,6 +213,8 @@ class GenericTags(GenericInput):
     columns: TagColumns
     timestamp_format: str = "unix"
 
+    _timestamp_format = field_validator("timestamp_format")(check_timestamp_format)
+
 
 class GenericSource(StrictModel):
     """A source described entirely by config; the built-in datasets are presets of it."""
@@ -136,6 +236,14 @@ class GenericSource(StrictModel):
     # (Book-Crossing: sorted by user, then ISBN) orders a user's events by a seeded hash instead,
     # so no split or history learns the file's sort key as if it were time.
     file_order: Literal["chronological", "arbitrary"] = "chronological"
+
+    _patterns = field_validator("user_id_pattern", "item_id_pattern")(check_regex)
+
+    @model_validator(mode="after")
+    def _rating_range(self) -> GenericSource:
+        if self.rating_min is not None and self.rating_max is not None and self.rating_min > self.rating_max:
+            raise ValueError(f"rating_min ({self.rating_min}) is above rating_max ({self.rating_max})")
+        return self
 
 
 class DatasetPaths(StrictModel):
@@ -167,6 +275,23 @@ class IngestConfig(StrictModel):
     year_min: int = 1000
     age_min: int = 5
     age_max: int = 110
+
+    @model_validator(mode="after")
+    def _ranges(self) -> IngestConfig:
+        lo, hi = self.timestamp_min, self.timestamp_max
+        if lo.tzinfo is None:  # a naive bound is UTC, as Spark compares it
+            lo = lo.replace(tzinfo=dt.UTC)
+        if lo > dt.datetime.now(dt.UTC):
+            raise ValueError(f"timestamp_min ({self.timestamp_min.isoformat()}) is in the future: "
+                             "every event would be out of range")
+        if hi is not None:
+            hi = hi if hi.tzinfo is not None else hi.replace(tzinfo=dt.UTC)
+            if hi <= lo:
+                raise ValueError(f"timestamp_max ({self.timestamp_max}) is not after timestamp_min "
+                                 f"({self.timestamp_min})")
+        if self.age_min > self.age_max:
+            raise ValueError(f"age_min ({self.age_min}) is above age_max ({self.age_max})")
+        return self
 
 
 class WeightConfig(StrictModel):
@@ -211,7 +336,7 @@ class EmbedConfig(StrictModel):
     user_text_path: str | None = None  # optional CSV/Parquet of (user_id, text) interests
     # Splits that get leak-free item text vectors (item_embeddings_<split>, from
     # item_features_<split>), besides evaluation.split and train.split, which always do.
-    splits: list[str] = Field(default_factory=lambda: ["temporal_loo", "stratified", "cold_items"])
+    splits: list[SplitName] = Field(default_factory=lambda: ["temporal_loo", "stratified", "cold_items"])
     # torch threads per Spark task; None: the worker's cores / the executor's concurrent tasks
     threads_per_task: int | None = Field(None, gt=0)
     # partitions the rows to embed are spread over; None: 2 x Spark's default parallelism
@@ -224,8 +349,8 @@ class EmbedConfig(StrictModel):
 class EvaluationConfig(StrictModel):
     """Evaluation stage (owned by sparkrec.evaluation)."""
 
-    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
-    split: str = "temporal_loo"
+    ks: list[PositiveInt] = Field(default_factory=lambda: [5, 10, 20], min_length=1)
+    split: SplitName = "temporal_loo"
     # Models judged by `sparkrec evaluate`: "hybrid" is the latest model trained on `split`.
     models: list[Literal["hybrid", "most_popular", "als", "itemknn", "ease", "content_only"]] = Field(
         default_factory=lambda: ["hybrid", "most_popular", "als", "itemknn", "ease", "content_only"], min_length=1)
@@ -234,7 +359,7 @@ class EvaluationConfig(StrictModel):
     # Slices: users with at most this many train interactions are "cold users"; activity
     # buckets are bounded by these train-interaction counts (1-5, 6-20, 21-100, 101+).
     cold_user_max_train: int = Field(5, ge=0)
-    activity_buckets: list[int] = Field(default_factory=lambda: [5, 20, 100])
+    activity_buckets: list[PositiveInt] = Field(default_factory=lambda: [5, 20, 100])
     max_users: int | None = Field(None, gt=0)  # evaluate a deterministic sample of test users
     report_dir: str = "reports"  # the HTML report goes to <report_dir>/<namespace>/<split>-<id>.html
     # Baselines (sparkrec.baselines). Grids are searched exhaustively on one positive per user
@@ -286,7 +411,7 @@ class TrainConfig(StrictModel):
     local_mode: bool = True  # TorchDistributor: processes on the driver (False: on executors)
     # "none": every event is a train row (production; validation is still carved out of them).
     # An evaluation split (temporal_loo, ...): only its train part, for `sparkrec evaluate`.
-    split: str = "none"
+    split: TrainSplit = "none"
     epochs: int = Field(10, gt=0)
     steps_per_epoch: int | None = Field(None, gt=0)  # None: one pass over the examples
     batch_size: int = Field(512, gt=0)
@@ -368,6 +493,20 @@ class Config(StrictModel):
     def namespace(self) -> str:
         return self.lake.namespace or self.data.dataset
 
+    @model_validator(mode="after")
+    def _splits_are_written(self) -> Config:
+        """The split evaluation or training reads must be one the features stage writes."""
+        off = {"temporal_loo": "temporal_leave_last_n", "global_time": "global_time_cut_quantile",
+               "random": "random_ratio", "stratified": "stratified_ratio",
+               "cold_items": "cold_items_fraction", "cold_users": "cold_users_fraction"}
+        sc = self.features.splits
+        for key, split in (("evaluation.split", self.evaluation.split), ("train.split", self.train.split)):
+            switch = off.get(split)
+            if switch is not None and not getattr(sc, switch):
+                raise ValueError(f"{key} is {split!r} but features.splits.{switch} = "
+                                 f"{getattr(sc, switch)!r} disables that split")
+        return self
+
 
 # --------------------------------------------------------------------------- loading
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -389,7 +528,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     parent = raw.pop("extends", None)
@@ -426,13 +565,14 @@ def _apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
 
 
 def _format_errors(exc: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
+    """One line: every bad key with its value and why, so a terminal or a log shows it whole."""
+    problems = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        key = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" = {value!r}"
-        lines.append(f"  {key}{shown}: {err['msg']}")
-    return "\n".join(lines)
+        shown = "" if isinstance(value, dict | BaseModel) else f" = {value!r}"
+        problems.append(f"{key}{shown}: " * bool(key) + err["msg"].removeprefix("Value error, "))
+    return f"invalid configuration ({origin}): " + "; ".join(problems)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -52,3 +52,50 @@ def test_cli_takes_overrides_after_the_conf_option(capsys):
     assert main(["show-config", "--conf", "conf/local.yaml", "train.epochs=3", "evaluation.ks=[1,2]"]) == 0
     out = capsys.readouterr().out
     assert "epochs: 3" in out and "- 1\n  - 2" in out
+
+
+GENERIC = "data.generic={interactions: {path: x.csv, columns: {user: u, item: i}}}"
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["lake.namespace=../../etc"], "lake.namespace = '../../etc': must match"),
+    (["lake.catalog=main; DROP TABLE x"], "lake.catalog = 'main; DROP TABLE x': must match"),
+    (["spark.driver_memory=lots"], "spark.driver_memory = 'lots': not a JVM memory size"),
+    (["evaluation.ks=[0,-3]"], "evaluation.ks.0 = 0: Input should be greater than 0; evaluation.ks.1 = -3"),
+    (["evaluation.ks=[]"], "evaluation.ks"),
+    (["train.split=nope"], "train.split = 'nope': Input should be 'temporal_loo'"),
+    (["evaluation.split=none"], "evaluation.split = 'none'"),
+    (["embed.splits=[temporal_loo, nope]"], "embed.splits.1 = 'nope'"),
+    (["evaluation.split=cold_users", "features.splits.cold_users_fraction=null"],
+     "evaluation.split is 'cold_users' but features.splits.cold_users_fraction = None disables"),
+    (["ingest.timestamp_min=2999-01-01"], "timestamp_min (2999-01-01T00:00:00) is in the future"),
+    (["ingest.timestamp_max=1980-01-01"], "timestamp_max (1980-01-01 00:00:00) is not after timestamp_min"),
+    (["data.dataset=generic", GENERIC, "data.generic.rating_min=5", "data.generic.rating_max=1"],
+     "data.generic: rating_min (5.0) is above rating_max (1.0)"),
+    (["data.dataset=generic", GENERIC, "data.generic.item_id_pattern=[a-"],
+     "data.generic.item_id_pattern = '[a-': not a valid regular expression"),
+    (["data.dataset=generic", GENERIC, "data.generic.interactions.timestamp_format=YYYY-ww"],
+     "data.generic.interactions.timestamp_format = 'YYYY-ww': not a valid datetime pattern: letter 'Y'"),
+    (["data.dataset=generic", GENERIC, "data.generic.interactions.csv.encoding=klingon"],
+     "data.generic.interactions.csv.encoding = 'klingon': unknown encoding"),
+])
+def test_bad_values_and_cross_field_rules_fail_at_load_in_one_line(overrides, expected):
+    """Each was accepted before (issue 15, finding 5) and failed late or never."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_valid_patterns_and_sizes_still_load():
+    cfg = load_config(None, ["data.dataset=generic", GENERIC, "spark.driver_memory=512m", "lake.namespace=shop_2",
+                             "data.generic.interactions.timestamp_format=yyyy-MM-dd'T'HH:mm:ss[.SSS]XXX",
+                             "data.generic.item_id_pattern=[A-Z0-9]{10}", "train.split=none"])
+    assert cfg.namespace == "shop_2" and cfg.spark.driver_memory == "512m"
+
+
+def test_split_names_are_the_features_stage_splits():
+    from sparkrec.config import SPLIT_NAMES, SplitConfig
+    from sparkrec.features.splits import enabled_splits
+
+    assert set(enabled_splits(SplitConfig(), has_timestamps=True)) == set(SPLIT_NAMES)
