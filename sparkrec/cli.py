@@ -76,6 +76,19 @@ def _recommend_text(cfg: Config, text: str) -> None:
         print(f"{row['rank']:>3}. {row['item_id']}  ({row['score']:.3f})  {row['explanation']}")
 
 
+def _vacuum(cfg: Config) -> int:
+    """Deletes, in every table of the namespace, the files no version younger than
+    ``lake.vacuum_retention_hours`` references: old versions' files and crashed writes' orphans."""
+    spark = get_spark(cfg.spark)
+    lake = open_lake(spark, cfg, RunContext(stage="vacuum"))
+    hours = cfg.lake.vacuum_retention_hours
+    for table in lake.tables():
+        deleted = lake.vacuum(table, hours)
+        log_fields(log, "vacuumed", table=table, files_deleted=len(deleted), retention_hours=hours)
+        print(f"{table:<30}{len(deleted):>8,} files deleted")
+    return 0
+
+
 def _evaluate(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
@@ -100,7 +113,7 @@ PIPELINE = ("ingest", "features", "embed", "train", "recommend")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparkrec", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=[*STAGES, "pipeline", "show-config", "recommend-text"])
+    parser.add_argument("stage", choices=[*STAGES, "pipeline", "show-config", "recommend-text", "vacuum"])
     parser.add_argument("--conf", default=os.environ.get("SPARKREC_CONF"),
                         help="YAML config (default: $SPARKREC_CONF, else built-in defaults)")
     parser.add_argument("--users", help="recommend: refresh only the user_ids listed in this file (one a line)")
@@ -150,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if text is not None:
         _recommend_text(cfg, text)
         return 0
+    if args.stage == "vacuum":
+        return _vacuum(cfg)
     names = list(PIPELINE) if args.stage == "pipeline" else [args.stage]
     try:
         run_stages(cfg, names, args)

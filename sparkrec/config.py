@@ -112,6 +112,11 @@ class LakeConfig(StrictModel):
     catalog: str | None = None  # Unity Catalog / metastore: tables become catalog.namespace.table
     namespace: str | None = None  # defaults to the dataset name, so datasets never collide
     target_file_rows: int = Field(1_000_000, gt=0)
+    # A write that loses a race to a conflicting concurrent commit starts over this many times.
+    commit_retries: int = Field(5, ge=0)
+    # `sparkrec vacuum`: files no version younger than this references (and crashed writes'
+    # files older than this) are deleted; time travel reaches back this far.
+    vacuum_retention_hours: int = Field(168, ge=1)
     storage_options: dict[str, str] = Field(default_factory=dict)
 
     _names = field_validator("catalog", "namespace")(check_name)

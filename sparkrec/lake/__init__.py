@@ -12,14 +12,14 @@ from pyspark.sql import SparkSession
 
 from ..config import Config
 from ..logs import get_logger
-from .base import CommitResult, Lake, LakeError, RunContext, SchemaMismatchError
+from .base import NO_TABLE, CommitResult, ConcurrentWriteError, Lake, LakeError, RunContext, SchemaMismatchError
 
 if TYPE_CHECKING:
     from .deltars import DeltaRsLake
     from .sparkdelta import SparkDeltaLake
 
-__all__ = ["CommitResult", "DeltaRsLake", "Lake", "LakeError", "RunContext", "SchemaMismatchError",
-           "SparkDeltaLake", "delta_jars_available", "open_lake"]
+__all__ = ["NO_TABLE", "CommitResult", "ConcurrentWriteError", "DeltaRsLake", "Lake", "LakeError", "RunContext",
+           "SchemaMismatchError", "SparkDeltaLake", "delta_jars_available", "open_lake"]
 
 log = get_logger("lake")
 
@@ -64,6 +64,7 @@ def open_lake(spark: SparkSession, cfg: Config, context: RunContext | None = Non
 
         lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, cfg.lake.catalog, context,
                            cfg.lake.target_file_rows, cfg.lake.storage_options)
+    lake.commit_retries = cfg.lake.commit_retries
     log.info("lake opened", extra={"fields": {"engine": lake.engine, "root": lake.root,
                                               "namespace": lake.namespace}})
     return lake

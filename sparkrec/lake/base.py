@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 ROW_HASH = "__sparkrec_row_hash"
+NO_TABLE = -1  # a read version meaning "the table did not exist when this write was planned"
+DATA_OPERATIONS = ("overwrite", "append", "merge")  # commits that change rows (not vacuum's)
 
 
 class LakeError(RuntimeError):
@@ -26,6 +29,20 @@ class LakeError(RuntimeError):
 
 class SchemaMismatchError(LakeError):
     pass
+
+
+class ConcurrentWriteError(LakeError):
+    """Another writer committed a conflicting change after this write read the table.
+
+    Delta's optimistic concurrency: a write is planned on the version it read and may only
+    commit on top of that version, or on later ones that changed no data it depends on."""
+
+    def __init__(self, table: str, read_version: int, latest: int, detail: str = "") -> None:
+        seen = "no table" if read_version == NO_TABLE else f"version {read_version}"
+        super().__init__(f"table {table!r}: another writer committed up to version {latest} after this "
+                         f"write read {seen}, changing data it depends on{detail}; nothing of this "
+                         f"write was committed (rerun it)")
+        self.table, self.read_version, self.latest = table, read_version, latest
 
 
 @dataclass
@@ -104,6 +121,8 @@ class Lake(abc.ABC):
 
     engine: str
 
+    commit_retries = 5  # whole-write retries after a conflicting concurrent commit
+
     def __init__(self, spark: SparkSession, root: str, namespace: str,
                  catalog: str | None = None, context: RunContext | None = None) -> None:
         self.spark = spark
@@ -137,6 +156,21 @@ class Lake(abc.ABC):
     def history(self, table: str) -> list[dict[str, Any]]:
         """Newest first: version, timestamp, operation, and the sparkrec run metadata."""
 
+    def last_write(self, table: str) -> dict[str, Any] | None:
+        """The newest commit that changed rows (a vacuum's commits are skipped), or None: whose
+        run the table's current contents come from."""
+        return next((h for h in self.history(table) if h.get("sparkrec.operation") in DATA_OPERATIONS), None)
+
+    # -- maintenance -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def tables(self) -> list[str]:
+        """Every table of this namespace, including folders a killed first write left behind."""
+
+    @abc.abstractmethod
+    def vacuum(self, table: str, retention_hours: int) -> list[str]:
+        """Deletes the table's files that no version newer than ``retention_hours`` references
+        (and orphans of crashed writes older than that); returns what it deleted."""
+
     # -- writes ----------------------------------------------------------------------------
     @abc.abstractmethod
     def overwrite(self, table: str, df: DataFrame) -> CommitResult:
@@ -147,24 +181,45 @@ class Lake(abc.ABC):
 
     @abc.abstractmethod
     def upsert(self, table: str, df: DataFrame, keys: list[str],
-               replace_within: list[str] | None = None) -> CommitResult:
+               replace_within: list[str] | None = None, read_version: int | None = None) -> CommitResult:
         """MERGE by ``keys``: new keys inserted, rows whose other columns changed updated,
         identical rows left alone. Creates the table when it does not exist.
 
         ``replace_within`` (a prefix of ``keys``, e.g. the user id of (user id, rank)) makes the
         source the whole truth for each group it mentions: the table's rows of those groups whose
         key is absent from the source are deleted in the same commit, so a user whose list got
-        shorter keeps no stale ranks."""
+        shorter keeps no stale ranks.
+
+        A concurrent writer's conflicting commit makes the MERGE start over on the new version
+        (at most ``commit_retries`` times). ``read_version`` says ``df`` itself was computed from
+        the table at that version (``NO_TABLE``: from its absence): then nothing is retried here
+        and a conflict raises :class:`ConcurrentWriteError`, for the caller to recompute ``df``
+        (see :meth:`transact`)."""
+
+    def transact(self, table: str, write: Callable[[int], CommitResult]) -> CommitResult:
+        """Runs ``write(read_version)`` on the table's current version until it commits without
+        a conflict: for writes whose rows depend on the table itself (dense index ids)."""
+        error: ConcurrentWriteError | None = None
+        for _ in range(self.commit_retries + 1):
+            read_version = self.version(table) if self.exists(table) else NO_TABLE
+            try:
+                return write(read_version)
+            except ConcurrentWriteError as exc:
+                error = exc
+        assert error is not None
+        raise LakeError(f"{error} (gave up after {self.commit_retries + 1} attempts)") from error
 
     def read_or_empty(self, table: str, schema: T.StructType) -> DataFrame:
         if self.exists(table):
             return self.read(table)
         return self.spark.createDataFrame([], schema)
 
-    def count_changes(self, table: str, df: DataFrame, keys: list[str]) -> tuple[DataFrame, int, int]:
-        """Rows of ``df`` that are new or differ from the table, and how many of those update
-        an existing key. Shared by both engines so their reported counts agree."""
-        target = row_hash(self.read(table), keys).select(*keys, ROW_HASH)
+    def count_changes(self, table: str, df: DataFrame, keys: list[str],
+                      version: int | None = None) -> tuple[DataFrame, int, int]:
+        """Rows of ``df`` that are new or differ from the table (at ``version``, the one the
+        write was planned on), and how many of those update an existing key. Shared by both
+        engines so their reported counts agree."""
+        target = row_hash(self.read(table, version), keys).select(*keys, ROW_HASH)
         source = row_hash(df, keys)
         changed = source.join(target, on=[*keys, ROW_HASH], how="left_anti")
         flagged = changed.join(target.select(*keys).withColumn("__exists", F.lit(True)),
@@ -173,10 +228,11 @@ class Lake(abc.ABC):
                              F.count("__exists").alias("updated")).collect()[0]
         return changed.drop(ROW_HASH), int(counts["n"]), int(counts["updated"])
 
-    def stale_keys(self, table: str, df: DataFrame, keys: list[str], within: list[str]) -> DataFrame:
+    def stale_keys(self, table: str, df: DataFrame, keys: list[str], within: list[str],
+                   version: int | None = None) -> DataFrame:
         """Keys of the table's rows in the groups ``df`` mentions that ``df`` no longer has."""
         if not set(within) <= set(keys):
             raise LakeError(f"replace_within {within} must be columns of the MERGE keys {keys}")
-        return (self.read(table).select(*keys)
+        return (self.read(table, version).select(*keys)
                 .join(df.select(*within).distinct(), on=within, how="left_semi")
                 .join(df.select(*keys), on=keys, how="left_anti"))

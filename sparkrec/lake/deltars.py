@@ -10,31 +10,52 @@ job's output or none of it.
 
 Reads go back through Spark over the table's active files (``file_uris()``), valid while
 the table uses no deletion vectors or column mapping, which tables written here never do.
+
+Concurrency is Delta's optimistic protocol, made explicit because delta-rs' own retry would
+re-commit a stale plan: every commit is made on the snapshot the write read, with delta-rs'
+retries off, so a writer that lost the race gets a conflict instead of silently stacking
+its (possibly duplicate) rows on the winner's. A MERGE then starts over on the new version
+unless the winner changed no data; overwrites and appends, which read nothing of the
+table, go on top. Every file a write attempt creates is named by the attempt's id, so a
+failed attempt deletes exactly its own files.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake import Schema as DeltaSchema
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..logs import get_logger
-from .base import CommitResult, Lake, LakeError, RunContext, check_schema, check_unique_keys
+from .base import (
+    NO_TABLE,
+    CommitResult,
+    ConcurrentWriteError,
+    Lake,
+    LakeError,
+    RunContext,
+    check_schema,
+    check_unique_keys,
+)
 
 log = get_logger("lake.delta-rs")
 
@@ -79,7 +100,11 @@ class _Stats:
                            "minValues": self.mins, "maxValues": self.maxs})
 
 
-def _write_parquet_files(table_uri: str, max_rows: int, storage_options: dict[str, str],
+def _file_prefix(write_id: str) -> str:
+    return f"part-{write_id}-"
+
+
+def _write_parquet_files(table_uri: str, max_rows: int, storage_options: dict[str, str], write_id: str,
                          batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Runs in each Spark task: writes the task's rows into parquet files under the table
     root and yields one metadata row per file. Nothing else leaves the executor."""
@@ -107,7 +132,7 @@ def _write_parquet_files(table_uri: str, max_rows: int, storage_options: dict[st
         if batch.num_rows == 0:
             continue
         if writer is None:
-            name = f"part-{uuid.uuid4().hex}-c000.zstd.parquet"
+            name = f"{_file_prefix(write_id)}{uuid.uuid4().hex}-c000.zstd.parquet"
             sink = filesystem.open_output_stream(f"{base}/{name}")
             writer = pq.ParquetWriter(sink, batch.schema, compression="zstd")
             stats = _Stats(batch.schema)
@@ -186,101 +211,240 @@ class DeltaRsLake(Lake):
         return out
 
     # -- writes ----------------------------------------------------------------------------
-    def _write_files(self, table: str, df: DataFrame) -> list[AddAction]:
+    @contextmanager
+    def _attempt(self, table: str) -> Iterator[_Attempt]:
+        """One write attempt's files: whatever of them is not committed when it ends (all of
+        them after a failure; a retried Spark task's leftovers after a success) is deleted."""
+        attempt = _Attempt(uuid.uuid4().hex[:16])
+        try:
+            yield attempt
+        finally:
+            self._delete_uncommitted(table, attempt)
+
+    def _delete_uncommitted(self, table: str, attempt: _Attempt) -> None:
+        filesystem = _table_filesystem(self.location(table))
+        prefix = _file_prefix(attempt.write_id)
+        doomed = [i.path for i in _listing(filesystem)
+                  if i.base_name.startswith(prefix) and i.base_name not in attempt.committed]
+        for path in doomed:
+            filesystem.delete_file(path)
+        if doomed:
+            log.info("deleted files of a write that did not commit", extra={"fields": {
+                "table": table, "files": len(doomed), "write_id": attempt.write_id}})
+
+    def _write_files(self, table: str, df: DataFrame, attempt: _Attempt) -> list[AddAction]:
         fn = partial(_write_parquet_files, self.location(table), self.target_file_rows,
-                     self.storage_options)
+                     self.storage_options, attempt.write_id)
         metas = df.mapInArrow(fn, _FILE_META).collect()  # one small row per file
         now = int(time.time() * 1000)
         return [AddAction(m["path"], m["size"], {}, now, True, m["stats"]) for m in metas]
 
-    def _props(self, operation: str, **counts: int) -> CommitProperties:
+    def _props(self, operation: str, read_version: int, write_id: str, **counts: int) -> CommitProperties:
         meta = self.context.metadata(operation)
         meta.update({f"sparkrec.{k}": str(v) for k, v in counts.items()})
-        return CommitProperties(custom_metadata=meta)
+        meta.update({"sparkrec.read_version": str(read_version), "sparkrec.write_id": write_id})
+        # No retries inside delta-rs: on a lost race it would commit this plan on top anyway.
+        return CommitProperties(custom_metadata=meta, max_commit_retries=0)
 
-    def _commit(self, table: str, df_schema: T.StructType, actions: list[AddAction | RemoveAction],
-                mode: str, operation: str, **counts: int) -> int:
-        schema = DeltaSchema.from_json(df_schema.json())
-        uri = self.location(table)
-        if not self.exists(table):
-            adds = [a for a in actions if isinstance(a, AddAction)]
-            create_table_with_add_actions(uri, schema, adds, mode="error",
-                                          storage_options=self.storage_options or None,
-                                          commit_properties=self._props(operation, **counts))
-        else:
-            self._open(table).create_write_transaction(
-                actions, mode=mode, schema=schema, commit_properties=self._props(operation, **counts))
-        version = self.version(table)
-        log.debug("commit", extra={"fields": {"table": table, "version": version, "op": operation,
-                                               **counts}})
-        return version
+    def _latest(self, table: str) -> int:
+        return self.version(table) if self.exists(table) else NO_TABLE
+
+    def _try_commit(self, table: str, base: int, schema: T.StructType, actions: list[AddAction | RemoveAction],
+                    mode: str, props: CommitProperties, attempt: _Attempt) -> bool:
+        """Commits on top of version ``base`` (``NO_TABLE``: creates the table); False when
+        another writer committed that version first."""
+        delta_schema = DeltaSchema.from_json(schema.json())
+        try:
+            if base == NO_TABLE:
+                create_table_with_add_actions(self.location(table), delta_schema,
+                                              [a for a in actions if isinstance(a, AddAction)], mode="error",
+                                              storage_options=self.storage_options or None,
+                                              commit_properties=props)
+            else:
+                self._open(table, base).create_write_transaction(actions, mode=mode, schema=delta_schema,
+                                                                 commit_properties=props)
+        except DeltaError:
+            if self._latest(table) <= base:
+                raise  # not a lost race
+            if not self._committed_by(table, base, attempt.write_id):
+                return False
+        attempt.committed.update(a.path for a in actions if isinstance(a, AddAction))
+        return True
+
+    def _committed_by(self, table: str, base: int, write_id: str) -> bool:
+        """Whether a commit after ``base`` is this write's own (an error raised after the log
+        entry landed, e.g. by a post-commit hook): then its files must be kept."""
+        return any(h.get("sparkrec.write_id") == write_id for h in self.history(table)
+                   if (h.get("version") or 0) > base)
+
+    def _same_data(self, table: str, base: int, latest: int) -> bool:
+        """True when the commits after ``base`` changed no rows and no schema (no-op MERGEs,
+        vacuums), so a plan made on ``base`` holds on ``latest`` too."""
+        if base == NO_TABLE:
+            return False
+        old, new = self._open(table, base), self._open(table, latest)
+        return set(old.file_uris()) == set(new.file_uris()) and old.schema().to_json() == new.schema().to_json()
+
+    def _commit_on_top(self, table: str, schema: T.StructType, actions: list[AddAction | RemoveAction],
+                       mode: str, props_for: Any, attempt: _Attempt) -> int:
+        """Overwrites and appends read nothing of the table: after a lost race they are
+        committed again on the newer version (an overwrite then replaces the winner's rows)."""
+        for _ in range(self.commit_retries + 1):
+            base = self._latest(table)
+            if self._try_commit(table, base, schema, actions, mode, props_for(base), attempt):
+                return base + 1
+        raise ConcurrentWriteError(table, base, self._latest(table), f" ({self.commit_retries + 1} lost races)")
 
     def overwrite(self, table: str, df: DataFrame) -> CommitResult:
-        adds = self._write_files(table, df)
-        rows = sum(_records(a) for a in adds)
-        version = self._commit(table, df.schema, list(adds), "overwrite", "overwrite", rows=rows)
+        with self._attempt(table) as attempt:
+            adds = self._write_files(table, df, attempt)
+            rows = sum(_records(a) for a in adds)
+            version = self._commit_on_top(
+                table, df.schema, list(adds), "overwrite",
+                lambda base: self._props("overwrite", base, attempt.write_id, rows=rows), attempt)
+        self._log_commit(table, version, "overwrite", rows=rows)
         return CommitResult(table, version, rows_written=rows, inserted=rows)
 
     def append(self, table: str, df: DataFrame) -> CommitResult:
         if self.exists(table):
             check_schema(table, self._spark_schema(self._open(table)), df.schema)
-        adds = self._write_files(table, df)
-        rows = sum(_records(a) for a in adds)
-        version = self._commit(table, df.schema, list(adds), "append", "append", rows=rows)
+        with self._attempt(table) as attempt:
+            adds = self._write_files(table, df, attempt)
+            rows = sum(_records(a) for a in adds)
+            version = self._commit_on_top(
+                table, df.schema, list(adds), "append",
+                lambda base: self._props("append", base, attempt.write_id, rows=rows), attempt)
+        self._log_commit(table, version, "append", rows=rows)
         return CommitResult(table, version, rows_written=rows, inserted=rows)
 
+    def _log_commit(self, table: str, version: int, operation: str, **counts: int) -> None:
+        log.debug("commit", extra={"fields": {"table": table, "version": version, "op": operation, **counts}})
+
     def upsert(self, table: str, df: DataFrame, keys: list[str],
-               replace_within: list[str] | None = None) -> CommitResult:
-        """Copy-on-write MERGE planned in Spark: only the files holding updated or deleted keys
-        are rewritten; new keys are appended; the commit removes and adds files atomically."""
-        if not self.exists(table):
+               replace_within: list[str] | None = None, read_version: int | None = None) -> CommitResult:
+        if read_version is not None:
+            return self._upsert_at(table, df, keys, replace_within, read_version)
+        return self.transact(table, lambda version: self._upsert_at(table, df, keys, replace_within, version))
+
+    def _upsert_at(self, table: str, df: DataFrame, keys: list[str], replace_within: list[str] | None,
+                   read_version: int) -> CommitResult:
+        """Copy-on-write MERGE planned in Spark on ``read_version``: only the files holding
+        updated or deleted keys are rewritten; new keys are appended; the commit removes and
+        adds files atomically, on ``read_version`` or a later version with the same data."""
+        if read_version == NO_TABLE:
+            if self.exists(table):
+                raise ConcurrentWriteError(table, NO_TABLE, self.version(table))
             check_unique_keys(table, df, keys)
-            return self.overwrite(table, df)
-        dt = self._open(table)
-        schema = self._spark_schema(dt)
+            with self._attempt(table) as attempt:
+                adds = self._write_files(table, df, attempt)
+                rows = sum(_records(a) for a in adds)
+                props = self._props("overwrite", NO_TABLE, attempt.write_id, rows=rows)
+                if not self._try_commit(table, NO_TABLE, df.schema, list(adds), "overwrite", props, attempt):
+                    raise ConcurrentWriteError(table, NO_TABLE, self.version(table))
+            self._log_commit(table, 0, "overwrite", rows=rows)
+            return CommitResult(table, 0, rows_written=rows, inserted=rows)
+        dt_ = self._open(table, read_version)
+        schema = self._spark_schema(dt_)
         check_schema(table, schema, df.schema)
         df = df.select(*schema.names).persist()
         stale: DataFrame | None = None
         try:
             check_unique_keys(table, df, keys)
             total = df.count()
-            changed, n_changed, n_updated = self.count_changes(table, df, keys)
-            stale = self.stale_keys(table, df, keys, replace_within).persist() if replace_within else None
+            changed, n_changed, n_updated = self.count_changes(table, df, keys, read_version)
+            stale = (self.stale_keys(table, df, keys, replace_within, read_version).persist()
+                     if replace_within else None)
             n_deleted = stale.count() if stale is not None else 0
             counts = {"inserted": n_changed - n_updated, "updated": n_updated,
                       "unchanged": total - n_changed, "deleted": n_deleted}
-            actions: list[AddAction | RemoveAction] = []
-            if n_updated or n_deleted:
-                dropped = changed.select(*keys)
-                if stale is not None:
-                    dropped = dropped.unionByName(stale)
-                actions.extend(self._rewrite_files(table, dt, schema, dropped, changed, keys))
-            elif n_changed:
-                actions.extend(self._write_files(table, changed))
-            rows = sum(_records(a) for a in actions if isinstance(a, AddAction))
-            version = self._commit(table, schema, actions, "append", "merge", rows=rows, **counts)
+            with self._attempt(table) as attempt:
+                actions: list[AddAction | RemoveAction] = []
+                if n_updated or n_deleted:
+                    dropped = changed.select(*keys)
+                    if stale is not None:
+                        dropped = dropped.unionByName(stale)
+                    actions.extend(self._rewrite_files(table, dt_, schema, dropped, changed, keys, attempt))
+                elif n_changed:
+                    actions.extend(self._write_files(table, changed, attempt))
+                rows = sum(_records(a) for a in actions if isinstance(a, AddAction))
+                version = self._commit_merge(table, schema, actions, read_version, attempt, rows=rows, **counts)
+            self._log_commit(table, version, "merge", rows=rows, **counts)
             return CommitResult(table, version, rows_written=rows, **counts)
         finally:
             df.unpersist()
             if stale is not None:
                 stale.unpersist()
 
-    def _rewrite_files(self, table: str, dt: DeltaTable, schema: T.StructType, dropped: DataFrame,
-                       added: DataFrame, keys: list[str]) -> list[AddAction | RemoveAction]:
+    def _commit_merge(self, table: str, schema: T.StructType, actions: list[AddAction | RemoveAction],
+                      read_version: int, attempt: _Attempt, **counts: int) -> int:
+        """A MERGE read the whole table at ``read_version``: it may go on top of later commits
+        only if they changed no data; otherwise any of them could hold the same keys."""
+        base = read_version
+        for _ in range(self.commit_retries + 1):
+            props = self._props("merge", read_version, attempt.write_id, **counts)
+            if self._try_commit(table, base, schema, actions, "append", props, attempt):
+                return base + 1
+            latest = self._latest(table)
+            if not self._same_data(table, read_version, latest):
+                raise ConcurrentWriteError(table, read_version, latest)
+            base = latest
+        raise ConcurrentWriteError(table, read_version, self._latest(table), f" ({self.commit_retries + 1} lost races)")
+
+    def _rewrite_files(self, table: str, dt_: DeltaTable, schema: T.StructType, dropped: DataFrame,
+                       added: DataFrame, keys: list[str], attempt: _Attempt) -> list[AddAction | RemoveAction]:
         """Removes every file holding a ``dropped`` key and adds its other rows back with ``added``."""
         prefix = self.location(table).rstrip("/") + "/"
-        by_name = {os.path.basename(u): u.removeprefix(prefix) for u in dt.file_uris()}
-        target = self.spark.read.schema(schema).parquet(*dt.file_uris()).select(
+        by_name = {os.path.basename(u): u.removeprefix(prefix) for u in dt_.file_uris()}
+        target = self.spark.read.schema(schema).parquet(*dt_.file_uris()).select(
             "*", F.col("_metadata.file_path").alias("__file"))
         touched = [r["__file"] for r in target.join(dropped, on=keys, how="left_semi")
                    .select("__file").distinct().collect()]
         touched_rel = [by_name[os.path.basename(p)] for p in touched]
         kept = (self.spark.read.schema(schema).parquet(*[f"{self.location(table)}/{p}" for p in touched_rel])
                 .join(dropped, on=keys, how="left_anti"))
-        adds = self._write_files(table, kept.unionByName(added))
+        adds = self._write_files(table, kept.unionByName(added), attempt)
         now = int(time.time() * 1000)
         removes = [RemoveAction(p, True, now) for p in touched_rel]
         return [*removes, *adds]
+
+    # -- maintenance -----------------------------------------------------------------------
+    def tables(self) -> list[str]:
+        filesystem = _table_filesystem(f"{self.root}/{self.namespace}")
+        return sorted(i.base_name for i in _listing(filesystem)
+                      if i.type == pafs.FileType.Directory and not i.base_name.startswith(("_", ".")))
+
+    def vacuum(self, table: str, retention_hours: int) -> list[str]:
+        if self.exists(table):
+            props = CommitProperties(custom_metadata=self.context.metadata("vacuum"))
+            return list(self._open(table).vacuum(retention_hours, dry_run=False, enforce_retention_duration=False,
+                                                 full=True, commit_properties=props))
+        # A first write killed before its commit: parquet files and no log. Only our own
+        # files, and only old ones: a first write in progress may be adding to this folder.
+        filesystem = _table_filesystem(self.location(table))
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(hours=retention_hours)
+        doomed = [i for i in _listing(filesystem)
+                  if i.type == pafs.FileType.File and i.base_name.startswith("part-")
+                  and i.mtime is not None and i.mtime <= cutoff]
+        for info in doomed:
+            filesystem.delete_file(info.path)
+        return [i.base_name for i in doomed]
+
+
+@dataclass
+class _Attempt:
+    write_id: str
+    committed: set[str] = field(default_factory=set)
+
+
+def _table_filesystem(uri: str) -> pafs.FileSystem:
+    """A filesystem rooted at ``uri``: names in it are the table-relative paths the log records."""
+    filesystem, base = pafs.FileSystem.from_uri(uri)
+    return pafs.SubTreeFileSystem(base, filesystem)
+
+
+def _listing(filesystem: pafs.FileSystem) -> list[pafs.FileInfo]:
+    """The top level of a filesystem rooted at a folder (none when the folder does not exist)."""
+    return filesystem.get_file_info(pafs.FileSelector("", allow_not_found=True))
 
 
 def _records(action: AddAction | RemoveAction) -> int:

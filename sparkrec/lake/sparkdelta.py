@@ -10,7 +10,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .base import CommitResult, Lake, LakeError, check_schema, check_unique_keys
+from .base import NO_TABLE, CommitResult, ConcurrentWriteError, Lake, LakeError, check_schema, check_unique_keys
 
 
 class SparkDeltaLake(Lake):
@@ -91,8 +91,14 @@ class SparkDeltaLake(Lake):
         return CommitResult(table, self.version(table), rows_written=rows, inserted=rows)
 
     def upsert(self, table: str, df: DataFrame, keys: list[str],
-               replace_within: list[str] | None = None) -> CommitResult:
+               replace_within: list[str] | None = None, read_version: int | None = None) -> CommitResult:
+        """Delta's own MERGE detects concurrent conflicting commits (ConcurrentAppendException
+        and friends); a ``read_version`` the table has moved past is refused before it starts."""
         check_unique_keys(table, df, keys)
+        if read_version is not None:
+            latest = self.version(table) if self.exists(table) else NO_TABLE
+            if latest != read_version:
+                raise ConcurrentWriteError(table, read_version, latest)
         if not self.exists(table):
             return self.overwrite(table, df)
         schema = self.read(table).schema
@@ -120,8 +126,30 @@ class SparkDeltaLake(Lake):
              .whenNotMatchedInsert(condition="NOT s.__delete",
                                    values={c: F.col(f"s.`{c}`") for c in schema.names})
              .execute())
+            if read_version is not None and self.version(table) != read_version + 1:
+                raise LakeError(f"table {table!r}: a concurrent commit landed beside this MERGE planned on "
+                                f"version {read_version}; check the table's history")
             return CommitResult(table, self.version(table), rows_written=n_changed, **counts)
         finally:
             df.unpersist()
             if stale is not None:
                 stale.unpersist()
+
+    def tables(self) -> list[str]:
+        if self.catalog:
+            return sorted(t.name for t in self.spark.catalog.listTables(f"{self.catalog}.{self.namespace}"))
+        jvm = self.spark._jvm  # type: ignore[attr-defined]
+        path = jvm.org.apache.hadoop.fs.Path(f"{self.root}/{self.namespace}")
+        fs = path.getFileSystem(self.spark._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
+        if not fs.exists(path):
+            return []
+        return sorted(s.getPath().getName() for s in fs.listStatus(path)
+                      if s.isDirectory() and not s.getPath().getName().startswith(("_", ".")))
+
+    def vacuum(self, table: str, retention_hours: int) -> list[str]:
+        """Delta's VACUUM (which also deletes files no version references); it reports no list."""
+        if not self.exists(table):
+            return []
+        self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        self._delta_table(table).vacuum(float(retention_hours))
+        return []
