@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from ..config import Config
 from ..ingest.presets import resolve_source
 from ..lake import Lake
 from ..logs import get_logger, log_fields
+from .consistency import check_all_from, mixed_runs, output_tables, runs_of
 from .events import build_events, has_timestamps
 from .indexing import extend_index
 from .splits import TIME_ORDERED, enabled_splits
@@ -30,10 +32,17 @@ def run_features(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]
     interactions = lake.read("interactions")
     items, users, tags = lake.read("items"), _optional(lake, "users"), _optional(lake, "tags")
     summary: dict[str, Any] = {}
+    mixed = mixed_runs(runs_of(lake, output_tables(fc)))
+    if mixed:  # a killed (or concurrent) run: every table is recomputed below, which repairs it
+        log_fields(log, "feature tables come from different runs: recomputing all of them", level=logging.WARNING,
+                   runs={run: sorted(tables) for run, tables in mixed.items()})
+        summary["repaired_mixed_runs"] = sorted(mixed)
+    written: list[str] = []
 
     def write(table: str, df: DataFrame) -> None:
         started = time.perf_counter()
         result = lake.overwrite(table, df)
+        written.append(table)
         summary[table] = result.rows_written
         log_fields(log, "table written", table=table, rows=result.rows_written, version=result.version,
                    seconds=round(time.perf_counter() - started, 3))
@@ -67,4 +76,5 @@ def run_features(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]
             log_fields(log, "split skipped: the source has no timestamps", split="global_time")
     finally:
         events.unpersist()
+    check_all_from(lake, written, lake.context.run_id)
     return summary

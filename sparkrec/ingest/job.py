@@ -7,10 +7,8 @@ history lists every run that touched it. The run's counts go to ``ingest_runs``.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import reduce
 
 from pyspark import StorageLevel
@@ -23,6 +21,7 @@ from ..lake import Lake
 from ..logs import get_logger, log_fields
 from .presets import resolve_source
 from .reader import read_input
+from .runs import commit_metadata, record_runs
 from .tables import validate_interactions, validate_items, validate_tags, validate_users
 from .validate import REASON, Validated
 
@@ -82,7 +81,11 @@ def _summarise(v: Validated, source: str) -> TableReport:
     return TableReport(v.table, source, read, accepted, read - accepted, reasons, cleaned)
 
 
-def _write(lake: Lake, v: Validated, report: TableReport) -> None:
+def _write(lake: Lake, v: Validated, report: TableReport, dataset: str, started: float) -> None:
+    # The commit carries the table's counts: ingest_runs is rebuilt from commits (see .runs).
+    meta = commit_metadata(dataset, report.source, report.read, report.accepted, report.quarantined,
+                           report.reasons, report.cleaned, round(time.perf_counter() - started, 3))
+    lake = lake.with_context(replace(lake.context, extra={**lake.context.extra, **meta}))
     result = lake.upsert(v.table, v.accepted(), schemas.KEYS[v.table])
     report.inserted, report.updated, report.unchanged = result.inserted, result.updated, result.unchanged
     report.version = result.version
@@ -99,7 +102,7 @@ def run_ingest(cfg: Config, spark: SparkSession, lake: Lake) -> IngestReport:
         v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(v.rows)
         report = _summarise(v, source)
-        _write(lake, v, report)
+        _write(lake, v, report, cfg.data.dataset, started)
         report.seconds = round(time.perf_counter() - started, 3)
         reports.append(report)
         rejected.append(v.quarantine())
@@ -129,16 +132,5 @@ def run_ingest(cfg: Config, spark: SparkSession, lake: Lake) -> IngestReport:
         for df in persisted:
             df.unpersist()
     report = IngestReport(lake.context.run_id, cfg.data.dataset, reports, q_result.version)
-    _record_run(spark, lake, report)
+    record_runs(spark, lake, [t for t in schemas.KEYS if t != "quarantine"])  # this run's, and a killed one's
     return report
-
-
-def _record_run(spark: SparkSession, lake: Lake, report: IngestReport) -> None:
-    now = dt.datetime.now(dt.UTC)
-    rows = [(report.run_id, now, report.dataset, t.table, t.source, t.read, t.accepted, t.quarantined,
-             json.dumps(t.reasons), json.dumps(t.cleaned), t.inserted, t.updated, t.unchanged, t.seconds)
-            for t in report.tables]
-    schema = ("run_id string, run_at timestamp, dataset string, target_table string, source string, "
-              "read long, accepted long, quarantined long, reasons string, cleaned string, "
-              "inserted long, updated long, unchanged long, seconds double")
-    lake.append("ingest_runs", spark.createDataFrame(rows, schema))

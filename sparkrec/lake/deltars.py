@@ -296,25 +296,21 @@ class DeltaRsLake(Lake):
         raise ConcurrentWriteError(table, base, self._latest(table), f" ({self.commit_retries + 1} lost races)")
 
     def overwrite(self, table: str, df: DataFrame) -> CommitResult:
-        with self._attempt(table) as attempt:
-            adds = self._write_files(table, df, attempt)
-            rows = sum(_records(a) for a in adds)
-            version = self._commit_on_top(
-                table, df.schema, list(adds), "overwrite",
-                lambda base: self._props("overwrite", base, attempt.write_id, rows=rows), attempt)
-        self._log_commit(table, version, "overwrite", rows=rows)
-        return CommitResult(table, version, rows_written=rows, inserted=rows)
+        return self._write_on_top(table, df, "overwrite")
 
     def append(self, table: str, df: DataFrame) -> CommitResult:
         if self.exists(table):
             check_schema(table, self._spark_schema(self._open(table)), df.schema)
+        return self._write_on_top(table, df, "append")
+
+    def _write_on_top(self, table: str, df: DataFrame, mode: str) -> CommitResult:
         with self._attempt(table) as attempt:
             adds = self._write_files(table, df, attempt)
             rows = sum(_records(a) for a in adds)
             version = self._commit_on_top(
-                table, df.schema, list(adds), "append",
-                lambda base: self._props("append", base, attempt.write_id, rows=rows), attempt)
-        self._log_commit(table, version, "append", rows=rows)
+                table, df.schema, list(adds), mode,
+                lambda base: self._props(mode, base, attempt.write_id, rows=rows), attempt)
+        self._log_commit(table, version, mode, rows=rows)
         return CommitResult(table, version, rows_written=rows, inserted=rows)
 
     def _log_commit(self, table: str, version: int, operation: str, **counts: int) -> None:
