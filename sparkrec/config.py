@@ -117,9 +117,20 @@ class LakeConfig(StrictModel):
     # `sparkrec vacuum`: files no version younger than this references (and crashed writes'
     # files older than this) are deleted; time travel reaches back this far.
     vacuum_retention_hours: int = Field(168, ge=1)
+    # delta-rs engine: object store settings (AWS_ENDPOINT_URL, AWS_REGION, AZURE_STORAGE_ACCOUNT_NAME...),
+    # over the driver's AWS_* / AZURE_* / GOOGLE_* environment; the executors get the same (lake/storage.py).
     storage_options: dict[str, str] = Field(default_factory=dict)
 
     _names = field_validator("catalog", "namespace")(check_name)
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _options_as_text(cls, value: Any) -> Any:
+        """delta-rs takes strings; YAML reads ``AWS_ALLOW_HTTP: true`` as a bool."""
+        if not isinstance(value, dict):
+            return value
+        scalar = bool | int | float
+        return {k: (str(v).lower() if isinstance(v, scalar) else v) for k, v in value.items()}
 
     @field_validator("root")
     @classmethod

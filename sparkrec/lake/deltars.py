@@ -46,6 +46,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..logs import get_logger
+from . import storage
 from .base import (
     NO_TABLE,
     CommitResult,
@@ -108,11 +109,7 @@ def _write_parquet_files(table_uri: str, max_rows: int, storage_options: dict[st
                          batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Runs in each Spark task: writes the task's rows into parquet files under the table
     root and yields one metadata row per file. Nothing else leaves the executor."""
-    from pyarrow import fs as pafs
-
-    filesystem, base = pafs.FileSystem.from_uri(table_uri)
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        filesystem.create_dir(base, recursive=True)
+    filesystem = storage.table_filesystem(table_uri, storage_options, create=True)
     written: list[dict[str, Any]] = []
     writer: pq.ParquetWriter | None = None
     stats: _Stats | None = None
@@ -123,7 +120,7 @@ def _write_parquet_files(table_uri: str, max_rows: int, storage_options: dict[st
         if writer is None or stats is None:
             return
         writer.close()
-        size = filesystem.get_file_info(f"{base}/{name}").size
+        size = filesystem.get_file_info(name).size
         written.append({"path": name, "size": size, "num_records": stats.rows,
                         "stats": stats.to_json()})
         writer = None
@@ -133,8 +130,9 @@ def _write_parquet_files(table_uri: str, max_rows: int, storage_options: dict[st
             continue
         if writer is None:
             name = f"{_file_prefix(write_id)}{uuid.uuid4().hex}-c000.zstd.parquet"
-            sink = filesystem.open_output_stream(f"{base}/{name}")
-            writer = pq.ParquetWriter(sink, batch.schema, compression="zstd")
+            # The writer opens (and on close() finishes) the file: an object store upload
+            # completes only when its stream is closed.
+            writer = pq.ParquetWriter(name, batch.schema, filesystem=filesystem, compression="zstd")
             stats = _Stats(batch.schema)
         writer.write_batch(batch)
         assert stats is not None
@@ -146,10 +144,6 @@ def _write_parquet_files(table_uri: str, max_rows: int, storage_options: dict[st
 
 
 # --------------------------------------------------------------------------- driver side
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 class DeltaRsLake(Lake):
     engine = "delta-rs"
 
@@ -161,13 +155,9 @@ class DeltaRsLake(Lake):
                             "the delta-rs engine stores tables under lake.root")
         if root.startswith("dbfs:"):
             raise LakeError(f"lake.root {root!r}: dbfs paths need the spark-delta engine (Databricks)")
-        if root.startswith("file:"):
-            root = root.removeprefix("file://").removeprefix("file:")
-        if not _is_uri(root):
-            root = os.path.abspath(root)
-        super().__init__(spark, root, namespace, None, context)
+        super().__init__(spark, storage.delta_uri(root), namespace, None, context)
         self.target_file_rows = target_file_rows
-        self.storage_options = storage_options or {}
+        self.storage_options = storage.storage_options(self.root, storage_options)
 
     def location(self, table: str) -> str:
         return f"{self.root}/{self.namespace}/{table}"
@@ -196,7 +186,18 @@ class DeltaRsLake(Lake):
         files = dt.file_uris()
         if not files:
             return self.spark.createDataFrame([], schema)
-        return self.spark.read.schema(schema).parquet(*files)
+        return self._scan(table, files, schema)
+
+    def _scan(self, table: str, files: list[str], schema: T.StructType, file_column: str | None = None) -> DataFrame:
+        """The rows of some of the table's files (URIs from ``file_uris()``); ``file_column`` adds
+        each row's file. Local files go through Spark's reader; remote ones through delta-rs'
+        object store on the executors (see :mod:`.storage`)."""
+        if storage.is_remote(self.root):
+            prefix = self.location(table).rstrip("/") + "/"
+            return storage.read_remote_files(self.spark, self.location(table), self.storage_options,
+                                             [f.removeprefix(prefix) for f in files], schema, file_column)
+        df = self.spark.read.schema(schema).parquet(*files)
+        return df.select("*", F.col("_metadata.file_path").alias(file_column)) if file_column else df
 
     def version(self, table: str) -> int:
         return self._open(table).version()
@@ -222,7 +223,7 @@ class DeltaRsLake(Lake):
             self._delete_uncommitted(table, attempt)
 
     def _delete_uncommitted(self, table: str, attempt: _Attempt) -> None:
-        filesystem = _table_filesystem(self.location(table))
+        filesystem = storage.table_filesystem(self.location(table), self.storage_options)
         prefix = _file_prefix(attempt.write_id)
         doomed = [i.path for i in _listing(filesystem)
                   if i.base_name.startswith(prefix) and i.base_name not in attempt.committed]
@@ -391,12 +392,11 @@ class DeltaRsLake(Lake):
         """Removes every file holding a ``dropped`` key and adds its other rows back with ``added``."""
         prefix = self.location(table).rstrip("/") + "/"
         by_name = {os.path.basename(u): u.removeprefix(prefix) for u in dt_.file_uris()}
-        target = self.spark.read.schema(schema).parquet(*dt_.file_uris()).select(
-            "*", F.col("_metadata.file_path").alias("__file"))
+        target = self._scan(table, dt_.file_uris(), schema, "__file")
         touched = [r["__file"] for r in target.join(dropped, on=keys, how="left_semi")
                    .select("__file").distinct().collect()]
         touched_rel = [by_name[os.path.basename(p)] for p in touched]
-        kept = (self.spark.read.schema(schema).parquet(*[f"{self.location(table)}/{p}" for p in touched_rel])
+        kept = (self._scan(table, [f"{self.location(table)}/{p}" for p in touched_rel], schema)
                 .join(dropped, on=keys, how="left_anti"))
         adds = self._write_files(table, kept.unionByName(added), attempt)
         now = int(time.time() * 1000)
@@ -405,7 +405,7 @@ class DeltaRsLake(Lake):
 
     # -- maintenance -----------------------------------------------------------------------
     def tables(self) -> list[str]:
-        filesystem = _table_filesystem(f"{self.root}/{self.namespace}")
+        filesystem = storage.table_filesystem(f"{self.root}/{self.namespace}", self.storage_options)
         return sorted(i.base_name for i in _listing(filesystem)
                       if i.type == pafs.FileType.Directory and not i.base_name.startswith(("_", ".")))
 
@@ -416,7 +416,7 @@ class DeltaRsLake(Lake):
                                                  full=True, commit_properties=props))
         # A first write killed before its commit: parquet files and no log. Only our own
         # files, and only old ones: a first write in progress may be adding to this folder.
-        filesystem = _table_filesystem(self.location(table))
+        filesystem = storage.table_filesystem(self.location(table), self.storage_options)
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(hours=retention_hours)
         doomed = [i for i in _listing(filesystem)
                   if i.type == pafs.FileType.File and i.base_name.startswith("part-")
@@ -430,12 +430,6 @@ class DeltaRsLake(Lake):
 class _Attempt:
     write_id: str
     committed: set[str] = field(default_factory=set)
-
-
-def _table_filesystem(uri: str) -> pafs.FileSystem:
-    """A filesystem rooted at ``uri``: names in it are the table-relative paths the log records."""
-    filesystem, base = pafs.FileSystem.from_uri(uri)
-    return pafs.SubTreeFileSystem(base, filesystem)
 
 
 def _listing(filesystem: pafs.FileSystem) -> list[pafs.FileInfo]:
