@@ -2,6 +2,10 @@
 
 The same entry point serves the console script, ``python -m sparkrec`` and the thin
 ``jobs/*.py`` files that ``spark-submit`` runs, so a stage behaves identically everywhere.
+
+Exit codes: 0 done; 2 refused before any write, with one line on stderr naming the key, file,
+table or model to fix (config, inputs, stages run out of order, a model from another lake);
+1 failed while running (one line too; ``--debug`` prints the traceback of any failure).
 """
 
 from __future__ import annotations
@@ -10,12 +14,15 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
+from .errors import UserError
 from .lake import Lake, LakeError, RunContext, open_lake
 from .logs import get_logger, log_fields, setup_logging
+from .preflight import check_inputs, check_tables
 from .session import get_spark
 
 log = get_logger("cli")
@@ -70,8 +77,10 @@ def _recommend(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) ->
 def _recommend_text(cfg: Config, text: str) -> None:
     from .recommend import recommend_for_text
 
+    check_inputs(cfg, ["recommend"])
     spark = get_spark(cfg.spark)
     lake = open_lake(spark, cfg, RunContext(stage="recommend-text"))
+    check_tables(cfg, lake, ["recommend"])
     for row in recommend_for_text(cfg, spark, lake, text):
         print(f"{row['rank']:>3}. {row['item_id']}  ({row['score']:.3f})  {row['explanation']}")
 
@@ -118,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="YAML config (default: $SPARKREC_CONF, else built-in defaults)")
     parser.add_argument("--users", help="recommend: refresh only the user_ids listed in this file (one a line)")
     parser.add_argument("--report", help="evaluate: where to write the HTML report (default: evaluation.report_dir)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of any failure")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides "
                         "(recommend-text: the interest text first, in quotes)")
     return parser
@@ -126,7 +136,9 @@ def _parser() -> argparse.ArgumentParser:
 def run_stages(cfg: Config, names: Sequence[str], args: argparse.Namespace | None = None) -> dict[str, Any]:
     """Runs the named stages in order on one Spark session; returns each stage's summary."""
     args = args or argparse.Namespace()
+    check_inputs(cfg, names, getattr(args, "users", None))  # before Spark starts: fails in a second
     spark = get_spark(cfg.spark)
+    check_tables(cfg, open_lake(spark, cfg), names)
     results: dict[str, Any] = {}
     run_id = RunContext().run_id
     for name in names:
@@ -141,19 +153,46 @@ def run_stages(cfg: Config, names: Sequence[str], args: argparse.Namespace | Non
     return results
 
 
+def one_line(exc: BaseException) -> str:
+    """The first non-blank line of the message (a Java error's is followed by its stack)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def exit_code(exc: Exception, debug: bool) -> int:
+    """Prints ``exc`` as one line (and its traceback with --debug); 2 for what the user fixes."""
+    from .ingest.reader import InputError
+
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, UserError | InputError):
+        print(f"sparkrec: {one_line(exc)}", file=sys.stderr)
+        return 2
+    if isinstance(exc, LakeError | ValueError):
+        print(f"sparkrec: {one_line(exc)}", file=sys.stderr)
+    else:
+        log.debug("unexpected failure", exc_info=exc)
+        print(f"sparkrec: unexpected {type(exc).__name__}: {one_line(exc)}"
+              + ("" if debug else " (run with --debug for the traceback)"), file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # intermixed: overrides may follow --conf (`sparkrec train --conf c.yaml train.epochs=3`).
     args = _parser().parse_intermixed_args(argv)
+    try:
+        return _run(args)
+    except Exception as exc:
+        return exit_code(exc, args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
     text = args.overrides.pop(0) if args.stage == "recommend-text" and args.overrides else None
     if args.stage == "recommend-text" and not text:
         print("sparkrec: recommend-text needs the interest text, e.g. sparkrec recommend-text \"space opera\"",
               file=sys.stderr)
         return 2
-    try:
-        cfg = load_config(args.conf, args.overrides)
-    except ConfigError as exc:
-        print(f"sparkrec: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.conf, args.overrides)
     setup_logging(cfg.logging.level, cfg.logging.format)
     if args.stage == "show-config":
         import yaml
@@ -166,12 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stage == "vacuum":
         return _vacuum(cfg)
     names = list(PIPELINE) if args.stage == "pipeline" else [args.stage]
-    try:
-        run_stages(cfg, names, args)
-    except (LakeError, ValueError) as exc:
-        log.error("%s", exc)
-        print(f"sparkrec: {exc}", file=sys.stderr)
-        return 1
+    run_stages(cfg, names, args)
     return 0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
+from . import config
+
 S, L, INT, D, F_, TS, B = (T.StringType(), T.LongType(), T.IntegerType(), T.DoubleType(),
                          T.FloatType(), T.TimestampType(), T.BooleanType())
 
@@ -53,4 +55,4 @@ USER_HISTORIES = _struct(("user_idx", INT), ("item_idxs", T.ArrayType(INT)), ("s
 SPLIT = _struct(("user_idx", INT), ("item_idx", INT), ("rating", D), ("weight", D), ("event_time", TS),
                 ("seq", L), ("is_positive", B), ("part", S))
 
-SPLIT_NAMES = ("temporal_loo", "global_time", "random", "stratified", "cold_items", "cold_users")
+SPLIT_NAMES = config.SPLIT_NAMES  # one list: the config validates split names against it
