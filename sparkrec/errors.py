@@ -21,5 +21,6 @@ class ModelNotFoundError(UserError, LookupError):
     """No model to serve or evaluate yet (e.g. ``recommend`` before ``train``)."""
 
 
-class ProvenanceError(UserError, ValueError):
-    """A model fitted on another lake, or on a catalogue the lake no longer has."""
+class ProvenanceError(UserError, LookupError):
+    """A model fitted on another lake, or on a catalogue the lake no longer has: as unusable
+    here as a model that does not exist, hence a LookupError too."""

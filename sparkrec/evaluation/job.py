@@ -26,9 +26,10 @@ from pyspark.sql import types as T
 from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
-from ..model.store import log_recommender, register_champion
+from ..model.provenance import data_provenance
+from ..model.store import checked_run, log_recommender, register_champion
 from .metrics import PROTOCOL, catalog_coverage, intra_list_diversity_at, popularity_metrics, ranking_metrics_by
-from .models import Candidate, make_candidate, timed_fit
+from .models import Candidate, hybrid_run, make_candidate, timed_fit
 from .slices import SLICE_DOCS, cold_item_candidates, sliced_truth
 
 log = get_logger("evaluate")
@@ -195,6 +196,10 @@ def run_evaluate(cfg: Config, spark: SparkSession, lake: Lake, report_path: str 
     if not lake.exists(table):
         raise ValueError(f"no table {table}: run `sparkrec features` (split names: temporal_loo, global_time, "
                          "random, stratified, cold_items, cold_users)")
+    if "hybrid" in ec.models:  # before any write: a hybrid of another lake or catalogue is refused
+        checked_run(hybrid_run(cfg, split_name, lake), lake,
+                    "evaluation.hybrid_run_id" if ec.hybrid_run_id else "evaluation.models[hybrid]")
+    provenance = data_provenance(lake, split_name)  # what the baselines fitted here read
     eval_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     started_at = dt.datetime.now(dt.UTC)
     split = lake.read(table).cache()
@@ -221,7 +226,7 @@ def run_evaluate(cfg: Config, spark: SparkSession, lake: Lake, report_path: str 
             commit = lake.overwrite(RECS_TABLE, recs) if first else lake.append(RECS_TABLE, recs)
             first = False
             if name != "hybrid":  # the train stage saved the hybrid; a baseline is saved here, fitted
-                candidate.info["run_id"] = log_recommender(candidate.model, cfg, lake, split_name)
+                candidate.info["run_id"] = log_recommender(candidate.model, cfg, lake, split_name, provenance)
             candidate.model.release()
             stored = lake.read(RECS_TABLE, commit.version).filter(
                 (F.col("eval_id") == eval_id) & (F.col("model") == name)).cache()

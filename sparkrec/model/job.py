@@ -28,6 +28,7 @@ from .blend import BlendSearch, search_blend
 from .data import build_catalog, gap_scale_for, training_examples, user_states
 from .distributed import run_distributed
 from .head import LinearHead, head_rows, side_grams, solve_head, weighted_gram
+from .provenance import data_provenance
 from .registry import ITEM_VECTORS, load_weights, mlflow_setup, save_model_dir
 from .store import model_tags
 from .towers import ModelSpec
@@ -141,6 +142,7 @@ def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     tc = cfg.train
     run_key = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     workdir = Path(tc.workdir) / cfg.namespace / run_key
+    provenance = data_provenance(lake, tc.split)  # the catalogue and table versions prepare() reads
     prep = prepare(cfg, spark, lake, workdir)
     started = time.perf_counter()
     quiet_petastorm()
@@ -158,7 +160,8 @@ def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     seconds = time.perf_counter() - started
 
     mlflow_setup(tc.mlflow_uri, tc.experiment)
-    with mlflow.start_run(tags={**model_tags(cfg, lake, "hybrid", tc.split), "backend": tc.backend}) as run:
+    with mlflow.start_run(tags={**model_tags(cfg, lake, "hybrid", tc.split, provenance),
+                                "backend": tc.backend}) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in _flatten(config_to_dict(cfg)).items()
                            if k.split(".")[0] in ("model", "train", "features", "data")})
         for row in result["history"]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelNotFoundError
 from .data import Catalog
 from .head import LinearHead
 from .towers import ModelSpec, TwoTower
@@ -111,6 +112,14 @@ def load_model(run_id: str, mlflow_uri: str = "mlruns", device: str = "cpu") -> 
     return loaded
 
 
+def _tag(runs: Any, name: str) -> Any:
+    """Column ``tags.<name>`` of an MLflow runs frame, "" where a run lacks the tag."""
+    import pandas as pd
+
+    column = f"tags.{name}"
+    return runs[column].fillna("") if column in runs else pd.Series("", index=runs.index, dtype=object)
+
+
 def latest_run_id(mlflow_uri: str, experiment: str, dataset: str | None = None, split: str | None = None,
                   lake: str | None = None, model: str = "hybrid") -> str:
     """The newest finished run of ``model``, optionally of one dataset, split and lake.
@@ -120,21 +129,25 @@ def latest_run_id(mlflow_uri: str, experiment: str, dataset: str | None = None, 
     tables, whose item indices mean other items, from being served. Hybrid training runs carry
     a ``backend`` tag and baselines saved by ``sparkrec.model.store`` a ``model`` tag, so
     evaluation runs are never returned.
+
+    Tag values are compared here, not written into MLflow's filter string: a lake path with a
+    quote in it must neither break the search nor widen it to other lakes' runs.
     """
     import mlflow
 
     mlflow_setup(mlflow_uri, experiment)
-    filt = "attributes.status = 'FINISHED' and " + ("tags.backend != ''" if model == "hybrid"
-                                                      else f"tags.model = '{model}'")
-    filt += (f" and tags.dataset = '{dataset}'" if dataset else "") + (f" and tags.split = '{split}'" if split else "")
-    filt += f" and tags.lake = '{lake}'" if lake else ""
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=filt,
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"])
+    keep = (_tag(runs, "backend") != "") if model == "hybrid" else (_tag(runs, "model") == model)
+    for tag, value in (("dataset", dataset), ("split", split), ("lake", lake)):
+        if value:
+            keep &= _tag(runs, tag) == value
+    runs = runs[keep]
     if runs.empty:
         what = (f" for dataset {dataset!r}" if dataset else "") + (f" on split {split!r}" if split else "")
         what += f" in lake {lake}" if lake else ""
         command = ("sparkrec train" + (f" train.split={split}" if split else "") if model == "hybrid"
                    else "sparkrec evaluate" + (f" evaluation.split={split}" if split else ""))
-        raise LookupError(f"no finished {model} run in MLflow experiment {experiment!r} at {mlflow_uri}{what}: "
-                          f"run `{command}` first")
+        raise ModelNotFoundError(f"no finished {model} run in MLflow experiment {experiment!r} at {mlflow_uri}{what}: "
+                                 f"run `{command}` first")
     return str(runs.iloc[0]["run_id"])
