@@ -291,6 +291,12 @@ class IngestConfig(StrictModel):
     year_min: int = 1000
     age_min: int = 5
     age_max: int = 110
+    # One key with disagreeing versions in the input (a correction in a later file): keep the
+    # first by file name and line, the one in the most recently modified file, or neither.
+    conflicts: Literal["first", "last_by_file_time", "reject"] = "first"
+    # Every row of a table quarantined (e.g. no interaction's item is in the items file) is
+    # always logged as a warning; true also makes the run fail (after writing the quarantine).
+    fail_on_all_quarantined: bool = False
 
     @model_validator(mode="after")
     def _ranges(self) -> IngestConfig:

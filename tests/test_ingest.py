@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import logging
+import os
+
 import pandas as pd
 import pytest
 
 from sparkrec.config import load_config
 from sparkrec.ingest.job import run_ingest
+from sparkrec.ingest.reader import InputError
 from sparkrec.lake import DeltaRsLake, RunContext
 
 INTERACTIONS = """user,item,rating,ts
@@ -28,7 +33,7 @@ INTERACTIONS = """user,item,rating,ts
 EXPECTED_REASONS = {  # line -> reason
     4: "missing_user_id", 5: "malformed_item_id", 6: "unparsable_rating", 7: "rating_out_of_range",
     8: "unparsable_timestamp", 9: "timestamp_out_of_range", 10: "duplicate_row", 11: "duplicate_event",
-    12: "unknown_item", 13: "malformed_record",
+    12: "unknown_item", 13: "wrong_field_count",
 }
 ITEMS = """id,title,genre,year,lang
 10,"Alpha, the movie",Drama|Comedy,1999,en
@@ -133,3 +138,99 @@ def test_sample_dataset_ingests_cleanly(spark, tmp_path):
     assert inter.read == 23620 and inter.quarantined == 0
     assert report.table("items").accepted == 6003
     assert all(t.adds_up for t in report.tables)
+
+
+# --------------------------------------------------------------------------- strict input (issue 15, finding 3)
+def _events_config(tmp_path, path, *extra):
+    """Interactions only (no items, no rating range): each rule shows on its own."""
+    return load_config(None, [
+        f"lake.root={tmp_path / 'lake'}", "data.dataset=generic", f"data.generic.interactions.path={path}",
+        "data.generic.interactions.columns={user: user, item: item, rating: rating, timestamp: ts}", *extra])
+
+
+def _reasons(lake):
+    q = lake.read("quarantine").toPandas()
+    return dict(zip(q.source_line, q.reason, strict=True)), q
+
+
+def test_strict_rows_fields_timestamps_finite_ratings_and_bytes(spark, tmp_path):
+    lines = [b"user,item,rating,ts", b"U1,I0012", b"U2,I1,3.0,", b"U3,I1,inf,1500000000",
+             b"U4,I1,nan,1500000000", b"U5,I1,1e308,1500000000", b"Zo\xeb,I1,4.0,1500000000",
+             b"Zo\xe9,I1,4.0,1500000000", b"U6,I1,4.0,1500000000,x", b"U7,I1,2.0,1500000000"]
+    (tmp_path / "events.csv").write_bytes(b"\n".join(lines) + b"\n")
+    cfg = _events_config(tmp_path, tmp_path / "events.csv")
+    lake = _lake(spark, cfg)
+    report = run_ingest(cfg, spark, lake).table("interactions")
+    assert (report.read, report.accepted, report.quarantined) == (9, 1, 8) and report.adds_up
+    reasons, q = _reasons(lake)
+    assert reasons == {2: "wrong_field_count", 3: "missing_timestamp", 4: "non_finite_rating",
+                       5: "non_finite_rating", 6: "non_finite_rating", 7: "invalid_encoding",
+                       8: "invalid_encoding", 9: "wrong_field_count"}
+    raw = dict(zip(q.source_line, q.raw, strict=True))
+    assert raw[7] == "base64:" + base64.b64encode(b"Zo\xeb,I1,4.0,1500000000").decode()
+    assert raw[8] != raw[7]  # the original bytes survive: Zoë and Zoé stay two records
+    assert [r.user_id for r in lake.read("interactions").collect()] == ["U7"]
+
+
+def test_parquet_native_timestamps_are_accepted(spark, tmp_path):
+    when = pd.to_datetime(["2017-07-14 02:40:00", "2020-01-01 00:00:00.250"], format="ISO8601", utc=True)
+    pd.DataFrame({"user": ["1", "2"], "item": ["10", "11"], "rating": [4.0, 3.0], "ts": when}).to_parquet(
+        tmp_path / "events.parquet", coerce_timestamps="us")  # Spark 3.5 cannot read nanoseconds
+    cfg = _events_config(tmp_path, tmp_path / "events.parquet", "data.generic.interactions.format=parquet")
+    lake = _lake(spark, cfg)
+    assert run_ingest(cfg, spark, lake).table("interactions").accepted == 2
+    micros = lake.read("interactions").selectExpr("user_id", "unix_micros(event_time) AS us").collect()
+    assert {r.user_id: r.us for r in micros} == {"1": when[0].value // 1000, "2": when[1].value // 1000}
+
+
+def test_a_wholly_quarantined_table_warns_and_can_fail(spark, generic, caplog):
+    (generic / "items.csv").write_text("id,title,genre,year,lang\n900,Nothing,Drama,2000,en\n")
+    cfg = _generic_config(generic)
+    ours = logging.getLogger("sparkrec")  # it does not propagate to the root, where caplog listens
+    ours.addHandler(caplog.handler)
+    try:
+        run_ingest(cfg, spark, _lake(spark, cfg, "r1"))
+    finally:
+        ours.removeHandler(caplog.handler)
+    assert any("every row of interactions was quarantined" in r.getMessage() for r in caplog.records)
+    cfg.ingest.fail_on_all_quarantined = True
+    with pytest.raises(InputError, match="every row of interactions was quarantined"):
+        run_ingest(cfg, spark, _lake(spark, cfg, "r2"))
+
+
+# --------------------------------------------------------------------------- re-runs (issue 15, finding 4)
+def test_a_line_inserted_above_is_no_update_and_adds_no_quarantine_copies(spark, generic):
+    cfg = _generic_config(generic)
+    lake = _lake(spark, cfg, "r1")
+    run_ingest(cfg, spark, lake)
+    header, *rows = INTERACTIONS.splitlines()
+    (generic / "interactions.csv").write_text("\n".join([header, "9,12,3.5,1500000300", *rows]) + "\n")
+    inter = run_ingest(cfg, spark, _lake(spark, cfg, "r2")).table("interactions")
+    assert (inter.inserted, inter.updated, inter.unchanged) == (1, 0, 4)
+    assert lake.read("quarantine").count() == 12  # 10 interactions + 2 items, once each
+    lines = sorted(r.source_line for r in lake.read("interactions").collect())
+    assert lines == [2, 2, 3, 14, 15]  # kept rows keep where they were first seen
+
+
+def _three_versions(tmp_path):
+    """The same event in three files; by name a < b < c, by modification time c < a < b."""
+    for name, rating, mtime in (("a", 2, 1_650_000_000), ("b", 5, 1_700_000_000), ("c", 3, 1_600_000_000)):
+        path = tmp_path / f"events_{name}.csv"
+        path.write_text(f"user,item,rating,ts\n1,10,{rating},1500000000\n{name},10,4,1500000000\n")
+        os.utime(path, (mtime, mtime))
+    return str(tmp_path / "events_*.csv")
+
+
+@pytest.mark.parametrize(("rule", "kept", "reasons"), [
+    ("first", 2.0, ["duplicate_event"] * 2),  # the first file by name
+    ("last_by_file_time", 5.0, ["duplicate_event"] * 2),  # the most recently modified file
+    ("reject", None, ["conflicting_event"] * 3),
+])
+def test_conflicting_versions_follow_the_configured_rule(spark, tmp_path, rule, kept, reasons):
+    cfg = _events_config(tmp_path, _three_versions(tmp_path), f"ingest.conflicts={rule}")
+    lake = _lake(spark, cfg)
+    report = run_ingest(cfg, spark, lake).table("interactions")
+    assert report.adds_up and report.read == 6
+    assert sorted(r.reason for r in lake.read("quarantine").collect()) == reasons
+    ratings = {r.user_id: r.rating for r in lake.read("interactions").collect()}
+    assert ratings.get("1") == kept and {ratings[u] for u in "abc"} == {4.0}

@@ -20,7 +20,8 @@ from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from .presets import resolve_source
-from .reader import read_input
+from .provenance import keep_first_provenance
+from .reader import InputError, read_input
 from .runs import commit_metadata, record_runs
 from .tables import validate_interactions, validate_items, validate_tags, validate_users
 from .validate import REASON, Validated
@@ -82,11 +83,12 @@ def _summarise(v: Validated, source: str) -> TableReport:
 
 
 def _write(lake: Lake, v: Validated, report: TableReport, dataset: str, started: float) -> None:
+    keys = schemas.KEYS[v.table]
     # The commit carries the table's counts: ingest_runs is rebuilt from commits (see .runs).
     meta = commit_metadata(dataset, report.source, report.read, report.accepted, report.quarantined,
                            report.reasons, report.cleaned, round(time.perf_counter() - started, 3))
     lake = lake.with_context(replace(lake.context, extra={**lake.context.extra, **meta}))
-    result = lake.upsert(v.table, v.accepted(), schemas.KEYS[v.table])
+    result = lake.upsert(v.table, keep_first_provenance(lake, v.table, v.accepted(), keys), keys)
     report.inserted, report.updated, report.unchanged = result.inserted, result.updated, result.unchanged
     report.version = result.version
 
@@ -127,10 +129,25 @@ def run_ingest(cfg: Config, spark: SparkSession, lake: Lake) -> IngestReport:
             process(validate_tags(raw, src, cfg.ingest, known_items), path)
 
         quarantine = reduce(DataFrame.unionByName, rejected)
-        q_result = lake.upsert("quarantine", quarantine, schemas.KEYS["quarantine"])
+        q_keys = schemas.KEYS["quarantine"]
+        q_result = lake.upsert("quarantine", keep_first_provenance(lake, "quarantine", quarantine, q_keys), q_keys)
     finally:
         for df in persisted:
             df.unpersist()
     report = IngestReport(lake.context.run_id, cfg.data.dataset, reports, q_result.version)
     record_runs(spark, lake, [t for t in schemas.KEYS if t != "quarantine"])  # this run's, and a killed one's
+    _check_all_quarantined(report, cfg.ingest.fail_on_all_quarantined)
     return report
+
+
+def _check_all_quarantined(report: IngestReport, fail: bool) -> None:
+    """A table with rows read and none accepted is almost always a configuration mistake
+    (wrong column, wrong items file): say so, and fail if ``ingest.fail_on_all_quarantined``."""
+    emptied = [t for t in report.tables if t.read and not t.accepted]
+    for t in emptied:
+        log.warning("every row of %s was quarantined (%s of %s read; reasons %s): check the input and its "
+                    "column mapping", t.table, t.quarantined, t.source, t.reasons)
+    if emptied and fail:
+        names = ", ".join(t.table for t in emptied)
+        raise InputError(f"every row of {names} was quarantined (ingest.fail_on_all_quarantined: true); "
+                         "the reasons are in the quarantine table")

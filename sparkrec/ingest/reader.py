@@ -1,13 +1,19 @@
 """Distributed readers that keep each record's file and line, so a rejected row can be found.
 
-Spark's CSV reader drops malformed rows' positions and can't say which line they came from.
-We read each line whole (a CSV read with a separator and quote that never occur), number
-lines per file with a window over the file's blocks, and parse the line with ``from_csv``
-using the real separator, quote and escape. A line with more fields than the header is
-caught by an extra sentinel column. Line numbers count the file's non-blank lines, which is
-the physical line number for any file without blank lines (Spark's line reader skips them).
+Spark's CSV reader drops malformed rows' positions and can't say which line they came from,
+and it decodes bytes before we see them (invalid bytes become U+FFFD, so "Zo\xeb" and
+"Zo\xe9" read as UTF-8 would both be "Zo\ufffd"). We read each line whole as bytes (Spark's
+text reader keeps them as they are), number lines per file with a window over the file's
+blocks, decode them with the source's declared encoding (a line whose bytes do not survive a
+decode/encode round trip is ``invalid_encoding`` and keeps its bytes, base64), and parse the
+line with ``from_csv`` using the real separator, quote and escape. A sentinel field appended
+to every line lands in an extra column exactly when the line has as many fields as the
+header, so fewer and more fields are both caught (``wrong_field_count``). Line numbers
+count the file's non-blank lines, which is the physical line number for any file without
+blank lines (blank lines are skipped, as Spark's CSV reader does).
 
-Parquet inputs carry the row offset inside their file instead of a line number.
+Parquet inputs carry the row offset inside their file instead of a line number; their
+native timestamp and date columns are kept as ISO-8601 instants (see TIMESTAMP_PATTERN).
 """
 
 from __future__ import annotations
@@ -17,14 +23,19 @@ from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from ..config import CsvOptions
 
-# EXTRA holds why a line is malformed (null when it parsed cleanly).
+# PROBLEM holds a record-level reason (invalid_encoding, wrong_field_count, malformed_record)
+# and EXTRA the detail; both null when the record parsed cleanly. FILE_TIME is the file's
+# modification time (ingest.conflicts: last_by_file_time).
 FILE, LINE, RAW, EXTRA = "_source_file", "_source_line", "_raw", "_malformed"
-_WHOLE_LINE = {"sep": "\u0001", "quote": "", "escape": "", "header": "false",
-               "ignoreLeadingWhiteSpace": "false", "ignoreTrailingWhiteSpace": "false",
-               "nullValue": "\u0002", "mode": "PERMISSIVE"}
+PROBLEM, FILE_TIME = "_problem", "_file_time"
+CARRIED = [PROBLEM, EXTRA, FILE, FILE_TIME, LINE, RAW]  # what every validator keeps beside its fields
+_SENTINEL = "\u0003"
+# How native Parquet timestamps are handed to the validators: an instant with its offset.
+TIMESTAMP_PATTERN = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"
 
 
 class InputError(ValueError):
@@ -33,11 +44,15 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class RawInput:
-    """Parsed fields (all strings, header names) plus provenance columns FILE, LINE, RAW, EXTRA."""
+    """Parsed fields (all strings, header names) plus the CARRIED provenance columns.
+
+    ``timestamp_columns`` are the input's native timestamp / date columns, rendered as
+    TIMESTAMP_PATTERN strings rather than in the source's configured ``timestamp_format``."""
 
     df: DataFrame
     columns: list[str]
     path: str
+    timestamp_columns: frozenset[str] = frozenset()
 
 
 def _header(spark: SparkSession, path: str, opts: CsvOptions) -> list[str]:
@@ -68,13 +83,39 @@ def _number_rows(rows: DataFrame) -> DataFrame:
 
 
 def _provenance() -> list[Column]:
-    return [F.col("_metadata.file_path").alias(FILE), F.col("_metadata.file_block_start").alias("_block"),
-            F.monotonically_increasing_id().alias("_mid")]
+    return [F.col("_metadata.file_path").alias(FILE), F.col("_metadata.file_modification_time").alias(FILE_TIME),
+            F.col("_metadata.file_block_start").alias("_block"), F.monotonically_increasing_id().alias("_mid")]
+
+
+def check_encoding(spark: SparkSession, path: str, encoding: str) -> None:
+    """Spark (Java) decodes, so Java must know the charset; and lines are split on newline
+    bytes before decoding, so the encoding must keep ASCII as it is."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    try:
+        known = bool(jvm.java.nio.charset.Charset.isSupported(encoding))
+    except Exception:  # Java rejects some names outright (IllegalCharsetNameException)
+        known = False
+    if not known:
+        raise InputError(f"{path}: unknown encoding {encoding!r} (csv.encoding)")
+    encoded = jvm.java.nio.charset.Charset.forName(encoding).encode("a,\n")
+    if bytes(jvm.java.util.Arrays.copyOf(encoded.array(), encoded.limit())) != b"a,\n":
+        raise InputError(f"{path}: encoding {encoding!r} is not ASCII-compatible; line-numbered reading "
+                         "needs one (UTF-8, ISO-8859-1, windows-1252, ...) or csv.multiline: true")
 
 
 def _numbered_lines(spark: SparkSession, path: str, opts: CsvOptions) -> DataFrame:
-    lines = (spark.read.options(**_WHOLE_LINE, encoding=opts.encoding).schema("value string").csv(path)
-             .select(F.col("value").alias(RAW), *_provenance()))
+    """Non-blank, numbered lines decoded with ``opts.encoding``; ``_invalid`` marks those whose
+    bytes are not valid in it, and their RAW keeps the bytes as ``base64:...``."""
+    check_encoding(spark, path, opts.encoding)
+    raw_bytes = F.col("value").cast("binary")
+    text = F.decode(raw_bytes, opts.encoding)
+    invalid = F.encode(text, opts.encoding) != raw_bytes  # the bytes do not survive a round trip
+    lines = (spark.read.text(path)
+             .select(text.alias("_text"), invalid.alias("_invalid"),
+                     F.when(invalid, F.concat(F.lit("base64:"), F.base64(raw_bytes))).otherwise(text).alias(RAW),
+                     *_provenance())
+             .filter(F.trim(F.col("_text")) != ""))
     return _number_rows(lines)
 
 
@@ -87,13 +128,32 @@ def read_csv(spark: SparkSession, path: str, opts: CsvOptions) -> RawInput:
     ddl = ", ".join(f"`{c}` string" for c in [*columns, EXTRA])
     parse_opts = {"sep": opts.sep, "quote": opts.quote, "escape": opts.escape, "mode": "PERMISSIVE"}
     lines = _numbered_lines(spark, path, opts).filter(F.col(LINE) > 1)  # drop each file's header
-    parsed = lines.withColumn("_rec", F.from_csv(F.col(RAW), ddl, parse_opts))
+    # The sentinel is the (n+1)th field exactly when the line has the header's n fields.
+    with_sentinel = F.concat(F.col("_text"), F.lit(opts.sep + _SENTINEL))
+    parsed = lines.withColumn("_rec", F.from_csv(with_sentinel, ddl, parse_opts))
     fields = [F.col(f"_rec.`{c}`").alias(c) for c in columns]
-    problem = (F.when(_unbalanced_quotes(F.col(RAW), opts),
-                      F.lit("unterminated quoted field: a record split across lines? (csv.multiline: true)"))
-               .when(F.col(f"_rec.`{EXTRA}`").isNotNull(),
-                     F.concat(F.lit("more fields than the header: "), F.col(f"_rec.`{EXTRA}`"))))
-    return RawInput(parsed.select(*fields, problem.alias(EXTRA), FILE, LINE, RAW), columns, path)
+    extra = F.col(f"_rec.`{EXTRA}`")
+    n_fields = F.array_position(F.array(*[F.col(f"_rec.`{c}`") for c in columns]), _SENTINEL) - 1
+    problem, detail = _first_problem(
+        (F.col("_invalid"), "invalid_encoding", F.lit(f"bytes not valid in {opts.encoding}")),
+        (_unbalanced_quotes(F.col("_text"), opts), "malformed_record",
+         F.lit("unterminated quoted field: a record split across lines? (csv.multiline: true)")),
+        (extra.isNull(), "wrong_field_count",
+         F.concat(n_fields.cast("string"), F.lit(f" fields, the header has {len(columns)}"))),
+        (extra != _SENTINEL, "wrong_field_count", F.lit(f"more than the header's {len(columns)} fields")),
+    )
+    out = parsed.select(*fields, problem.alias(PROBLEM), detail.alias(EXTRA), FILE, FILE_TIME, LINE, RAW)
+    return RawInput(out, columns, path)
+
+
+def _first_problem(*checks: tuple[Column, str, Column]) -> tuple[Column, Column]:
+    """(reason, detail) of the first check that holds, both null when none does."""
+    reason: Column = F.lit(None).cast("string")
+    detail: Column = F.lit(None).cast("string")
+    for failed, name, why in reversed(checks):
+        reason = F.when(failed, F.lit(name)).otherwise(reason)
+        detail = F.when(failed, why).otherwise(detail)
+    return reason, detail
 
 
 def _unbalanced_quotes(line: Column, opts: CsvOptions) -> Column:
@@ -108,29 +168,42 @@ def _unbalanced_quotes(line: Column, opts: CsvOptions) -> Column:
 
 
 def _read_csv_multiline(spark: SparkSession, path: str, opts: CsvOptions, columns: list[str]) -> RawInput:
+    """Spark's multiLine reader: a record whose field count differs from the header is a
+    corrupt record; bytes are decoded by Spark, so invalid ones cannot be told apart."""
     ddl = ", ".join(f"`{c}` string" for c in columns) + f", `{RAW}` string"
     df = (spark.read.options(sep=opts.sep, quote=opts.quote, escape=opts.escape, encoding=opts.encoding,
                              header="true", multiLine="true", mode="PERMISSIVE",
                              columnNameOfCorruptRecord=RAW)
           .schema(ddl).csv(path))
     raw = F.coalesce(F.col(RAW), F.to_json(F.struct(*[F.col(f"`{c}`") for c in columns])))
+    corrupt = F.col(RAW).isNotNull()
     df = df.select(*[F.col(f"`{c}`") for c in columns],
-                   F.when(F.col(RAW).isNotNull(), F.lit("not parsable as CSV")).alias(EXTRA),
-                   F.col("_metadata.file_path").alias(FILE), F.lit(None).cast("long").alias(LINE),
-                   raw.alias(RAW))
+                   F.when(corrupt, F.lit("malformed_record")).alias(PROBLEM),
+                   F.when(corrupt, F.lit("not parsable as CSV")).alias(EXTRA),
+                   F.col("_metadata.file_path").alias(FILE),
+                   F.col("_metadata.file_modification_time").alias(FILE_TIME),
+                   F.lit(None).cast("long").alias(LINE), raw.alias(RAW))
     return RawInput(df, columns, path)
 
 
 def read_parquet(spark: SparkSession, path: str) -> RawInput:
     df = spark.read.parquet(path)
     columns = list(df.columns)
-    casted = [F.col(f"`{c}`").cast("string").alias(c) for c in columns]
+    temporal = frozenset(f.name for f in df.schema.fields
+                         if isinstance(f.dataType, T.TimestampType | T.TimestampNTZType | T.DateType))
+
+    def as_string(c: str) -> Column:
+        if c in temporal:  # an instant with its offset: no time zone or precision is lost
+            return F.date_format(F.col(f"`{c}`").cast("timestamp"), TIMESTAMP_PATTERN).alias(c)
+        return F.col(f"`{c}`").cast("string").alias(c)
+
     # Parquet has no lines: the row's 0-based offset inside its file plays that role.
-    numbered = _number_rows(df.select(*casted, *_provenance()))
-    out = numbered.select(*columns, F.lit(None).cast("string").alias(EXTRA), FILE,
+    numbered = _number_rows(df.select(*[as_string(c) for c in columns], *_provenance()))
+    out = numbered.select(*columns, F.lit(None).cast("string").alias(PROBLEM),
+                          F.lit(None).cast("string").alias(EXTRA), FILE, FILE_TIME,
                           (F.col(LINE) - 1).alias(LINE),
                           F.to_json(F.struct(*[F.col(f"`{c}`") for c in columns])).alias(RAW))
-    return RawInput(out, columns, path)
+    return RawInput(out, columns, path, temporal)
 
 
 def read_input(spark: SparkSession, path: str, fmt: str, opts: CsvOptions) -> RawInput:

@@ -9,15 +9,15 @@ from pyspark.sql import functions as F
 
 from .. import schemas
 from ..config import GenericSource, IngestConfig
-from .reader import EXTRA, FILE, LINE, RAW, RawInput, require_columns
+from .reader import CARRIED, FILE, LINE, RawInput, require_columns
 from .validate import (
     Validated,
     apply_rules,
     cleaned,
     id_rules,
-    malformed_rule,
     parse_timestamp,
     rating_rules,
+    record_rules,
     reject_duplicates,
     reject_unknown_items,
     stable_id,
@@ -35,8 +35,13 @@ def _item_id(col: str, src: GenericSource) -> F.Column:
     return F.upper(value) if src.item_id_uppercase else value
 
 
+def _event_time(raw: RawInput, column: str | None, fmt: str) -> F.Column:
+    """Native Parquet timestamps come as instants, whatever ``timestamp_format`` says."""
+    return parse_timestamp(F.col("ts_raw"), fmt, native=column in raw.timestamp_columns)
+
+
 def _keep(raw: RawInput, **columns: F.Column) -> DataFrame:
-    return raw.df.select(*[c.alias(n) for n, c in columns.items()], EXTRA, FILE, LINE, RAW)
+    return raw.df.select(*[c.alias(n) for n, c in columns.items()], *CARRIED)
 
 
 def validate_interactions(raw: RawInput, src: GenericSource, cfg: IngestConfig,
@@ -49,23 +54,23 @@ def validate_interactions(raw: RawInput, src: GenericSource, cfg: IngestConfig,
                rating_raw=cleaned(cols.rating, nt), ts_raw=cleaned(cols.timestamp, nt),
                event_id_raw=cleaned(cols.event_id, nt))
     df = df.withColumns({"rating": F.col("rating_raw").cast("double"),
-                         "event_time": parse_timestamp(F.col("ts_raw"), spec.timestamp_format)})
-    rules = [malformed_rule(),
+                         "event_time": _event_time(raw, cols.timestamp, spec.timestamp_format)})
+    rules = [*record_rules(),
              *id_rules("user_id", F.col("user_id"), src.user_id_pattern),
              *id_rules("item_id", F.col("item_id"), src.item_id_pattern)]
     if cols.event_id:
         rules += id_rules("event_id", F.col("event_id_raw"), None)
     rules += rating_rules(F.col("rating_raw"), F.col("rating"), src.rating_min, src.rating_max)
-    rules += timestamp_rules("timestamp", F.col("ts_raw"), F.col("event_time"), cfg)
+    rules += timestamp_rules("timestamp", F.col("ts_raw"), F.col("event_time"), cfg, cols.timestamp is not None)
     df = apply_rules(df, rules)
     # Without a source event id, an event is (user, item, time): the same triple twice is one event.
     event_id = F.col("event_id_raw") if cols.event_id else stable_id(
         F.col("user_id"), F.col("item_id"), F.col("event_time"))
     df = df.withColumn("event_id", event_id)
     df = reject_unknown_items(df, known_items, cfg)
-    df = reject_duplicates(df, ["event_id"], ["rating"], "event")
+    df = reject_duplicates(df, ["event_id"], ["rating"], "event", cfg.conflicts)
     out = df.select("event_id", "user_id", "item_id", "rating", "event_time", *_provenance(),
-                    EXTRA, FILE, LINE, RAW, "_reason", "_field", "_value")
+                    *CARRIED, "_reason", "_field", "_value")
     return Validated("interactions", out, schemas.INTERACTIONS.names)
 
 
@@ -105,11 +110,11 @@ def validate_items(raw: RawInput, src: GenericSource, cfg: IngestConfig) -> Vali
     year = F.col("year_raw").cast("int")
     valid_year = year.between(cfg.year_min, dt.date.today().year + 1)
     df = df.withColumn("year", F.when(valid_year, year))
-    df = apply_rules(df, [malformed_rule(), *id_rules("item_id", F.col("item_id"), src.item_id_pattern)])
+    df = apply_rules(df, [*record_rules(), *id_rules("item_id", F.col("item_id"), src.item_id_pattern)])
     df = reject_duplicates(df, ["item_id"], ["title", "description", "authors", "genres", "publisher", "year_raw"],
-                           "item_id")
+                           "item_id", cfg.conflicts)
     df = df.select(*[c for c in schemas.ITEMS.names if c not in ("source_file", "source_line")],
-                   *_provenance(), "year_raw", EXTRA, FILE, LINE, RAW, "_reason", "_field", "_value")
+                   *_provenance(), "year_raw", *CARRIED, "_reason", "_field", "_value")
     cleaned_counts = {"year_cleared": F.col("year_raw").isNotNull() & F.col("year").isNull()}
     return Validated("items", df, schemas.ITEMS.names, cleaned_counts)
 
@@ -123,10 +128,10 @@ def validate_users(raw: RawInput, src: GenericSource, cfg: IngestConfig) -> Vali
                age_raw=cleaned(cols.age, nt))
     age = F.col("age_raw").cast("int")
     df = df.withColumn("age", F.when(age.between(cfg.age_min, cfg.age_max), age))
-    df = apply_rules(df, [malformed_rule(), *id_rules("user_id", F.col("user_id"), src.user_id_pattern)])
-    df = reject_duplicates(df, ["user_id"], ["location", "age_raw"], "user_id")
+    df = apply_rules(df, [*record_rules(), *id_rules("user_id", F.col("user_id"), src.user_id_pattern)])
+    df = reject_duplicates(df, ["user_id"], ["location", "age_raw"], "user_id", cfg.conflicts)
     df = df.select("user_id", "location", "age", *_provenance(), "age_raw",
-                   EXTRA, FILE, LINE, RAW, "_reason", "_field", "_value")
+                   *CARRIED, "_reason", "_field", "_value")
     cleaned_counts = {"age_cleared": F.col("age_raw").isNotNull() & F.col("age").isNull()}
     return Validated("users", df, schemas.USERS.names, cleaned_counts)
 
@@ -140,17 +145,17 @@ def validate_tags(raw: RawInput, src: GenericSource, cfg: IngestConfig,
     nt = src.null_tokens
     df = _keep(raw, user_id=cleaned(cols.user, nt), item_id=_item_id(cols.item, src),
                tag=cleaned(cols.tag, nt), ts_raw=cleaned(cols.timestamp, nt))
-    df = df.withColumn("event_time", parse_timestamp(F.col("ts_raw"), spec.timestamp_format))
-    rules = [malformed_rule(),
+    df = df.withColumn("event_time", _event_time(raw, cols.timestamp, spec.timestamp_format))
+    rules = [*record_rules(),
              *id_rules("user_id", F.col("user_id"), src.user_id_pattern),
              *id_rules("item_id", F.col("item_id"), src.item_id_pattern),
              *id_rules("tag", F.col("tag"), None),
-             *timestamp_rules("timestamp", F.col("ts_raw"), F.col("event_time"), cfg)]
+             *timestamp_rules("timestamp", F.col("ts_raw"), F.col("event_time"), cfg, cols.timestamp is not None)]
     df = apply_rules(df, rules)
     df = df.withColumn("tag_id", stable_id(F.col("user_id"), F.col("item_id"), F.lower(F.col("tag")),
                                            F.col("event_time")))
     df = reject_unknown_items(df, known_items, cfg)
-    df = reject_duplicates(df, ["tag_id"], ["tag"], "tag")
+    df = reject_duplicates(df, ["tag_id"], ["tag"], "tag", cfg.conflicts)
     df = df.select("tag_id", "user_id", "item_id", "tag", "event_time", *_provenance(),
-                   EXTRA, FILE, LINE, RAW, "_reason", "_field", "_value")
+                   *CARRIED, "_reason", "_field", "_value")
     return Validated("tags", df, schemas.TAGS.names)

@@ -4,6 +4,9 @@ Rules are ordered; the first that fails names the row's reason, so per-reason co
 up to the quarantined total and ``read = accepted + quarantined`` always holds. Rules that
 need the whole input (duplicates, unknown items) run after the per-row ones, over the rows
 still standing, so a malformed row never hides a good one as its "duplicate".
+
+Record-level problems found by the reader (bad bytes, a wrong number of fields, a broken
+quote) come first: such a line's fields cannot be trusted for any later rule.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from ..config import IngestConfig
-from .reader import EXTRA, FILE, LINE, RAW
+from .reader import EXTRA, FILE, FILE_TIME, LINE, PROBLEM, RAW, TIMESTAMP_PATTERN
 
 REASON, FIELD, VALUE = "_reason", "_field", "_value"
+# Ratings feed float32 weights and sums: beyond float32's range they overflow to infinity.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,10 @@ def id_rules(name: str, value: Column, pattern: str | None) -> list[Rule]:
     return rules
 
 
-def parse_timestamp(raw: Column, fmt: str) -> Column:
+def parse_timestamp(raw: Column, fmt: str, native: bool = False) -> Column:
+    """``native``: the input column was a Parquet timestamp / date, rendered by the reader."""
+    if native:
+        return F.to_timestamp(raw, TIMESTAMP_PATTERN)
     if fmt == "unix":
         return F.when(raw.rlike(r"^-?\d+$"), F.timestamp_seconds(raw.cast("long")))
     if fmt == "unix_ms":
@@ -77,10 +85,14 @@ def parse_timestamp(raw: Column, fmt: str) -> Column:
     return F.to_timestamp(raw, fmt)
 
 
-def timestamp_rules(name: str, raw: Column, parsed: Column, cfg: IngestConfig) -> list[Rule]:
+def timestamp_rules(name: str, raw: Column, parsed: Column, cfg: IngestConfig, required: bool) -> list[Rule]:
+    """``required``: the source declares the column, so an empty value is an error, not an
+    event of unknown time (which would sort as the user's oldest by its file position)."""
     upper = cfg.timestamp_max or (dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
     lower = F.lit(cfg.timestamp_min).cast("timestamp")
+    missing = [Rule(f"missing_{name}", name, raw.isNull(), raw)] if required else []
     return [
+        *missing,
         Rule(f"unparsable_{name}", name, raw.isNotNull() & parsed.isNull(), raw),
         Rule(f"{name}_out_of_range", name,
              parsed.isNotNull() & ((parsed < lower) | (parsed > F.lit(upper).cast("timestamp"))), raw),
@@ -88,7 +100,9 @@ def timestamp_rules(name: str, raw: Column, parsed: Column, cfg: IngestConfig) -
 
 
 def rating_rules(raw: Column, parsed: Column, lo: float | None, hi: float | None) -> list[Rule]:
-    rules = [Rule("unparsable_rating", "rating", raw.isNotNull() & (parsed.isNull() | F.isnan(parsed)), raw)]
+    """A rating may be absent (implicit); present, it must be a finite number, range or not."""
+    rules = [Rule("unparsable_rating", "rating", raw.isNotNull() & parsed.isNull(), raw),
+             Rule("non_finite_rating", "rating", F.isnan(parsed) | (F.abs(parsed) > FLOAT32_MAX), raw)]
     if lo is not None or hi is not None:
         out = F.lit(False)
         if lo is not None:
@@ -99,8 +113,10 @@ def rating_rules(raw: Column, parsed: Column, lo: float | None, hi: float | None
     return rules
 
 
-def malformed_rule() -> Rule:
-    return Rule("malformed_record", "*", F.col(EXTRA).isNotNull(), F.col(EXTRA))
+def record_rules() -> list[Rule]:
+    """The reader's record-level verdicts, in its order of precedence."""
+    return [Rule(reason, "*", F.col(PROBLEM) == reason, F.col(EXTRA))
+            for reason in ("invalid_encoding", "malformed_record", "wrong_field_count")]
 
 
 # --------------------------------------------------------------------------- rule application
@@ -126,18 +142,32 @@ def reject_where(df: DataFrame, reason: str, field_name: str, failed: Column, va
     })
 
 
-def reject_duplicates(df: DataFrame, key: list[str], content: list[str], key_name: str) -> DataFrame:
-    """Among accepted rows, keeps the first (by file, line) of each key. Later copies are
-    ``duplicate_row`` when identical in ``content``, else ``duplicate_<key_name>`` (a conflict)."""
+def reject_duplicates(df: DataFrame, key: list[str], content: list[str], key_name: str,
+                      conflicts: str = "first") -> DataFrame:
+    """Among accepted rows, one per key survives. Exact copies (same ``content``) are
+    ``duplicate_row``; versions that disagree are a conflict, settled by ``conflicts``
+    (``ingest.conflicts``): ``first`` keeps the first by file name and line, ``last_by_file_time``
+    the last line of the most recently modified file (a correction in a later file wins), and
+    the losers are ``duplicate_<key_name>``; ``reject`` quarantines every version of the key
+    as ``conflicting_<key_name>``."""
     ok = F.col(REASON).isNull()
-    order = [F.col(FILE), F.col(LINE)]
+    if conflicts == "last_by_file_time":
+        order = [F.col(FILE_TIME).desc_nulls_last(), F.col(FILE).desc(), F.col(LINE).desc()]
+    else:
+        order = [F.col(FILE), F.col(LINE)]
     same = Window.partitionBy(ok, *key, *content).orderBy(*order)
-    by_key = Window.partitionBy(ok, *key).orderBy(*order)
-    df = df.withColumns({"_dup_same": F.row_number().over(same), "_dup_key": F.row_number().over(by_key)})
+    by_key = Window.partitionBy(ok, *key)
+    version = F.xxhash64(F.to_json(F.struct(*[F.col(c) for c in content])))  # to_json keeps nulls apart
+    df = df.withColumns({"_dup_same": F.row_number().over(same),
+                         "_dup_key": F.row_number().over(by_key.orderBy(*order)),
+                         "_versions": F.min(version).over(by_key) != F.max(version).over(by_key)})
     df = reject_where(df, "duplicate_row", "*", F.col("_dup_same") > 1, F.lit(None))
-    df = reject_where(df, f"duplicate_{key_name}", key_name, F.col("_dup_key") > 1,
-                      F.concat_ws("|", *[F.col(k).cast("string") for k in key]))
-    return df.drop("_dup_same", "_dup_key")
+    key_value = F.concat_ws("|", *[F.col(k).cast("string") for k in key])
+    if conflicts == "reject":
+        df = reject_where(df, f"conflicting_{key_name}", key_name, F.col("_versions"), key_value)
+    else:
+        df = reject_where(df, f"duplicate_{key_name}", key_name, F.col("_dup_key") > 1, key_value)
+    return df.drop("_dup_same", "_dup_key", "_versions")
 
 
 def reject_unknown_items(df: DataFrame, known_items: DataFrame | None, cfg: IngestConfig) -> DataFrame:
@@ -149,7 +179,10 @@ def reject_unknown_items(df: DataFrame, known_items: DataFrame | None, cfg: Inge
 
 
 def to_quarantine(rejected: DataFrame, table: str) -> DataFrame:
-    record_id = F.xxhash64(F.lit(table), F.col(FILE), F.col(LINE), F.col(RAW)).cast("string")
+    """Keyed by what was rejected and why (table, file, record, reason, and which copy of an
+    identical record it is), not by line: a re-run, or a line inserted above, adds no copies."""
+    copy = F.row_number().over(Window.partitionBy(FILE, RAW, REASON).orderBy(LINE))
+    record_id = stable_id(F.lit(table), F.col(FILE), F.col(RAW), F.col(REASON), copy)
     return rejected.select(
         record_id.alias("record_id"), F.lit(table).alias("target_table"), F.col(FILE).alias("source_file"),
         F.col(LINE).alias("source_line"), F.col(REASON).alias("reason"), F.col(FIELD).alias("field"),
