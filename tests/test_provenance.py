@@ -13,7 +13,7 @@ from sparkrec import schemas
 from sparkrec.baselines import MostPopular
 from sparkrec.cli import main
 from sparkrec.config import load_config
-from sparkrec.errors import ProvenanceError
+from sparkrec.errors import ModelNotFoundError, ProvenanceError
 from sparkrec.lake import DeltaRsLake, RunContext
 from sparkrec.model.store import log_recommender, resolve_run
 
@@ -91,6 +91,18 @@ def test_a_changed_catalogue_is_refused_and_added_items_are_not(spark, two_lakes
         assert resolve_run(cfg, a).run_id == run_id
     finally:
         a.overwrite("item_index", item_index(spark, ITEMS))
+
+
+def test_a_lake_path_with_a_quote_neither_breaks_nor_widens_the_lookup(spark, two_lakes, tmp_path):
+    """Tag values used to be written into MLflow's filter string (issue 15, finding 6)."""
+    _, _, run_id, ml = two_lakes
+    quoted = tiny_lake(spark, tmp_path / "o'brien", every_table=False)
+    cfg = config(quoted, ml, "recommend.model=most_popular")
+    with pytest.raises(ModelNotFoundError, match="in lake"):  # lake A's run is not this lake's
+        resolve_run(cfg, quoted)
+    own = log_recommender(MostPopular().fit(quoted.read("events").withColumn("part", F.lit("train"))),
+                          cfg, quoted, "none")
+    assert resolve_run(cfg, quoted).run_id == own != run_id
 
 
 def test_evaluate_refuses_a_hybrid_of_another_lake_before_writing(two_lakes):
