@@ -33,7 +33,7 @@ def tiny_lake(spark, root, ids: list[str] = ITEMS, every_table: bool = True) -> 
                                     for u, i in [(0, 0), (0, 1), (1, 0), (1, 2)]], schemas.EVENTS)
     lake.overwrite("events", events)
     if every_table:
-        lake.overwrite("user_index", spark.createDataFrame([("u0", 0), ("u1", 1)], schemas.USER_INDEX))
+        lake.overwrite("user_index", spark.createDataFrame([("A'Connor", 0), ("u1", 1)], schemas.USER_INDEX))
         features = [(i, item) + (None,) * (len(schemas.ITEM_FEATURES.names) - 2) for i, item in enumerate(ids)]
         lake.overwrite("item_features", spark.createDataFrame(features, schemas.ITEM_FEATURES))
         lake.overwrite("split_temporal_loo", events.withColumn("part", F.lit("train")))
@@ -125,3 +125,15 @@ def test_cli_recommend_one_line_exit_2(two_lakes, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no finished hybrid run" in err[0] and "run `sparkrec train" in err[0]
     assert not b.exists("recommendations")
+
+
+def test_cli_recommend_serves_a_user_id_with_a_quote(two_lakes, capsys):
+    """Regression (issue 15, finding 6; fixed in cdcd79f): the CLI's summary filtered by an
+    interpolated SQL string and crashed on this id after the write."""
+    _, b, _, ml = two_lakes
+    args = [f"lake.root={b.root}", "lake.namespace=shop", f"train.mlflow_uri={ml}", "logging.level=WARNING",
+            "recommend.model=most_popular", "recommend.k=2"]
+    cfg = config(b, ml, *args[3:])
+    log_recommender(MostPopular().fit(b.read("events").withColumn("part", F.lit("train"))), cfg, b, "none")
+    assert main(["recommend", *args]) == 0
+    assert "recommendations for user A'Connor" in capsys.readouterr().out
