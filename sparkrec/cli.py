@@ -113,9 +113,23 @@ def _evaluate(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> 
     return summary
 
 
-# Stage order is the pipeline's order; evaluate is run on its own (it fits every baseline).
+def _stream(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from .stream import run_stream
+
+    return run_stream(cfg, spark, lake)
+
+
+def _replay(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from .stream import run_replay
+
+    return run_replay(cfg, spark, getattr(args, "rate", None) or 0.0, getattr(args, "limit", None))
+
+
+# Stage order is the pipeline's order; evaluate is run on its own (it fits every baseline),
+# stream and replay run until stopped or done.
 STAGES: dict[str, StageFn] = {"ingest": _ingest, "features": _features, "embed": _embed, "train": _train,
-                             "recommend": _recommend, "evaluate": _evaluate}
+                             "recommend": _recommend, "evaluate": _evaluate, "stream": _stream,
+                             "replay": _replay}
 PIPELINE = ("ingest", "features", "embed", "train", "recommend")
 
 
@@ -127,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="YAML config (default: $SPARKREC_CONF, else built-in defaults)")
     parser.add_argument("--users", help="recommend: refresh only the user_ids listed in this file (one a line)")
     parser.add_argument("--report", help="evaluate: where to write the HTML report (default: evaluation.report_dir)")
+    parser.add_argument("--rate", type=float, help="replay: events per second (default: as fast as possible)")
+    parser.add_argument("--limit", type=int, help="replay: at most this many events")
     parser.add_argument("--debug", action="store_true", help="print the traceback of any failure")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides "
                         "(recommend-text: the interest text first, in quotes)")

@@ -493,6 +493,27 @@ class RecommendConfig(StrictModel):
     filters: RecommendFilters = Field(default_factory=RecommendFilters)
 
 
+class StreamConfig(StrictModel):
+    """``sparkrec stream`` / ``sparkrec replay`` (owned by sparkrec.stream)."""
+
+    source: Literal["files", "kafka", "delta"] = "files"
+    path: str = "./landing"  # files: the landing directory; delta: the source table's path
+    # The landing files' format (None: the dataset's interactions format); columns and CSV
+    # options are the dataset's interactions', so validation is ingest's own.
+    format: Literal["csv", "json", "parquet"] | None = None
+    trigger_seconds: float = Field(1.0, ge=0)  # 0: the next micro-batch as soon as one ends
+    max_files_per_trigger: int = Field(100, gt=0)
+    checkpoint: str | None = None  # None: <train.workdir>/stream/<namespace>/checkpoint
+    available_now: bool = False  # process what has landed, then stop (tests, catch-up runs)
+    # Kafka (needs the spark-sql-kafka package on the cluster): each value is one event as JSON.
+    kafka_brokers: str | None = None
+    kafka_topic: str | None = None
+    kafka_starting_offsets: str = "latest"
+    # replay: the last fraction of events by time, written in order as files of `replay_batch` events.
+    replay_fraction: float = Field(0.2, gt=0, le=1)
+    replay_batch: int = Field(50, gt=0)
+
+
 class LoggingConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -509,6 +530,7 @@ class Config(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property

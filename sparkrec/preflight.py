@@ -46,6 +46,8 @@ NEEDS: dict[str, dict[str, str]] = {
     "train": {"events": "features", "item_features": "features", "user_index": "features"},
     "recommend": {"events": "features", "item_features": "features", "user_index": "features"},
     "evaluate": {"item_index": "features", "item_features": "features"},
+    "stream": {"interactions": "ingest", "events": "features", "user_index": "features", "item_index": "features",
+               "item_features": "features"},
 }
 
 

@@ -187,8 +187,25 @@ def _read_csv_multiline(spark: SparkSession, path: str, opts: CsvOptions, column
 
 
 def read_parquet(spark: SparkSession, path: str) -> RawInput:
-    df = spark.read.parquet(path)
-    columns = list(df.columns)
+    return _read_columnar(spark.read.parquet(path), path, first_line=0)
+
+
+def read_json(spark: SparkSession, path: str) -> RawInput:
+    """JSON lines, every value read as text (like CSV fields); a line that is not a JSON
+    object is a ``malformed_record``, not a dropped row."""
+    df = spark.read.options(primitivesAsString="true", mode="PERMISSIVE",
+                            columnNameOfCorruptRecord=_CORRUPT).json(path)
+    return _read_columnar(df, path, first_line=1)
+
+
+_CORRUPT = "_corrupt_record"
+
+
+def _read_columnar(df: DataFrame, path: str, first_line: int) -> RawInput:
+    """Parquet or JSON: typed columns rendered as strings; LINE counts rows from ``first_line``
+    (Parquet has no lines: its 0-based row offset; JSON lines: the 1-based line)."""
+    corrupt = _CORRUPT in df.columns
+    columns = [c for c in df.columns if c != _CORRUPT]
     temporal = frozenset(f.name for f in df.schema.fields
                          if isinstance(f.dataType, T.TimestampType | T.TimestampNTZType | T.DateType))
 
@@ -197,18 +214,21 @@ def read_parquet(spark: SparkSession, path: str) -> RawInput:
             return F.date_format(F.col(f"`{c}`").cast("timestamp"), TIMESTAMP_PATTERN).alias(c)
         return F.col(f"`{c}`").cast("string").alias(c)
 
-    # Parquet has no lines: the row's 0-based offset inside its file plays that role.
-    numbered = _number_rows(df.select(*[as_string(c) for c in columns], *_provenance()))
-    out = numbered.select(*columns, F.lit(None).cast("string").alias(PROBLEM),
-                          F.lit(None).cast("string").alias(EXTRA), FILE, FILE_TIME,
-                          (F.col(LINE) - 1).alias(LINE),
-                          F.to_json(F.struct(*[F.col(f"`{c}`") for c in columns])).alias(RAW))
+    bad = F.col(_CORRUPT) if corrupt else F.lit(None).cast("string")
+    numbered = _number_rows(df.select(*[as_string(c) for c in columns], bad.alias(_CORRUPT), *_provenance()))
+    out = numbered.select(*columns, F.when(F.col(_CORRUPT).isNotNull(), F.lit("malformed_record")).alias(PROBLEM),
+                          F.col(_CORRUPT).alias(EXTRA), FILE, FILE_TIME,
+                          (F.col(LINE) - 1 + first_line).alias(LINE),
+                          F.coalesce(F.col(_CORRUPT), F.to_json(F.struct(*[F.col(f"`{c}`") for c in columns])))
+                          .alias(RAW))
     return RawInput(out, columns, path, temporal)
 
 
 def read_input(spark: SparkSession, path: str, fmt: str, opts: CsvOptions) -> RawInput:
     if fmt == "parquet":
         return read_parquet(spark, path)
+    if fmt == "json":
+        return read_json(spark, path)
     return read_csv(spark, path, opts)
 
 

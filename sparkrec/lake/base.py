@@ -63,10 +63,16 @@ class RunContext:
     stage: str = "adhoc"
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     extra: dict[str, str] = field(default_factory=dict)
+    # (app id, version): an application transaction recorded with the commit (Delta's txn
+    # action), so a replayed streaming micro-batch can tell that it already committed.
+    txn: tuple[str, int] | None = None
 
     def metadata(self, operation: str) -> dict[str, str]:
-        return {"sparkrec.run_id": self.run_id, "sparkrec.stage": self.stage,
+        meta = {"sparkrec.run_id": self.run_id, "sparkrec.stage": self.stage,
                 "sparkrec.operation": operation, **self.extra}
+        if self.txn:
+            meta.update({"sparkrec.txn_app_id": self.txn[0], "sparkrec.txn_version": str(self.txn[1])})
+        return meta
 
 
 def row_hash(df: DataFrame, keys: list[str]) -> DataFrame:
@@ -160,6 +166,11 @@ class Lake(abc.ABC):
         """The newest commit that changed rows (a vacuum's commits are skipped), or None: whose
         run the table's current contents come from."""
         return next((h for h in self.history(table) if h.get("sparkrec.operation") in DATA_OPERATIONS), None)
+
+    def transaction_version(self, table: str, app_id: str) -> int | None:
+        """The latest version ``app_id`` committed to ``table`` with :attr:`RunContext.txn`
+        (None: none, or no table)."""
+        raise LakeError(f"{self.engine}: application transactions are not supported (table {table!r})")
 
     # -- maintenance -----------------------------------------------------------------------
     @abc.abstractmethod

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import DeltaTable
+from deltalake import DeltaTable, Transaction
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
@@ -245,7 +245,11 @@ class DeltaRsLake(Lake):
         meta.update({f"sparkrec.{k}": str(v) for k, v in counts.items()})
         meta.update({"sparkrec.read_version": str(read_version), "sparkrec.write_id": write_id})
         # No retries inside delta-rs: on a lost race it would commit this plan on top anyway.
-        return CommitProperties(custom_metadata=meta, max_commit_retries=0)
+        txns = [Transaction(*self.context.txn)] if self.context.txn else None
+        return CommitProperties(custom_metadata=meta, max_commit_retries=0, app_transactions=txns)
+
+    def transaction_version(self, table: str, app_id: str) -> int | None:
+        return self._open(table).transaction_version(app_id) if self.exists(table) else None
 
     def _latest(self, table: str) -> int:
         return self.version(table) if self.exists(table) else NO_TABLE

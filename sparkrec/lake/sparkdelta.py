@@ -32,6 +32,20 @@ class SparkDeltaLake(Lake):
         meta = self.context.metadata(operation)
         meta.update({f"sparkrec.{k}": str(v) for k, v in counts.items()})
         self.spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", json.dumps(meta))
+        # Delta's own idempotent-write check (txnAppId/txnVersion); untested here (no delta jar).
+        for key, value in zip(("txnAppId", "txnVersion"), self.context.txn or (), strict=False):
+            self.spark.conf.set(f"spark.databricks.delta.write.{key}", str(value))
+        if not self.context.txn:
+            for key in ("txnAppId", "txnVersion"):
+                self.spark.conf.unset(f"spark.databricks.delta.write.{key}")
+
+    def transaction_version(self, table: str, app_id: str) -> int | None:
+        """From the commits' sparkrec metadata (the txn action itself is not in ``history()``)."""
+        if not self.exists(table):
+            return None
+        versions = [int(h["sparkrec.txn_version"]) for h in self.history(table)
+                    if h.get("sparkrec.txn_app_id") == app_id and "sparkrec.txn_version" in h]
+        return max(versions, default=None)
 
     def exists(self, table: str) -> bool:
         if self.catalog:

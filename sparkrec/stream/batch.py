@@ -1,0 +1,132 @@
+"""One micro-batch: validate as ingest does, MERGE the events, refresh the affected users.
+
+Each step reuses the batch stage that owns it (ingest's reader, rules, quarantine and
+MERGE; features' index, event and history builders; recommend's partial refresh), so a
+streamed event ends up exactly as a batch ``ingest`` + ``features`` + ``recommend --users``
+would have written it. The served model is not retrained: the user tower reads the users'
+new histories, which is what moves their lists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .. import schemas
+from ..config import Config
+from ..features.events import build_events
+from ..features.indexing import extend_index
+from ..features.tables import user_histories
+from ..ingest.job import _summarise, _write
+from ..ingest.presets import resolve_source
+from ..ingest.provenance import keep_first_provenance
+from ..ingest.reader import FILE_TIME, read_input
+from ..ingest.tables import validate_interactions
+from ..lake import Lake
+from ..logs import get_logger, log_fields
+from .once import BatchTxn
+
+log = get_logger("stream")
+
+EVENT_KEYS = ["user_idx", "item_idx", "seq"]  # an event of the features stage: (user, item, time)
+BATCHES = "stream_batches"
+BATCHES_SCHEMA = T.StructType([
+    T.StructField("app_id", T.StringType()), T.StructField("batch_id", T.LongType()),
+    T.StructField("files", T.IntegerType()), T.StructField("read", T.LongType()),
+    T.StructField("accepted", T.LongType()), T.StructField("quarantined", T.LongType()),
+    T.StructField("reasons", T.StringType()), T.StructField("users_refreshed", T.LongType()),
+    T.StructField("seconds", T.DoubleType()), T.StructField("lag_seconds", T.DoubleType()),
+    T.StructField("committed_at", T.TimestampType())])
+
+
+@dataclass
+class BatchReport:
+    batch_id: int
+    files: int
+    read: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    users_refreshed: int = 0
+    skipped: list[str] = field(default_factory=list)  # tables this (replayed) batch had committed
+    seconds: float = 0.0
+    lag_seconds: float | None = None  # the oldest file's landing -> the batch's last commit
+
+
+def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str], fmt: str, txn: BatchTxn,
+                  refresh: bool = True) -> BatchReport:
+    """Folds the events in ``files`` into the lake; ``refresh``: and rescores their users."""
+    started = time.perf_counter()
+    src = resolve_source(cfg.data)
+    raw = read_input(spark, files, fmt, src.interactions.csv)  # type: ignore[arg-type]  # Spark takes lists
+    known_items = lake.read("items").select("item_id") if lake.exists("items") else None
+    v = validate_interactions(raw, src, cfg.ingest, known_items)
+    v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = _summarise(v, f"{len(files)} files from {files[0]}")
+        report = BatchReport(txn.batch_id, len(files), counts.read, counts.accepted, counts.quarantined,
+                             counts.reasons)
+        landed = v.rows.agg(F.min(FILE_TIME)).collect()[0][0]
+        _commit(txn, lake, "quarantine", report, lambda lk: _quarantine(lk, v.quarantine()))
+        _commit(txn, lake, "interactions", report,
+                lambda lk: _write(lk, v, counts, cfg.data.dataset, started))
+        if counts.accepted:
+            users = _fold_events(cfg, lake, txn, v.accepted(), report)
+            if refresh:
+                _commit(txn, lake, "recommendations", report, lambda lk: _refresh(cfg, spark, lk, users))
+            report.users_refreshed = users.count()
+    finally:
+        v.rows.unpersist()
+    report.seconds = round(time.perf_counter() - started, 3)
+    if landed is not None:
+        report.lag_seconds = round(time.time() - landed.timestamp(), 3)
+    _commit(txn, lake, BATCHES, report, lambda lk: lk.append(BATCHES, _metrics_row(spark, txn, report)))
+    log_fields(log, "micro-batch committed", **{k: v_ for k, v_ in report.__dict__.items()})
+    return report
+
+
+def _commit(txn: BatchTxn, lake: Lake, table: str, report: BatchReport, write: Any) -> None:
+    if not txn.write(lake, table, write):
+        report.skipped.append(table)
+
+
+def _quarantine(lake: Lake, rejected: DataFrame) -> Any:
+    keys = schemas.KEYS["quarantine"]
+    return lake.upsert("quarantine", keep_first_provenance(lake, "quarantine", rejected, keys), keys)
+
+
+def _fold_events(cfg: Config, lake: Lake, txn: BatchTxn, accepted: DataFrame, report: BatchReport) -> DataFrame:
+    """Indices for new users and items, the events MERGEd by (user, item, time), and the
+    affected users' histories; returns the affected (user_id) rows."""
+    for table, id_col, idx_col in (("user_index", "user_id", "user_idx"), ("item_index", "item_id", "item_idx")):
+        extend_index(lake, table, accepted.select(id_col), id_col, idx_col)  # idempotent: only new ids
+    user_index = lake.read("user_index")
+    events = build_events(accepted, user_index, lake.read("item_index"), cfg.features.weights,
+                          resolve_source(cfg.data)).dropDuplicates(EVENT_KEYS)
+    _commit(txn, lake, "events", report, lambda lk: lk.upsert("events", events, EVENT_KEYS))
+    affected = accepted.select("user_id").distinct().join(user_index, "user_id")
+    mine = lake.read("events").join(affected.select("user_idx"), "user_idx")
+    histories = user_histories(mine, cfg.features.history_length)
+    _commit(txn, lake, "user_histories", report, lambda lk: lk.upsert("user_histories", histories, ["user_idx"]))
+    return affected.select("user_id")
+
+
+def _refresh(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame) -> Any:
+    """The recommend stage's partial refresh: only these users, MERGEd by (user_id, rank)."""
+    from ..recommend import run_recommend
+
+    return run_recommend(cfg, spark, lake, users)
+
+
+def _metrics_row(spark: SparkSession, txn: BatchTxn, r: BatchReport) -> DataFrame:
+    row = (txn.app_id, txn.batch_id, r.files, r.read, r.accepted, r.quarantined, json.dumps(r.reasons),
+           r.users_refreshed, r.seconds, r.lag_seconds)
+    without_time = T.StructType(BATCHES_SCHEMA.fields[:-1])
+    return spark.createDataFrame([row], without_time).withColumn("committed_at", F.current_timestamp())

@@ -1,0 +1,75 @@
+"""``sparkrec stream``: the Structured Streaming query whose micro-batches :mod:`.batch` folds in.
+
+The checkpoint (``stream.checkpoint``) records which input each batch took; the Delta commits
+record which batches they hold (:mod:`.once`). Together: a query killed at any point and
+restarted on the same checkpoint commits every event once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+from ..config import Config
+from ..lake import Lake
+from ..logs import get_logger, log_fields
+from .batch import BatchReport, process_batch
+from .once import BatchTxn
+from .source import batch_files, read_stream
+
+log = get_logger("stream")
+
+
+def checkpoint_location(cfg: Config) -> str:
+    return cfg.stream.checkpoint or f"{cfg.train.workdir.rstrip('/')}/stream/{cfg.namespace}/checkpoint"
+
+
+def serves_a_model(cfg: Config, lake: Lake) -> bool:
+    """Whether a model is there to refresh lists with; without one, events are still folded in."""
+    from ..model.store import resolve_run
+
+    try:
+        resolve_run(cfg, lake)
+        return True
+    except Exception as exc:  # no training run yet, or one this lake no longer matches
+        log_fields(log, "no servable model: events are folded in, recommendations are not refreshed",
+                   reason=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return False
+
+
+def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
+    """Runs the query until it is stopped (or, with ``stream.available_now``, until what has
+    landed is processed); returns this run's batch count and totals."""
+    checkpoint = checkpoint_location(cfg)
+    refresh = serves_a_model(cfg, lake)
+    query_id: dict[str, str] = {}
+    started = threading.Event()
+    reports: list[BatchReport] = []
+
+    def each(batch: DataFrame, batch_id: int) -> None:
+        started.wait()  # foreachBatch may be called before start() has returned the query
+        files, fmt = batch_files(cfg, batch, batch_id, f"{checkpoint}/staging")
+        if not files:
+            return
+        txn = BatchTxn(f"sparkrec-stream-{query_id['id']}", batch_id)
+        reports.append(process_batch(cfg, spark, lake, files, fmt, txn, refresh))
+
+    writer = read_stream(cfg, spark).writeStream.foreachBatch(each).option("checkpointLocation", checkpoint)
+    if cfg.stream.available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{cfg.stream.trigger_seconds} seconds")
+    query = writer.queryName(f"sparkrec_stream_{cfg.namespace}").start()
+    query_id["id"] = str(query.id)
+    started.set()
+    log_fields(log, "stream started", query_id=query_id["id"], checkpoint=checkpoint, source=cfg.stream.source,
+               path=cfg.stream.path, refresh=refresh)
+    try:
+        query.awaitTermination()
+    finally:
+        if query.isActive:
+            query.stop()
+    return {"query_id": query_id["id"], "batches": len(reports), "read": sum(r.read for r in reports),
+            "accepted": sum(r.accepted for r in reports), "quarantined": sum(r.quarantined for r in reports)}
