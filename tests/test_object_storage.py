@@ -98,6 +98,9 @@ def _pipeline(spark, cfg, lake):
 COMPARED = ("interactions", "items", "quarantine", "item_features", "user_index", "item_index",
             "user_histories", "item_embeddings", "item_vectors", "recommendations")
 RUN_COLUMNS = ["updated_at", "generated_at", "model_version"]
+# The towers' vectors (and the explanations citing the history items nearest by them) differ between
+# any two training runs on the same tables, local or not; the served items, ranks and scores do not.
+TRAINED = {"item_vectors": ["vector"], "recommendations": ["explanation", "evidence"]}
 
 
 @pytest.mark.slow
@@ -119,7 +122,8 @@ def test_the_sample_pipeline_on_s3_gives_the_same_tables_as_on_a_local_path(spar
         if not lakes["local"].exists(table):
             assert not lakes["s3"].exists(table), table
             continue
-        local, remote = (lakes[n].read(table).drop(*RUN_COLUMNS).toPandas() for n in ("local", "s3"))
+        local, remote = (lakes[n].read(table).drop(*RUN_COLUMNS, *TRAINED.get(table, [])).toPandas()
+                         for n in ("local", "s3"))
         assert list(remote.columns) == list(local.columns), table
         assert len(remote) == len(local) > 0 or table == "quarantine", table
         key = [c for c in local.columns if local[c].map(lambda v: isinstance(v, str | int | float)).all()]
