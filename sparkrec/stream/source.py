@@ -22,6 +22,8 @@ from ..config import Config
 from ..ingest.presets import resolve_source
 
 EXTENSIONS = {"csv": "*.csv", "json": "*.json", "parquet": "*.parquet"}
+# binaryFile's fixed schema: a streaming source must be given it (no inference on streams).
+BINARY_FILE = "path string, modificationTime timestamp, length long, content binary"
 
 
 def landing_format(cfg: Config) -> str:
@@ -32,7 +34,7 @@ def read_stream(cfg: Config, spark: SparkSession) -> DataFrame:
     """The streaming DataFrame whose micro-batches :func:`batch_files` turns into files."""
     sc = cfg.stream
     if sc.source == "files":
-        return (spark.readStream.format("binaryFile")
+        return (spark.readStream.format("binaryFile").schema(BINARY_FILE)
                 .option("pathGlobFilter", EXTENSIONS[landing_format(cfg)])
                 .option("maxFilesPerTrigger", sc.max_files_per_trigger)
                 .load(sc.path).select("path"))
