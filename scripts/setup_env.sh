@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv (Python 3.11) and installs sparkrec with the given extras; idempotent.
-# Usage: source scripts/setup_env.sh [extras]   e.g. "ml,dev"
+# Usage: source scripts/setup_env.sh [extras]   e.g. "ml,dev,serve"
 set -euo pipefail
 _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _extras="${1:-ml}"

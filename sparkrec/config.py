@@ -514,6 +514,48 @@ class StreamConfig(StrictModel):
     replay_batch: int = Field(50, gt=0)
 
 
+class FaissIndexConfig(StrictModel):
+    """The approximate index of ``serve.index=faiss`` (inner product over the item tower's vectors)."""
+
+    kind: Literal["hnsw", "ivf"] = "hnsw"
+    hnsw_m: int = Field(32, ge=4, le=256)  # graph degree: recall and memory grow with it
+    ef_construction: int = Field(80, gt=0)
+    ef_search: int = Field(128, gt=0)  # candidates explored per query: recall vs latency
+    ivf_lists: int | None = Field(None, gt=0)  # None: 4 x sqrt(items), at least 1
+    nprobe: int = Field(16, gt=0)  # lists scanned per query
+    # Candidates asked of the index per request: overfetch x k + the user's seen items, so
+    # exclusions (seen, filters) still leave k; fewer left falls back to the exact search.
+    overfetch: int = Field(4, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _probe_within_lists(self) -> FaissIndexConfig:
+        if self.ivf_lists is not None and self.nprobe > self.ivf_lists:
+            raise ValueError(f"nprobe = {self.nprobe} exceeds ivf_lists = {self.ivf_lists}")
+        return self
+
+
+class ServeConfig(StrictModel):
+    """``sparkrec serve``: the HTTP recommendation service (owned by sparkrec.serve)."""
+
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8000, ge=0, le=65_535)  # 0: any free port (tests)
+    index: Literal["exact", "faiss"] = "exact"  # exact: blocked numpy top-K; faiss: ANN + exact re-rank
+    faiss: FaissIndexConfig = Field(default_factory=FaissIndexConfig)
+    # Hot reload: how often the model choice (recommend.model) and the events table are checked;
+    # 0 switches polling off.
+    reload_seconds: float = Field(30.0, ge=0)
+    max_k: int = Field(100, gt=0)  # a request's k must be in 1..max_k
+    max_text_chars: int = Field(2000, gt=0)
+    max_recent_items: int = Field(500, gt=0)
+    threads: int = Field(1, gt=0)  # torch / faiss threads per request: the server runs requests in parallel
+
+    @model_validator(mode="after")
+    def _poll_not_busy(self) -> ServeConfig:
+        if self.reload_seconds and self.reload_seconds < 0.1:
+            raise ValueError(f"reload_seconds = {self.reload_seconds}: use 0 (off) or at least 0.1")
+        return self
+
+
 class LoggingConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -531,6 +573,7 @@ class Config(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property
