@@ -143,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", help="evaluate: where to write the HTML report (default: evaluation.report_dir)")
     parser.add_argument("--rate", type=float, help="replay: events per second (default: as fast as possible)")
     parser.add_argument("--limit", type=int, help="replay: at most this many events")
+    parser.add_argument("--run-id", default=os.environ.get("SPARKREC_RUN_ID"),
+                        help="the run id recorded in every Delta commit of this run (default: $SPARKREC_RUN_ID, "
+                        "else a new one): a scheduler passes its own so the stages of one run share it")
     parser.add_argument("--debug", action="store_true", help="print the traceback of any failure")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides "
                         "(recommend-text: the interest text first, in quotes)")
@@ -152,11 +155,11 @@ def _parser() -> argparse.ArgumentParser:
 def run_stages(cfg: Config, names: Sequence[str], args: argparse.Namespace | None = None) -> dict[str, Any]:
     """Runs the named stages in order on one Spark session; returns each stage's summary."""
     args = args or argparse.Namespace()
+    run_id = _run_id(getattr(args, "run_id", None))  # a bad one is refused before Spark starts
     check_inputs(cfg, names, getattr(args, "users", None))  # before Spark starts: fails in a second
     spark = get_spark(cfg.spark)
     check_tables(cfg, open_lake(spark, cfg), names)
     results: dict[str, Any] = {}
-    run_id = RunContext().run_id
     for name in names:
         lake = open_lake(spark, cfg, RunContext(stage=name, run_id=run_id))
         started = time.perf_counter()
@@ -167,6 +170,16 @@ def run_stages(cfg: Config, names: Sequence[str], args: argparse.Namespace | Non
     lake = open_lake(spark, cfg)
     print(f"\ntables ({lake.engine}) under: {lake.location('')}")
     return results
+
+
+def _run_id(given: str | None) -> str:
+    """``given`` (a scheduler's run id, e.g. Airflow's ``scheduled__2026-12-02T03:00:00+00:00``)
+    if it is one printable token of at most 250 characters; else a new random id."""
+    if not given:
+        return RunContext().run_id
+    if len(given) > 250 or not given.isprintable() or any(c.isspace() for c in given):
+        raise UserError(f"--run-id {given[:60]!r}: one printable token of at most 250 characters, no spaces")
+    return given
 
 
 def one_line(exc: BaseException) -> str:

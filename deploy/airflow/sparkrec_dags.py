@@ -4,7 +4,8 @@
 ``SparkSubmitOperator`` running ``jobs/<stage>.py`` with the same ``--conf`` and Airflow's run id
 (``--run-id {{ run_id }}``), so every Delta commit of one scheduled run carries the same id
 (``sparkrec.run_id`` in the tables' history). ``sparkrec_evaluate`` (weekly) runs
-``jobs/evaluate.py``.
+``jobs/train.py train.split=<split>`` then ``jobs/evaluate.py evaluation.split=<split>``
+(``SPARKREC_EVAL_SPLIT``, default ``temporal_loo``).
 
 Settings (environment variables of the scheduler and workers):
 
@@ -49,6 +50,7 @@ CONF = setting("SPARKREC_CONF", str(HOME / "conf" / "cluster.yaml"))
 WHEEL = setting("SPARKREC_WHEEL", "")
 CONN = setting("SPARKREC_SPARK_CONN", "spark_default")
 TRAIN_OVERRIDES = shlex.split(setting("SPARKREC_TRAIN_CONF", ""))
+EVAL_SPLIT = setting("SPARKREC_EVAL_SPLIT", "temporal_loo")
 
 DEFAULT_ARGS = {
     "owner": "sparkrec",
@@ -59,17 +61,17 @@ DEFAULT_ARGS = {
 }
 
 
-def stage_task(stage: str, extra: list[str] | None = None) -> SparkSubmitOperator:
+def stage_task(stage: str, extra: list[str] | None = None, task_id: str | None = None) -> SparkSubmitOperator:
     """One stage as a spark-submit of ``jobs/<stage>.py``. The stages' exit code 2 (refused
     before any write: a config or input to fix) fails the task like any other; retries cover
     the cluster's transient failures, and every stage is safe to re-run (MERGE / atomic overwrite)."""
     return SparkSubmitOperator(
-        task_id=stage,
+        task_id=task_id or stage,
         application=str(HOME / "jobs" / f"{stage}.py"),
         application_args=["--conf", CONF, "--run-id", "{{ run_id }}", *(extra or [])],
         py_files=WHEEL or None,
         conn_id=CONN,
-        name=f"sparkrec-{stage}-{{{{ ds_nodash }}}}",
+        name=f"sparkrec-{task_id or stage}-{{{{ ds_nodash }}}}",
         env_vars={"SPARKREC_RUN_ID": "{{ run_id }}"},
         verbose=False,
     )
@@ -103,4 +105,6 @@ with DAG(
     default_args=DEFAULT_ARGS,
     tags=["sparkrec"],
 ) as evaluate:
-    stage_task("evaluate")
+    # the hybrid judged must be trained on the split's train part (evaluate refuses one trained on all events)
+    (stage_task("train", [*TRAIN_OVERRIDES, f"train.split={EVAL_SPLIT}"], task_id="train_on_split")
+     >> stage_task("evaluate", [f"evaluation.split={EVAL_SPLIT}"]))
