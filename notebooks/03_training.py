@@ -12,7 +12,7 @@ from sparkrec import notebook
 
 params = notebook.widgets({"conf": "", "work_dir": "notebook-work", "fast": "true", "overrides": "",
                            "split": "temporal_loo", "backend": "torchdistributor", "num_workers": "2",
-                           "epochs": "3"}, globals().get("dbutils"))
+                           "epochs": "2"}, globals().get("dbutils"))
 cfg = notebook.notebook_config(params, f"train.split={params['split']}", f"train.backend={params['backend']}",
                                f"train.num_workers={params['num_workers']}", f"train.epochs={params['epochs']}")
 spark, lake = notebook.open_session(cfg)

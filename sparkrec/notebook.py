@@ -28,7 +28,7 @@ from .config import Config, load_config
 FAST_OVERRIDES: tuple[str, ...] = (
     "features.history_length=20",
     "embed.splits=[temporal_loo]",
-    "train.epochs=2",
+    "train.epochs=1",
     "train.blend_trials=3",
     "train.progress=false",
     "evaluation.als_ranks=[16]",
