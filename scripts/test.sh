@@ -3,7 +3,7 @@
 # (slow end-to-end tests included; pass -m "not slow" to skip them locally).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup_env.sh ml,dev,serve,notebooks,horovod
+source scripts/setup_env.sh ml,dev,serve,notebooks,llm,horovod
 # The HTML report test renders in headless Chromium: required in CI, skipped locally without it.
 if [ "${CI:-}" = "true" ]; then bash scripts/install_chromium.sh
 else bash scripts/install_chromium.sh || echo "no chromium: the report's browser test will skip" >&2; fi
