@@ -50,33 +50,22 @@ from sparkrec.recommend import run_recommend
 from sparkrec.session import get_spark
 from sparkrec.stream import run_replay, run_stream
 from sparkrec.stream.batch import BATCHES
+from sparkrec.stream.prequential import TABLE, prequential_rows
 from sparkrec.stream.replay import held_out
 
 
-def _commits(lake: Lake, table: str) -> dict[int, int]:
-    """batch id -> the table version that batch committed (this stream's commits)."""
-    return {int(h["sparkrec.txn_version"]): int(h["version"]) for h in lake.history(table)
-            if str(h.get("sparkrec.txn_app_id", "")).startswith("sparkrec-stream-")}
-
-
 def prequential(lake: Lake, k: int) -> dict[str, float]:
-    """HitRate@k of the stream-refreshed lists and of the frozen ones, over the streamed events."""
-    recs, inter = _commits(lake, "recommendations"), _commits(lake, "interactions")
-    if not recs:
+    """HitRate@k and NDCG@k of the stream-refreshed and the frozen lists over the streamed
+    events, as `sparkrec evaluate --prequential` computes them (ranks recorded at arrival)."""
+    if not lake.exists(TABLE):
         return {}
-    frozen = lake.read("recommendations", version=min(recs.values()) - 1).filter(F.col("rank") <= k)
-    hits = {"stream": 0, "frozen": 0}
-    events = 0
-    for batch, version in sorted(inter.items()):
-        new = lake.read("interactions", version=version).join(
-            lake.read("interactions", version=version - 1).select("event_id"), "event_id", "left_anti")
-        if batch not in recs:  # nothing accepted: no event to score
-            continue
-        current = lake.read("recommendations", version=recs[batch] - 1).filter(F.col("rank") <= k)
-        for name, lists in (("stream", current), ("frozen", frozen)):
-            hits[name] += new.join(lists.select("user_id", "item_id"), ["user_id", "item_id"], "left_semi").count()
-        events += new.count()
-    return {"events": events, **{f"hitrate@{k}_{n}": round(h / max(events, 1), 4) for n, h in hits.items()}}
+    rows = {(m, metric): (v, n) for m, slc, metric, _, v, n in prequential_rows(lake, [k], 1) if slc == "all"}
+    out: dict[str, float] = {"events": rows[("stream", "hitrate")][1]}
+    for metric in ("hitrate", "ndcg"):
+        stream, frozen = rows[("stream", metric)][0], rows[("frozen", metric)][0]
+        out |= {f"{metric}@{k}_stream": round(stream, 4), f"{metric}@{k}_frozen": round(frozen, 4),
+                f"{metric}@{k}_ratio": round(stream / frozen, 3) if frozen else float("nan")}
+    return out
 
 
 def main() -> None:
@@ -87,6 +76,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=50, help="events per landed file")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--files-per-batch", type=int, default=1000, help="stream.max_files_per_trigger")
     args = ap.parse_args()
     setup_logging("WARNING")
     root = Path(args.workdir or tempfile.mkdtemp(prefix="sparkrec-stream-bench-"))
@@ -94,7 +84,7 @@ def main() -> None:
               f"train.mlflow_uri={root / 'ml'}", "train.progress=false", "train.backend=local",
               f"train.epochs={args.epochs}", "train.blend_trials=4", "model.history=20",
               f"stream.path={root / 'landing'}", f"stream.replay_batch={args.batch}", "stream.trigger_seconds=0",
-              "stream.max_files_per_trigger=1000"]
+              f"stream.max_files_per_trigger={args.files_per_batch}"]
     cfg = load_config(None, common)
     spark = get_spark(cfg.spark)
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))

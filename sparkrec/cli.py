@@ -103,12 +103,27 @@ def _evaluate(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> 
 
     from .evaluation.job import run_evaluate, summary_table
 
+    if getattr(args, "prequential", False):
+        return _evaluate_prequential(cfg, spark, lake, args)
     summary = run_evaluate(cfg, spark, lake, getattr(args, "report", None))
     metrics = lake.read("evaluation_metrics").filter(F.col("eval_id") == summary["eval_id"]).toPandas()
     k_mid = sorted(cfg.evaluation.ks)[len(cfg.evaluation.ks) // 2]
     wanted = [f"{m}@{k}" for k in sorted(cfg.evaluation.ks) for m in ("ndcg", "recall")] + [f"coverage@{k_mid}"]
     print(f"\nevaluation {summary['eval_id']} on split_{cfg.evaluation.split} ({summary['users']} test users):")
     print(summary_table(metrics, wanted).round(4).to_string())
+    print(f"report: {summary['report']}")
+    return summary
+
+
+def _evaluate_prequential(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    from .evaluation.job import summary_table
+    from .evaluation.prequential import run_prequential
+
+    summary = run_prequential(cfg, spark, lake, getattr(args, "report", None))
+    metrics = lake.read("evaluation_metrics").filter(f"eval_id = '{summary['eval_id']}'").toPandas()
+    wanted = [f"{m}@{k}" for k in sorted(cfg.evaluation.ks) for m in ("hitrate", "ndcg")]
+    print(f"\nprequential evaluation {summary['eval_id']} ({summary['events']} streamed events):")
+    print(summary_table(metrics, wanted).drop(columns="train_seconds").round(4).to_string())
     print(f"report: {summary['report']}")
     return summary
 
@@ -141,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="YAML config (default: $SPARKREC_CONF, else built-in defaults)")
     parser.add_argument("--users", help="recommend: refresh only the user_ids listed in this file (one a line)")
     parser.add_argument("--report", help="evaluate: where to write the HTML report (default: evaluation.report_dir)")
+    parser.add_argument("--prequential", action="store_true",
+                        help="evaluate: judge the lists the stream served as events arrived (stream_prequential)")
     parser.add_argument("--rate", type=float, help="replay: events per second (default: as fast as possible)")
     parser.add_argument("--limit", type=int, help="replay: at most this many events")
     parser.add_argument("--run-id", default=os.environ.get("SPARKREC_RUN_ID"),

@@ -512,6 +512,9 @@ class StreamConfig(StrictModel):
     # replay: the last fraction of events by time, written in order as files of `replay_batch` events.
     replay_fraction: float = Field(0.2, gt=0, le=1)
     replay_batch: int = Field(50, gt=0)
+    # Record each accepted event's rank in its user's live and frozen lists before the batch
+    # refreshes them (stream_prequential; `sparkrec evaluate --prequential` reads it).
+    prequential: bool = True
 
 
 class FaissIndexConfig(StrictModel):

@@ -93,7 +93,8 @@ def test_a_replayed_batch_commits_nothing_twice(served):
     first = process_batch(cfg, lake.spark, lake, [str(path)], "csv", txn)
     assert (first.read, first.accepted, first.quarantined) == (5, 2, 3) and first.skipped == []
     assert first.reasons == {"missing_item_id": 1, "unknown_item": 1, "unparsable_rating": 1}
-    versions = {t: lake.version(t) for t in ("interactions", "events", "quarantine", "recommendations", BATCHES)}
+    versions = {t: lake.version(t) for t in ("interactions", "events", "quarantine", "recommendations", BATCHES,
+                                             "stream_prequential")}
     again = process_batch(cfg, lake.spark, lake, [str(path)], "csv", txn)
     assert {t: lake.version(t) for t in versions} == versions
     assert set(again.skipped) == set(versions) | {"user_histories"}
@@ -117,6 +118,59 @@ def test_a_burst_in_another_genre_moves_the_list_without_retraining(served):
     after = genre_share(lake, "u3", HORROR)
     assert after > before, (before, after)
     assert resolve_run(cfg, lake).run_id == served_run  # no retraining
+
+
+def test_ranks_at_arrival_are_recorded_and_judged_prequentially(served, tmp_path):
+    """Each accepted event's rank in the live and the frozen list before its batch refreshed
+    them; `evaluate --prequential` turns them into metrics rows and a report."""
+    from sparkrec.evaluation.prequential import run_prequential
+    from sparkrec.stream.batch import process_batch
+    from sparkrec.stream.once import BatchTxn
+
+    cfg, lake, root = served
+    before = lake.version("recommendations")
+    recs = lake.read("recommendations").filter(F.col("user_id") == "u5").orderBy("rank").collect()
+    listed, unlisted = recs[2]["item_id"], next(str(i) for i in COMEDY if str(i) not in {r["item_id"] for r in recs})
+    path = root / "arrivals.csv"
+    path.write_text(HEADER + event("u5", int(listed), 500) + event("u5", int(unlisted), 501))
+    txn = BatchTxn("test-prequential", 0)
+    process_batch(cfg, lake.spark, lake, [str(path)], "csv", txn)
+    got = {r["item_id"]: r for r in lake.read("stream_prequential").filter(F.col("app_id") == txn.app_id).collect()}
+    assert set(got) == {listed, unlisted}
+    assert got[listed]["rank_live"] == 3 and got[unlisted]["rank_live"] is None
+    frozen = got[listed]["frozen_version"]
+    assert frozen is not None and frozen <= before
+    frozen_rank = {r["item_id"]: r["rank"] for r in lake.read("recommendations", version=frozen)
+                   .filter(F.col("user_id") == "u5").collect()}
+    assert got[listed]["rank_frozen"] == frozen_rank.get(listed)
+
+    summary = run_prequential(cfg, lake.spark, lake, tmp_path / "prequential.html")
+    rows = lake.read("evaluation_metrics").filter(F.col("eval_id") == summary["eval_id"]).toPandas()
+    assert set(rows["split"]) == {"prequential"} and set(rows["model"]) == {"stream", "frozen"}
+    assert {"hitrate", "ndcg"} <= set(rows["metric"]) and "all" in set(rows["slice"])
+    events = lake.read("stream_prequential").dropDuplicates(["event_id"])
+    hits = events.filter(F.col("rank_live") <= 10).count() / events.count()
+    overall = rows[(rows["slice"] == "all") & (rows["model"] == "stream") & (rows["metric"] == "hitrate")
+                   & (rows["k"] == 10)]
+    assert overall["value"].iloc[0] == pytest.approx(hits)
+    assert (tmp_path / "prequential.html").read_text().count("<svg") >= 1
+
+
+def test_an_unreadable_file_is_quarantined_and_the_rest_of_its_batch_goes_on(served):
+    from sparkrec.stream.batch import process_batch
+    from sparkrec.stream.once import BatchTxn
+
+    cfg, lake, root = served
+    good, wrong, gone = root / "good.csv", root / "wrong-columns.csv", root / "deleted.csv"
+    good.write_text(HEADER + event("u7", 5, 700) + event("u7", 6, 701))
+    wrong.write_text("who,what\nu7,5\n")
+    report = process_batch(cfg, lake.spark, lake, [str(good), str(wrong), str(gone)], "csv",
+                           BatchTxn("test-unreadable", 0))
+    assert (report.read, report.accepted, report.quarantined) == (4, 2, 2)
+    assert report.reasons == {"unreadable_file": 2}
+    q = lake.read("quarantine").filter(F.col("reason") == "unreadable_file").collect()
+    assert {r["source_file"] for r in q} == {str(wrong), str(gone)} and all(r["value"] for r in q)
+    assert lake.read("interactions").filter(F.col("source_file").endswith("good.csv")).count() == 2
 
 
 def streamed(lake) -> int:

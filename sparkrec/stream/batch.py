@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import reduce
 from typing import Any
 
 from pyspark import StorageLevel
@@ -24,14 +25,18 @@ from ..config import Config
 from ..features.events import build_events
 from ..features.indexing import extend_index
 from ..features.tables import user_histories
-from ..ingest.job import _summarise, _write
+from ..ingest.job import TableReport, _summarise, _write
 from ..ingest.presets import resolve_source
 from ..ingest.provenance import keep_first_provenance
 from ..ingest.reader import FILE_TIME, read_input
 from ..ingest.tables import validate_interactions
+from ..ingest.validate import Validated
 from ..lake import Lake
 from ..logs import get_logger, log_fields
+from . import prequential
 from .once import BatchTxn
+from .unreadable import REASON as UNREADABLE
+from .unreadable import quarantine_rows, read_what_reads
 
 log = get_logger("stream")
 
@@ -62,28 +67,52 @@ class BatchReport:
 
 def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str], fmt: str, txn: BatchTxn,
                   refresh: bool = True) -> BatchReport:
-    """Folds the events in ``files`` into the lake; ``refresh``: and rescores their users."""
+    """Folds the events in ``files`` into the lake; ``refresh``: and rescores their users.
+    A file that cannot be read is quarantined whole (see :mod:`.unreadable`)."""
     started = time.perf_counter()
     src = resolve_source(cfg.data)
-    raw = read_input(spark, files, fmt, src.interactions.csv)  # type: ignore[arg-type]  # Spark takes lists
     known_items = lake.read("items").select("item_id") if lake.exists("items") else None
-    v = validate_interactions(raw, src, cfg.ingest, known_items)
-    v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK)
+
+    def read(paths: list[str]) -> tuple[Validated, TableReport]:
+        raw = read_input(spark, paths, fmt, src.interactions.csv)  # type: ignore[arg-type]  # Spark takes lists
+        v = validate_interactions(raw, src, cfg.ingest, known_items)
+        v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            return v, _summarise(v, f"{len(paths)} files from {paths[0]}")
+        except Exception:
+            v.rows.unpersist()
+            raise
+
+    read_ok, unreadable = read_what_reads(files, read, lambda done: done[0].rows.unpersist())
+    v, counts = read_ok if read_ok else (None, TableReport("interactions", f"{len(files)} files", 0, 0, 0))
+    if unreadable:
+        counts.read += len(unreadable)
+        counts.quarantined += len(unreadable)
+        counts.reasons = {**counts.reasons, UNREADABLE: len(unreadable)}
+    report = BatchReport(txn.batch_id, len(files), counts.read, counts.accepted, counts.quarantined, counts.reasons)
+    landed = None
     try:
-        counts = _summarise(v, f"{len(files)} files from {files[0]}")
-        report = BatchReport(txn.batch_id, len(files), counts.read, counts.accepted, counts.quarantined,
-                             counts.reasons)
-        landed = v.rows.agg(F.min(FILE_TIME)).collect()[0][0]
-        _commit(txn, lake, "quarantine", report, lambda lk: _quarantine(lk, v.quarantine()))
-        _commit(txn, lake, "interactions", report,
-                lambda lk: _write(lk, v, counts, cfg.data.dataset, started))
-        if counts.accepted:
+        rejected = [quarantine_rows(spark, unreadable, "interactions")] if unreadable else []
+        if v is not None:
+            landed = v.rows.agg(F.min(FILE_TIME)).collect()[0][0]
+            rejected.append(v.quarantine())
+        if rejected:
+            every = reduce(DataFrame.unionByName, rejected)
+            _commit(txn, lake, "quarantine", report, lambda lk: _quarantine(lk, every))
+        if v is not None:
+            _commit(txn, lake, "interactions", report,
+                    lambda lk: _write(lk, v, counts, cfg.data.dataset, started))
+        if counts.accepted and v is not None:
             users = _fold_events(cfg, lake, txn, v.accepted(), report)
-            if refresh:
+            if refresh and lake.exists(prequential.LISTS):
+                if cfg.stream.prequential:  # ranks at arrival: before this batch refreshes anyone
+                    _commit(txn, lake, prequential.TABLE, report,
+                            lambda lk: lk.append(prequential.TABLE, prequential.arrivals(lk, v.accepted(), txn)))
                 _commit(txn, lake, "recommendations", report, lambda lk: _refresh(cfg, spark, lk, users))
             report.users_refreshed = users.count()
     finally:
-        v.rows.unpersist()
+        if v is not None:
+            v.rows.unpersist()
     report.seconds = round(time.perf_counter() - started, 3)
     if landed is not None:
         report.lag_seconds = round(time.time() - landed.timestamp(), 3)

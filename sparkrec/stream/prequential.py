@@ -1,0 +1,92 @@
+"""Prequential (online) evaluation: was each arriving event's item in its user's list when it arrived?
+
+Offline splits judge a model on events it never saw; a stream can do better and judge the
+lists users were actually shown. Before a micro-batch refreshes anyone, each of its accepted
+events is looked up in two lists of its user: the live one (``recommendations`` as it stands,
+i.e. as earlier batches refreshed it) and the frozen one (``recommendations`` as the last
+batch ``recommend`` run wrote it: what the user would see without the stream). The ranks go
+to ``stream_prequential``, in the batch's exactly-once transaction, so a replayed batch
+records nothing twice. ``sparkrec evaluate --prequential`` turns them into HitRate@K and
+NDCG@K (one relevant item per event: 1 / log2(1 + rank)) overall and per arrival window,
+written to ``evaluation_metrics`` (split ``prequential``, models ``stream`` and ``frozen``)
+and an HTML report.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from ..lake import Lake
+from .once import BatchTxn
+
+TABLE = "stream_prequential"
+LISTS = "recommendations"
+SCHEMA = T.StructType([
+    T.StructField("app_id", T.StringType()), T.StructField("batch_id", T.LongType()),
+    T.StructField("event_id", T.StringType()), T.StructField("user_id", T.StringType()),
+    T.StructField("item_id", T.StringType()), T.StructField("event_time", T.TimestampType()),
+    T.StructField("rank_live", T.IntegerType()), T.StructField("rank_frozen", T.IntegerType()),
+    T.StructField("frozen_version", T.LongType()), T.StructField("arrived_at", T.TimestampType())])
+RANKS = {"stream": "rank_live", "frozen": "rank_frozen"}
+
+
+def frozen_version(lake: Lake) -> int | None:
+    """The newest ``recommendations`` version not written by a stream (stream commits carry
+    a transaction): the last batch recommend run's lists. None before any."""
+    batch_written = [int(h["version"]) for h in lake.history(LISTS) if not h.get("sparkrec.txn_app_id")]
+    return max(batch_written) if batch_written else None
+
+
+def arrivals(lake: Lake, accepted: DataFrame, txn: BatchTxn) -> DataFrame:
+    """``accepted`` events (event_id, user_id, item_id, event_time) with their item's rank in
+    the live and the frozen list of their user (null: not in it)."""
+    frozen_at = frozen_version(lake)
+
+    def ranks(version: int | None, name: str) -> DataFrame:
+        lists = lake.read(LISTS, version=version) if version is not None else lake.read(LISTS)
+        return lists.select("user_id", "item_id", F.col("rank").cast("int").alias(name))
+
+    events = accepted.select("event_id", "user_id", "item_id", "event_time").dropDuplicates(["event_id"])
+    joined = events.join(ranks(None, "rank_live"), ["user_id", "item_id"], "left")
+    if frozen_at is not None:
+        joined = joined.join(ranks(frozen_at, "rank_frozen"), ["user_id", "item_id"], "left")
+    else:
+        joined = joined.withColumn("rank_frozen", F.lit(None).cast("int"))
+    return joined.select(F.lit(txn.app_id).alias("app_id"), F.lit(txn.batch_id).cast("long").alias("batch_id"),
+                         "event_id", "user_id", "item_id", "event_time", "rank_live", "rank_frozen",
+                         F.lit(frozen_at).cast("long").alias("frozen_version"),
+                         F.current_timestamp().alias("arrived_at"))
+
+
+def _hit(rank: Column, k: int) -> Column:
+    return F.coalesce(rank <= k, F.lit(False)).cast("double")
+
+
+def _ndcg(rank: Column, k: int) -> Column:
+    return F.when(rank <= k, 1.0 / F.log2(rank + 1.0)).otherwise(0.0)
+
+
+def prequential_rows(lake: Lake, ks: list[int], windows: int) -> list[tuple[str, str, str, int, float, int]]:
+    """(model, slice, metric, k, value, n_events) for the stream's and the frozen lists: over
+    every recorded event (slice ``all``) and per arrival window (``window 01/10`` ...), the
+    windows being equal shares of events in arrival order. One small aggregate comes back."""
+    events = lake.read(TABLE).dropDuplicates(["event_id"])
+    order = Window.orderBy("arrived_at", "batch_id", "event_id")  # one partition: events are few per batch
+    events = events.withColumn("window", F.ntile(windows).over(order))
+    aggs = [F.count(F.lit(1)).alias("n")]
+    for model, col in RANKS.items():
+        for k in ks:
+            aggs += [F.avg(_hit(F.col(col), k)).alias(f"{model}|hitrate|{k}"),
+                     F.avg(_ndcg(F.col(col), k)).alias(f"{model}|ndcg|{k}")]
+    per_window = events.groupBy("window").agg(*aggs)
+    overall = events.agg(*aggs).withColumn("window", F.lit(None).cast("int"))
+    out = []
+    for row in per_window.unionByName(overall).collect():  # windows + 1 rows
+        name = "all" if row["window"] is None else f"window {row['window']:02d}/{windows:02d}"
+        for key, value in row.asDict().items():
+            if "|" in key and value is not None:
+                model, metric, k = key.split("|")
+                out.append((model, name, metric, int(k), float(value), int(row["n"])))
+    return out
