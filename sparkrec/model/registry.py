@@ -101,14 +101,28 @@ def mlflow_setup(uri: str, experiment: str) -> None:
     mlflow.set_experiment(experiment)
 
 
+# A run's artifacts never change, so a process that serves one model batch after batch (the
+# stream, the service) downloads and loads it once. Two entries: the served model and the
+# next one during a switch.
+_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
+_LOADED_MAX = 2
+
+
 def load_model(run_id: str, mlflow_uri: str = "mlruns", device: str = "cpu") -> LoadedModel:
-    """Downloads the run's ``model/`` artifacts and loads them (no pickle involved)."""
+    """Downloads the run's ``model/`` artifacts and loads them (no pickle involved); once per
+    process and run (callers only read the model)."""
     import mlflow
 
+    key = (run_id, str(mlflow_uri), device)
+    if key in _LOADED:
+        return _LOADED[key]
     mlflow_setup(mlflow_uri, os.environ.get("SPARKREC_EXPERIMENT", "sparkrec"))
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model")
     loaded = load_model_dir(local, device)
     loaded.meta.setdefault("run_id", run_id)
+    while len(_LOADED) >= _LOADED_MAX:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = loaded
     return loaded
 
 
