@@ -68,12 +68,14 @@ def user_tower(payload: Payload) -> Any:
     from ..model.towers import ModelSpec, UserTower
 
     torch.set_num_threads(1)
-    if payload.key not in _TOWERS:
+    tower = _TOWERS.get(payload.key)  # one lookup: the HTTP server calls this from many threads
+    if tower is None:
         tower = UserTower(ModelSpec(**payload.spec))
         tower.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in payload.tower.items()})
+        tower = tower.eval()
         _TOWERS.clear()
-        _TOWERS[payload.key] = tower.eval()
-    return _TOWERS[payload.key]
+        _TOWERS[payload.key] = tower
+    return tower
 
 
 def user_vectors(payload: Payload, users: np.ndarray, hist: np.ndarray, gaps: np.ndarray) -> np.ndarray:
@@ -159,15 +161,17 @@ def score_batches(payload: Payload, batches: Iterator[pa.RecordBatch]) -> Iterat
             yield score_batch(payload, batch.slice(start, payload.user_batch))
 
 
-def pseudo_history(text_vecs: np.ndarray, item_text: np.ndarray, neighbours: int, n_hist: int) -> np.ndarray:
+def pseudo_history(text_vecs: np.ndarray, item_text: np.ndarray, neighbours: int, n_hist: int,
+                   has_text: np.ndarray | None = None) -> np.ndarray:
     """Items nearest to free text become a pseudo-history, most similar in the latest slot.
 
     Why a pseudo-history rather than mixing text scores into the final ranking: the user tower
     is trained on histories, so this maps interests into model space with the model's own
     weights, and every recommendation can cite real catalogue items as its evidence.
     """
-    has_text = np.abs(item_text).sum(axis=1) > 0
-    has_text[0] = False
+    if has_text is None:  # the HTTP server passes it in: one pass over the text matrix per request is too many
+        has_text = np.abs(item_text).sum(axis=1) > 0
+        has_text[0] = False
     q = text_vecs / np.maximum(np.linalg.norm(text_vecs, axis=1, keepdims=True), 1e-12)
     near, _ = top_k(q.astype(np.float32), item_text, min(neighbours, n_hist), has_text)
     near = near[:, ::-1]  # oldest slot first: the nearest item sits where the latest event would

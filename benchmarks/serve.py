@@ -1,0 +1,252 @@
+"""HTTP serving benchmark: req/s and latency of `sparkrec serve`, exact vs faiss, at catalogue scale.
+
+A model is trained on the bundled sample (Spark, a temporary lake), loaded exactly as `sparkrec
+serve` loads it, and its catalogue is then *synthesised* up to Book-Crossing's size (``--items``,
+default 270,947: the items of the full Book-Crossing lake): each synthetic item is a trained
+item's tower vector (and text vector) plus noise, renormalised, so the matrix has the trained
+model's dimension and the geometry of real item vectors. The user tower, the linear head, the
+users' histories and the explanations are the trained model's. Building a full Book-Crossing lake
+and model here (ingest + features + embedding 270k books: ~30 min on 2 cores) would not change
+what a request costs: one user-tower pass and one search over a 270k x d matrix.
+
+The server (uvicorn, one process) runs in a thread of this process with Spark stopped; a separate
+load-generator process keeps ``--concurrency`` requests in flight for ``--seconds`` per phase and
+measures latency client-side (HTTP included). Phases: known users and text-only users, each with
+the exact and the faiss index. Text requests are measured without the encoder (the server is
+given the encoded vectors of the benchmark's sentences); the encoder's own time per sentence is
+measured apart and printed separately. faiss recall@20 against the exact lists is computed in
+process over ``--recall-users`` users.
+
+    python benchmarks/serve.py                       # ~5-10 min on 2 cores, most of it setup
+    python benchmarks/serve.py --faiss-kind ivf --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = ["I love hard science fiction with first contact", "cozy mysteries set in small English villages",
+             "epic fantasy with dragons and political intrigue", "true crime and investigative journalism",
+             "funny books for kids about animals", "historical novels about the second world war",
+             "romance with a strong heroine", "self-help books about habits and productivity"]
+
+
+def _load(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int, out: Any) -> None:
+    """The load generator (its own process): ``concurrency`` threads, each one request at a time."""
+    import threading
+
+    import httpx
+
+    lat: list[float] = []
+    errors = [0]
+    stop = time.monotonic() + seconds
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        mine, bad = [], 0
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while time.monotonic() < stop:
+                body = bodies[int(rng.integers(len(bodies)))]
+                t = time.perf_counter()
+                r = c.post("/recommend", json=body)
+                mine.append((time.perf_counter() - t) * 1000)
+                bad += r.status_code != 200
+        with lock:
+            lat.extend(mine)
+            errors[0] += bad
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put({"latencies": lat, "errors": errors[0], "seconds": time.monotonic() - started})
+
+
+def run_phase(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int) -> dict[str, float]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_load, args=(url, bodies, seconds, concurrency, q))
+    p.start()
+    res = q.get()
+    p.join()
+    lat = np.array(res["latencies"])
+    return {"requests": len(lat), "errors": res["errors"], "req_s": len(lat) / res["seconds"],
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
+
+
+def synthesise(state: Any, n_items: int, seed: int = 0) -> Any:
+    """The state with its catalogue grown to ``n_items``: trained vectors + noise, renormalised."""
+    from sparkrec.serve.explain import ItemFacts
+    from sparkrec.serve.state import Catalogue
+
+    rng = np.random.default_rng(seed)
+    p, cat = state.payload, state.catalogue
+    n0 = p.items.shape[0] - 1
+    src = np.concatenate([np.arange(1, n0 + 1), rng.integers(1, n0 + 1, size=max(0, n_items - n0))])
+    rows = np.concatenate([[0], src])
+
+    def grow(m: np.ndarray) -> np.ndarray:
+        x = m[rows].astype(np.float32)
+        noise = rng.normal(scale=0.25 * float(x[1:].std()), size=x[n0 + 1:].shape).astype(np.float32)
+        x[n0 + 1:] += noise
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        return np.where(norms > 0, x / np.maximum(norms, 1e-12), 0).astype(np.float32)
+
+    items = grow(p.items)
+    eligible = np.concatenate([p.eligible, np.ones(len(rows) - len(p.eligible), bool)])
+    payload = dataclasses.replace(p, items=items, eligible=eligible)
+    text_payload = has_text = None
+    if state.text_payload is not None:
+        text = grow(state.text_payload.text)
+        has_text = np.abs(text).sum(axis=1) > 0
+        has_text[0] = False
+        text_payload = dataclasses.replace(payload, text=text, blend_items=np.hstack([items, text]))
+    ids = [*cat.ids, *[f"syn{r}" for r in range(n0 + 1, len(rows))]]
+    facts = ItemFacts([cat.facts.titles[r] for r in rows], [cat.facts.attrs[r] for r in rows],
+                      [cat.facts.notes[r] for r in rows])
+    catalogue = Catalogue(rows={i: r for r, i in enumerate(ids) if i is not None}, ids=ids, facts=facts, genres={},
+                          year=cat.year[rows], has_id=cat.has_id[rows])
+    return dataclasses.replace(state, payload=payload, text_payload=text_payload, has_text=has_text,
+                               catalogue=catalogue)
+
+
+def with_index(state: Any, kind: str, cfg: Any) -> tuple[Any, dict[str, float]]:
+    from sparkrec.serve.index import make_index
+
+    t = time.perf_counter()
+    index = make_index(state.payload.items, kind, cfg.serve.faiss, cfg.serve.threads, cfg.recommend.item_block_rows)
+    t_items = time.perf_counter() - t
+    t = time.perf_counter()
+    blend = None
+    if state.text_payload is not None:
+        blend = make_index(state.text_payload.blend_items, kind, cfg.serve.faiss, cfg.serve.threads,
+                           cfg.recommend.item_block_rows)
+    return dataclasses.replace(state, index=index, blend_index=blend), {"build_items_s": t_items,
+                                                                        "build_blend_s": time.perf_counter() - t}
+
+
+class CachedEncoder:
+    """Stands in for the encoder during the load: the sentences' vectors, computed beforehand."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]) -> None:
+        self.vectors = vectors
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self.vectors[t] for t in texts])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=270_947, help="catalogue size to synthesise")
+    ap.add_argument("--seconds", type=float, default=20.0, help="per phase")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--faiss-kind", choices=["hnsw", "ivf"], default="hnsw")
+    ap.add_argument("--recall-users", type=int, default=300)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import sys
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from sparkrec.config import load_config
+    from sparkrec.features.job import run_features
+    from sparkrec.ingest.job import run_ingest
+    from sparkrec.lake import DeltaRsLake, RunContext
+    from sparkrec.logs import setup_logging
+    from sparkrec.model.job import run_train
+    from sparkrec.serve import StateHolder, create_app, start_in_thread
+    from sparkrec.serve.scoring import known_user, recommend
+    from sparkrec.serve.server import text_encoder
+    from sparkrec.serve.state import load_state
+    from sparkrec.session import get_spark
+    from sparkrec.text import run_embed
+
+    setup_logging("WARNING")
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="sparkrec-bench-serve-"))
+    cfg = load_config(REPO / "conf" / "local.yaml", [
+        f"lake.root={root / 'lake'}", f"train.workdir={root / 'work'}", f"train.mlflow_uri={root / 'ml'}",
+        "train.backend=local", "train.epochs=1", "train.progress=false", "train.blend_trials=4", "model.history=20",
+        "features.history_length=20", "serve.reload_seconds=0", f"serve.faiss.kind={args.faiss_kind}",
+        "logging.level=WARNING"])
+    t0 = time.perf_counter()
+    spark = get_spark(cfg.spark)
+    lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))
+    if not lake.exists("events"):
+        run_ingest(cfg, spark, lake)
+        run_features(cfg, spark, lake)
+        run_embed(cfg, spark, lake)
+        run_train(cfg, spark, lake)
+    state = load_state(cfg, spark, lake)
+    spark.stop()  # nothing below touches Spark: the JVM would only compete for the two cores
+    setup_s = time.perf_counter() - t0
+    state = synthesise(state, args.items)
+    print(f"setup (sample lake, 1-epoch model, load) {setup_s:.0f} s; catalogue synthesised to "
+          f"{state.payload.items.shape[0] - 1:,} items x {state.payload.items.shape[1]} dims "
+          f"(text: {state.text_payload.text.shape[1] if state.text_payload else 0} dims); "
+          f"{len(state.users.rows)} users; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+
+    encoder = text_encoder(cfg, None)
+    vectors, enc_ms = {}, []
+    for _ in range(5):
+        for s in SENTENCES:
+            t = time.perf_counter()
+            vectors[s] = np.asarray(encoder.encode([s]), np.float32)[0]
+            enc_ms.append((time.perf_counter() - t) * 1000)
+    print(f"text encoder alone (one sentence, in process): p50 {np.percentile(enc_ms, 50):.1f} ms, "
+          f"p99 {np.percentile(enc_ms, 99):.1f} ms")
+
+    users = list(state.users.rows)
+    user_bodies = [{"user_id": u, "k": args.k} for u in users]
+    text_bodies = [{"text": s, "k": args.k} for s in SENTENCES]
+    results = {}
+    exact_state = None
+    for kind in ("exact", "faiss"):
+        kstate, build = with_index(state, kind, cfg)
+        if kind == "exact":
+            exact_state = kstate
+        else:
+            print(f"faiss {args.faiss_kind} build: items {build['build_items_s']:.1f} s, "
+                  f"[items, text] {build['build_blend_s']:.1f} s")
+        holder = StateHolder()
+        holder.swap(kstate)
+        app = create_app(cfg, holder, CachedEncoder(vectors))
+        running = start_in_thread(app)
+        try:
+            run_phase(running.url, user_bodies, 3, args.concurrency)  # warm-up
+            for name, bodies in (("known users", user_bodies), ("text-only users", text_bodies)):
+                r = run_phase(running.url, bodies, args.seconds, args.concurrency)
+                results[(kind, name)] = r
+                print(f"{kind:>5} | {name:<16} | {r['req_s']:7.1f} req/s | p50 {r['p50_ms']:6.1f} ms | "
+                      f"p99 {r['p99_ms']:6.1f} ms | {r['requests']} requests, {r['errors']} errors "
+                      f"(concurrency {args.concurrency}, load {os.getloadavg()[0]:.1f})")
+        finally:
+            running.stop()
+        if kind == "faiss":
+            rec = []
+            for u in users[: args.recall_users]:
+                q = known_user(exact_state, u)
+                want = {r["item_id"] for r in recommend(exact_state, q, args.k, None, 3)}
+                got = {r["item_id"] for r in recommend(kstate, q, args.k, None, 3)}
+                rec.append(len(want & got) / max(len(want), 1))
+            print(f"faiss recall@{args.k} vs exact over {len(rec)} known users: {np.mean(rec):.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The HTTP API: request and response models, endpoints, error mapping and request logs.
+
+Endpoints are plain (sync) functions: FastAPI runs them in its thread pool, and the numeric
+work inside (numpy, torch, faiss) releases the GIL, so requests overlap on the cores. Every
+error a client can cause is a 4xx with a one-line ``error`` message; anything else is logged
+with its traceback and answered 500 with the request id, so a bug never leaks a stack trace.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import Config, RecommendFilters
+from ..logs import get_logger, log_fields
+from . import scoring
+from .reload import StateHolder
+from .scoring import RequestError
+
+log = get_logger("serve.api")
+
+
+class RecommendRequest(BaseModel):
+    """Exactly one of ``user_id`` (a known user), ``text`` (interests of a new user) or
+    ``recent_items`` (an anonymous session, oldest first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = Field(None, min_length=1, examples=["276725"])
+    text: str | None = Field(None, examples=["I love hard science fiction with first contact"])
+    recent_items: list[str] | None = Field(None, examples=[["0439136350", "0345339703"]])
+    k: int = Field(20, description="list length, 1..serve.max_k")
+    filters: RecommendFilters | None = Field(None, description="narrows recommend.filters for this request")
+
+
+class Evidence(BaseModel):
+    history_items: list[str]
+    shared_attributes: list[str]
+    popularity_note: str
+
+
+class RecommendedItem(BaseModel):
+    rank: int
+    item_id: str
+    title: str | None
+    score: float
+    explanation: str
+    explanation_source: str = Field(description='"template": the recommend stage\'s evidence-only template')
+    evidence: Evidence
+
+
+class RecommendResponse(BaseModel):
+    model_run_id: str
+    index: str
+    basis: str
+    items: list[RecommendedItem]
+
+
+class SimilarItem(BaseModel):
+    rank: int
+    item_id: str
+    title: str | None
+    score: float
+    shared_attributes: list[str]
+
+
+class SimilarResponse(BaseModel):
+    model_run_id: str
+    item_id: str
+    items: list[SimilarItem]
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, **extra})
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "malformed JSON body: " + "; ".join(str(e.get("ctx", {}).get("error", e.get("msg")))
+                                                        for e in errors)
+    parts = []
+    for e in errors:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{where or 'body'}: {e.get('msg')}")
+    return 422, "; ".join(parts)
+
+
+def create_app(cfg: Config, holder: StateHolder, encoder: Any | None = None) -> FastAPI:
+    """The application over ``holder``'s snapshot; ``encoder``: the embed stage's text encoder
+    (``None``: text requests answer 409)."""
+    sc = cfg.serve
+    app = FastAPI(title="sparkrec", version="0.1.0",
+                  description="Recommendations from the hybrid model over the lake, explained from evidence.")
+    app.state.holder, app.state.encoder = holder, encoder
+    app.state.timings = {"encode_ms": deque(maxlen=100_000)}  # the benchmark reads the encoder's share
+
+    @app.middleware("http")
+    async def request_log(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        request.state.id = uuid.uuid4().hex[:12]
+        response = await call_next(request)
+        ms = (time.perf_counter() - started) * 1000
+        response.headers["x-request-id"] = request.state.id
+        response.headers["x-latency-ms"] = f"{ms:.2f}"
+        log_fields(log, "request", method=request.method, path=request.url.path, status=response.status_code,
+                   ms=round(ms, 2), request_id=request.state.id)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message = _validation_message(exc)
+        return _error(status, message)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, exc: RequestError) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        rid = getattr(request.state, "id", "?")
+        log.error("request failed", exc_info=exc, extra={"fields": {"request_id": rid, "path": request.url.path}})
+        return _error(500, f"internal error ({type(exc).__name__}); request id {rid}")
+
+    def snapshot() -> Any:
+        state = holder.current
+        if state is None:
+            raise RequestError(503, "the model is still loading" if holder.error is None
+                               else f"no model loaded: {holder.error}")
+        return state
+
+    def check_k(k: int) -> None:
+        if not 1 <= k <= sc.max_k:
+            raise RequestError(422, f"k = {k}: must be between 1 and serve.max_k = {sc.max_k}")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness: the process answers (the model may still be loading)."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        """Readiness: 200 once a model is loaded, with what is served; 503 before."""
+        state = holder.current
+        if state is None:
+            return _error(503, "loading" if holder.error is None else f"no model loaded: {holder.error}")
+        return JSONResponse({"status": "ready", "model_run_id": state.run_id, "index": state.index.kind,
+                             "items": state.stats.get("items"), "users": len(state.users.rows),
+                             "events_version": state.users.events_version, "reloads": holder.reloads,
+                             "text": state.text_payload is not None and app.state.encoder is not None})
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    def recommend(body: RecommendRequest) -> dict[str, Any]:
+        """Top-k for a known user, a text-only new user or an anonymous session, each explained."""
+        given = [name for name in ("user_id", "text", "recent_items") if getattr(body, name) is not None]
+        if len(given) != 1:
+            raise RequestError(422, "give exactly one of user_id, text, recent_items"
+                               + (f" (got {', '.join(given)})" if given else ""))
+        check_k(body.k)
+        state = snapshot()
+        if body.user_id is not None:
+            query = scoring.known_user(state, body.user_id)
+        elif body.text is not None:
+            text = body.text.strip()
+            if not text:
+                raise RequestError(422, "text is empty")
+            if len(text) > sc.max_text_chars:
+                raise RequestError(422, f"text has {len(text)} characters: at most serve.max_text_chars = "
+                                        f"{sc.max_text_chars}")
+            if app.state.encoder is None or state.text_payload is None:
+                raise RequestError(409, "text requests need a model trained with item text and the embed "
+                                        "stage's encoder")
+            started = time.perf_counter()
+            vector = np.asarray(app.state.encoder.encode([text]), np.float32)
+            app.state.timings["encode_ms"].append((time.perf_counter() - started) * 1000)
+            query = scoring.text_query(state, vector)
+        else:
+            items = body.recent_items or []
+            if not items:
+                raise RequestError(422, "recent_items is empty")
+            if len(items) > sc.max_recent_items:
+                raise RequestError(422, f"recent_items has {len(items)} items: at most serve.max_recent_items = "
+                                        f"{sc.max_recent_items}")
+            query = scoring.session_query(state, items)
+        listed = scoring.recommend(state, query, body.k, body.filters, cfg.recommend.explain_attributes,
+                                   cfg.recommend.exclude_seen)
+        return {"model_run_id": state.run_id, "index": state.index.kind,
+                "basis": "session" if body.recent_items is not None else query.basis, "items": listed}
+
+    @app.get("/items/{item_id}/similar", response_model=SimilarResponse)
+    def similar(item_id: str, k: int = Query(10, description="1..serve.max_k")) -> dict[str, Any]:
+        """Items nearest to this one in the model's item space."""
+        check_k(k)
+        state = snapshot()
+        return {"model_run_id": state.run_id, "item_id": item_id,
+                "items": scoring.similar_items(state, item_id, k)}
+
+    return app

@@ -1,0 +1,165 @@
+"""One request -> one explained list, with the batch stage's numeric code and no Spark.
+
+The three ways in mirror the batch stage: a known user's history through the user tower (plus
+the hybrid's linear head, as ``score.score_batch`` does), free text as a pseudo-history blended
+with the text cosine (``recommend_for_text``), and an anonymous session's items read as a
+history whose events all happened now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import RecommendFilters
+from ..model.blend import head_scores, tower_scale
+from ..recommend.score import blend, pseudo_history, user_vectors
+from ..recommend.topk import evidence
+from .explain import explain_row
+from .state import ServingState
+
+
+class RequestError(ValueError):
+    """A request the server cannot answer as asked; ``status`` is the HTTP code to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Query:
+    """A user as model input: history rows, gaps, what to exclude and what the head reads."""
+
+    user: int  # model user row (0: unknown to the model's id embedding)
+    hist: np.ndarray  # (1, n) int64
+    gaps: np.ndarray  # (1, n) float32
+    seen: np.ndarray  # model rows to exclude
+    items: np.ndarray  # positive model rows, for the head
+    weights: np.ndarray
+    basis: str  # "history" | "interests"
+    text: np.ndarray | None = None  # (1, D) interest text vector: blended scoring
+
+
+def eligible_for(state: ServingState, filters: RecommendFilters | None) -> np.ndarray:
+    """The load-time eligibility (``recommend.filters``) narrowed by the request's filters."""
+    base = state.payload.eligible
+    if filters is None or not (filters.exclude_item_ids or filters.genres is not None
+                               or filters.min_year is not None or filters.exclude_cold_items):
+        return base
+    cat = state.catalogue
+    mask = base.copy()
+    for item_id in filters.exclude_item_ids:
+        row = cat.rows.get(item_id)
+        if row is not None:
+            mask[row] = False
+    if filters.genres is not None:
+        keep = np.zeros_like(mask)
+        for g in filters.genres:
+            keep[cat.genres.get(g, np.zeros(0, np.int64))] = True
+        mask &= keep
+    if filters.min_year is not None:
+        with np.errstate(invalid="ignore"):
+            mask &= cat.year >= filters.min_year  # NaN (unknown year) is excluded, as in the batch stage
+    if filters.exclude_cold_items:
+        mask &= cat.has_id[: len(mask)]
+    return mask
+
+
+def known_user(state: ServingState, user_id: str) -> Query:
+    users, spec = state.users, state.model.spec
+    row = users.rows.get(user_id)
+    if row is None:
+        vector = users.text_only.get(user_id)
+        if vector is None:
+            raise RequestError(404, f"unknown user_id {user_id!r}: no positive event and no interest text")
+        return text_query(state, vector[None, :])
+    idx = int(users.user_idx[row])
+    lo, hi = users.items[0][row], users.items[0][row + 1]
+    s_lo, s_hi = users.seen[0][row], users.seen[0][row + 1]
+    return Query(user=idx + 1 if 0 <= idx < spec.n_users else 0, hist=users.hist[row:row + 1],
+                 gaps=users.gaps[row:row + 1], seen=users.seen[1][s_lo:s_hi], items=users.items[1][lo:hi],
+                 weights=users.weights[lo:hi], basis="history")
+
+
+def text_query(state: ServingState, vector: np.ndarray) -> Query:
+    """Interest text (encoded) -> its nearest items by text cosine as a pseudo-history."""
+    if state.text_payload is None:
+        raise RequestError(409, "the served model was trained without item text: text requests need "
+                                "`sparkrec embed` before `sparkrec train`")
+    tp = state.text_payload
+    n = int(tp.spec["history"])
+    hist = pseudo_history(vector.astype(np.float32), tp.text, tp.text_neighbours, n, state.has_text)
+    return Query(user=0, hist=hist, gaps=np.zeros((1, n), np.float32), seen=np.zeros(0, np.int64),
+                 items=np.zeros(0, np.int64), weights=np.zeros(0, np.float32), basis="interests",
+                 text=vector.astype(np.float32))
+
+
+def session_query(state: ServingState, item_ids: list[str]) -> Query:
+    """An anonymous session: its items, oldest first, as the latest events of a new user."""
+    rows = state.catalogue.rows
+    unknown = [i for i in item_ids if i not in rows]
+    if unknown:
+        raise RequestError(404, f"unknown item_id(s) in recent_items: {', '.join(map(repr, unknown[:10]))}")
+    n = int(state.payload.spec["history"])
+    ordered = list(dict.fromkeys(rows[i] for i in item_ids))  # first occurrence wins; order kept
+    hist = np.zeros((1, n), np.int64)
+    last = ordered[-n:]
+    hist[0, n - len(last):] = last
+    items = np.array(ordered, np.int64)
+    return Query(user=0, hist=hist, gaps=np.zeros((1, n), np.float32), seen=items, items=items,
+                 weights=np.ones(len(items), np.float32), basis="history")
+
+
+def vector_for(state: ServingState, q: Query) -> tuple[np.ndarray, Any, Any]:
+    """(user vector, index to search, head extra) exactly as the batch stage scores this kind of user."""
+    p = state.payload
+    u = user_vectors(p, np.array([q.user], np.int64), q.hist, q.gaps)
+    if q.text is not None:
+        assert state.text_payload is not None and state.blend_index is not None
+        u, _ = blend(state.text_payload, u, q.text)
+        return u, state.blend_index, None
+    extra = None
+    if p.head is not None:
+        extra = head_scores(p.head, np.array([0, len(q.items)], np.int64), q.items, q.weights)
+        u = tower_scale(u, p.items, p.head, p.tower_weight).astype(np.float32)
+    return u, state.index, extra
+
+
+def recommend(state: ServingState, q: Query, k: int, filters: RecommendFilters | None,
+              max_attributes: int, exclude_seen: bool = True) -> list[dict[str, Any]]:
+    """Top-``k`` explained items for one query (fewer only when the eligible catalogue runs out)."""
+    u, index, extra = vector_for(state, q)
+    seen = (np.array([0, len(q.seen)], np.int64), np.sort(q.seen)) if exclude_seen and len(q.seen) else None
+    recs, scores = index.search(u, k, eligible_for(state, filters), seen, extra)
+    ev = evidence(state.payload.items, q.hist, recs, state.payload.explain_items)
+    out = []
+    cat = state.catalogue
+    for rank, (row, score, cited) in enumerate(zip(recs[0], scores[0], ev[0], strict=True), start=1):
+        if row < 0:
+            break
+        out.append({"rank": rank, "item_id": cat.ids[row], "title": cat.facts.titles[row], "score": float(score),
+                    **explain_row(cat.facts, int(row), [int(c) for c in cited if c >= 0], q.basis, max_attributes)})
+    return out
+
+
+def similar_items(state: ServingState, item_id: str, k: int) -> list[dict[str, Any]]:
+    """Nearest items in the item tower's space (unit vectors: cosine), the item itself excluded."""
+    cat = state.catalogue
+    row = cat.rows.get(item_id)
+    if row is None:
+        raise RequestError(404, f"unknown item_id {item_id!r}")
+    items = state.payload.items
+    mask = state.payload.eligible.copy()
+    mask[row] = False
+    recs, scores = state.index.search(items[row:row + 1], k, mask)
+    out = []
+    for rank, (r, s) in enumerate(zip(recs[0], scores[0], strict=True), start=1):
+        if r < 0:
+            break
+        shared = [a for a in cat.facts.attrs[r] if a in set(cat.facts.attrs[row])]
+        out.append({"rank": rank, "item_id": cat.ids[r], "title": cat.facts.titles[r], "score": float(s),
+                    "shared_attributes": shared})
+    return out

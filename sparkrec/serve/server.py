@@ -1,0 +1,103 @@
+"""Starting the service: Spark once for loading, uvicorn for requests, the poller beside them.
+
+Spark is used to build snapshots (the batch stage's loading code) and never by a request. The
+first snapshot loads in the poller's thread while uvicorn already answers ``/health`` (200) and
+``/ready`` (503 until loaded), as an orchestrator's probes expect.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from pyspark.sql import SparkSession
+
+from ..config import Config
+from ..lake import Lake
+from ..logs import get_logger, log_fields
+from .api import create_app
+from .reload import Poller, StateHolder
+
+log = get_logger("serve")
+
+
+def text_encoder(cfg: Config, spark: SparkSession | None) -> Any | None:
+    """The embed stage's encoder, warmed up; None when it cannot load here (text requests answer 409)."""
+    from ..text import make_encoder
+
+    try:
+        encoder = make_encoder(cfg.embed, spark)
+        encoder.encode(["warm up"])
+        return encoder
+    except Exception as exc:
+        log_fields(log, "no text encoder: text requests will be refused", error=" ".join(str(exc).split())[:300])
+        return None
+
+
+def build(cfg: Config, spark: SparkSession, lake: Lake, load_in_background: bool = True,
+          encoder: Any | None = None) -> tuple[FastAPI, Poller]:
+    """The app and its started poller (``load_in_background=False``: the first snapshot is loaded
+    before this returns)."""
+    holder = StateHolder()
+    poller = Poller(cfg, spark, lake, holder)
+    if not load_in_background:
+        poller.load_first()
+    poller.start(load_in_background)
+    app = create_app(cfg, holder, encoder if encoder is not None else text_encoder(cfg, spark))
+    return app, poller
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Running:
+    """A uvicorn server in a thread of this process (tests, benchmarks)."""
+
+    server: Any
+    thread: threading.Thread
+    url: str
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> Running:
+    """Runs ``app`` under uvicorn in a daemon thread; returns once it accepts connections."""
+    import uvicorn
+
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))
+    thread = threading.Thread(target=server.run, name="sparkrec-serve-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.02)
+    return Running(server, thread, f"http://{host}:{port}")
+
+
+def run_server(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
+    """``sparkrec serve``: blocks until the server is stopped (Ctrl-C / SIGTERM)."""
+    import uvicorn
+
+    app, poller = build(cfg, spark, lake)
+    sc = cfg.serve
+    log_fields(log, "serving", url=f"http://{sc.host}:{sc.port}", docs=f"http://{sc.host}:{sc.port}/docs",
+               index=sc.index, model=cfg.recommend.model_run_id or cfg.recommend.model,
+               reload_seconds=sc.reload_seconds)
+    try:
+        uvicorn.run(app, host=sc.host, port=sc.port, log_level="warning", access_log=False)
+    finally:
+        poller.stop()
+    holder = app.state.holder
+    return {"model_run_id": holder.current.run_id if holder.current else None, "reloads": holder.reloads}

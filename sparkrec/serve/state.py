@@ -1,0 +1,166 @@
+"""What the server holds in memory: one immutable snapshot of model, items and user histories.
+
+Everything is built at load time with the batch stage's own code (``resolve_model``,
+``eligibility``, ``make_payload``, ``current_states``, ``item_facts``), which may use Spark;
+requests then only read numpy arrays. A snapshot is never changed after it is built: a reload
+builds a new one and the holder swaps a single reference, so a request that started on the old
+snapshot finishes on it (see :mod:`.reload`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from ..config import Config
+from ..lake import Lake
+from ..logs import get_logger, log_fields
+from ..model.registry import LoadedModel
+from ..recommend.explain import item_facts
+from ..recommend.job import current_states, eligibility, make_payload, resolve_model
+from ..recommend.score import Payload
+from .explain import ItemFacts
+from .index import Index, make_index
+
+log = get_logger("serve.state")
+
+
+@dataclass(frozen=True)
+class Users:
+    """Every user with a positive event, as model inputs (rows of these arrays, not user_idx)."""
+
+    rows: dict[str, int]  # user_id -> row
+    user_idx: np.ndarray  # (U,) int64
+    hist: np.ndarray  # (U, n) int64 model rows, left-padded with 0
+    gaps: np.ndarray  # (U, n) float32
+    seen: tuple[np.ndarray, np.ndarray]  # CSR of model rows of every event (seen items)
+    items: tuple[np.ndarray, np.ndarray]  # CSR of model rows of every positive (the head's input)
+    weights: np.ndarray  # flat, aligned with items[1]
+    text_only: dict[str, np.ndarray]  # user_id -> interest text vector, users with no positive event
+    events_version: int
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Per model row (item_idx + 1; row 0 is padding): ids, facts and what request filters test."""
+
+    rows: dict[str, int]  # item_id -> model row (only items the model knows)
+    ids: list[str | None]
+    facts: ItemFacts
+    genres: dict[str, np.ndarray]  # genre -> model rows having it
+    year: np.ndarray  # float32, NaN where unknown
+    has_id: np.ndarray  # bool: items with training interactions (not cold)
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """One consistent snapshot; ``run_id`` names the model it serves."""
+
+    run_id: str
+    model: LoadedModel
+    payload: Payload  # the batch stage's scoring inputs: item matrix, tower weights, head, eligibility
+    index: Index  # over payload.items (tower space)
+    catalogue: Catalogue
+    users: Users
+    text_payload: Payload | None = None  # payload + item text and the [items, text] matrix (``score.blend``)
+    has_text: np.ndarray | None = None
+    blend_index: Index | None = None  # over [items, text]: text-only users, as recommend_for_text blends
+    loaded_at: float = field(default_factory=time.time)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _csr(lists: Any, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([0 if x is None else len(x) for x in lists], dtype=np.int64)
+    flat = np.concatenate([np.asarray(x, dtype=dtype) for x in lists if x is not None and len(x)] or
+                          [np.zeros(0, dtype)])
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), flat
+
+
+def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel) -> Users:
+    """Current histories from the events table (what ingest, features and the stream have MERGEd)."""
+    version = lake.version("events")
+    pdf = current_states(lake, loaded, None).drop("basis").toPandas()
+    n = int(loaded.meta.get("history", loaded.spec.history))
+    hist = np.stack(pdf["hist"].to_numpy()).astype(np.int64) if len(pdf) else np.zeros((0, n), np.int64)
+    gaps = np.stack(pdf["gaps"].to_numpy()).astype(np.float32) if len(pdf) else np.zeros((0, n), np.float32)
+    items = _csr(pdf["items"], np.int64)
+    weights = _csr(pdf["weights"], np.float32)[1]
+    text_only: dict[str, np.ndarray] = {}
+    if lake.exists("user_text_embeddings"):
+        texts = (lake.read("user_text_embeddings").filter(F.col("vector").isNotNull())
+                 .select("user_id", "vector").toPandas())
+        known = set(pdf["user_id"])
+        text_only = {u: np.asarray(v, np.float32) for u, v in zip(texts["user_id"], texts["vector"], strict=True)
+                     if u not in known and v is not None and len(v)}
+    return Users(rows={u: i for i, u in enumerate(pdf["user_id"])}, user_idx=pdf["user_idx"].to_numpy(np.int64),
+                 hist=hist, gaps=gaps, seen=_csr(pdf["seen"], np.int64), items=items, weights=weights,
+                 text_only=text_only, events_version=version)
+
+
+def load_catalogue(lake: Lake, loaded: LoadedModel) -> Catalogue:
+    """Item ids, explanation facts and filter columns, by model row."""
+    n = loaded.spec.n_items + 1
+    feats = lake.read("item_features")
+    facts = item_facts(feats).join(feats.select("item_idx", "genres", "year"), "item_idx").toPandas()
+    facts = facts[(facts["item_idx"] >= 0) & (facts["item_idx"] < n - 1)]
+    rows = (facts["item_idx"].to_numpy(np.int64) + 1).tolist()
+    ids: list[str | None] = [None] * n
+    titles: list[str | None] = [None] * n
+    attrs: list[list[str]] = [[] for _ in range(n)]
+    notes: list[str | None] = [None] * n
+    year = np.full(n, np.nan, np.float32)
+    by_genre: dict[str, list[int]] = {}
+    for r, item_id, title, a, note, genres, y in zip(rows, facts["item_id"], facts["title"], facts["attrs"],
+                                                     facts["popularity_note"], facts["genres"], facts["year"],
+                                                     strict=True):
+        ids[r], titles[r], notes[r] = item_id, title, note
+        attrs[r] = [str(x) for x in a] if a is not None else []
+        if y is not None and not (isinstance(y, float) and np.isnan(y)):
+            year[r] = float(y)
+        for g in (genres if genres is not None else []):
+            by_genre.setdefault(str(g), []).append(r)
+    return Catalogue(rows={i: r for r, i in enumerate(ids) if i is not None}, ids=ids,
+                     facts=ItemFacts(titles, attrs, notes),
+                     genres={g: np.array(v, np.int64) for g, v in by_genre.items()}, year=year,
+                     has_id=np.asarray(loaded.catalog.has_id, bool))
+
+
+def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
+    """The model ``recommend.model`` names (the hybrid: the one kind that scores a request
+    without Spark), its item matrix and index, the catalogue and every user's history."""
+    started = time.perf_counter()
+    loaded = resolve_model(cfg, lake)
+    payload = make_payload(cfg, loaded, eligibility(cfg, lake, loaded))
+    sc = cfg.serve
+    index = make_index(payload.items, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
+    text_payload = has_text = blend_index = None
+    if loaded.catalog.text is not None:
+        text = np.ascontiguousarray(loaded.catalog.text, dtype=np.float32)
+        has_text = np.abs(text).sum(axis=1) > 0
+        has_text[0] = False
+        blend = np.hstack([payload.items, text]).astype(np.float32)
+        text_payload = dataclasses.replace(payload, text=text, blend_items=blend)
+        blend_index = make_index(blend, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
+    state = ServingState(run_id=loaded.version, model=loaded, payload=payload, index=index,
+                         catalogue=load_catalogue(lake, loaded), users=load_users(spark, lake, loaded),
+                         text_payload=text_payload, has_text=has_text, blend_index=blend_index)
+    state.stats.update(items=int(payload.items.shape[0] - 1), users=len(state.users.rows),
+                       text_only_users=len(state.users.text_only), index=index.kind,
+                       seconds=round(time.perf_counter() - started, 2))
+    log_fields(log, "serving state loaded", run_id=state.run_id, **state.stats)
+    return state
+
+
+def with_new_users(state: ServingState, spark: SparkSession, lake: Lake) -> ServingState:
+    """The same model and index over the histories the events table holds now."""
+    users = load_users(spark, lake, state.model)
+    log_fields(log, "user histories reloaded", run_id=state.run_id, users=len(users.rows),
+               events_version=users.events_version)
+    return dataclasses.replace(state, users=users, loaded_at=time.time(),
+                               stats={**state.stats, "users": len(users.rows)})

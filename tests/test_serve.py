@@ -1,0 +1,251 @@
+"""`sparkrec serve`: the real HTTP server (uvicorn in a thread) on the sample lake, called with httpx.
+
+One trained model, the batch `recommend` stage's table beside it: the server must give known
+users the same lists and the same explanations as the batch stage, text-only users the same
+list as `recommend-text`, answer every bad request with a clear 4xx, agree with itself between
+the exact and the faiss index, pick up new events, and switch to a newly trained model without
+a failed request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+K = 10
+KIDS = "animated movie for kids, Pixar"
+
+
+@pytest.fixture(scope="module")
+def trained(spark, sample_lake, tmp_path_factory):
+    """A private copy of the sample lake + item text + interest text + a small model + batch lists."""
+    from sparkrec.lake import DeltaRsLake, RunContext
+    from sparkrec.model.job import run_train
+    from sparkrec.recommend import run_recommend
+    from sparkrec.text import run_embed
+
+    base_cfg, _ = sample_lake
+    root = tmp_path_factory.mktemp("serve")
+    shutil.copytree(base_cfg.lake.root, root / "lake", ignore=shutil.ignore_patterns("work", "mlruns"))
+    interests = root / "interests.csv"
+    interests.write_text(f"user_id,text\nkid_fan,\"{KIDS}\"\n")
+    cfg = base_cfg.model_copy(deep=True)
+    cfg.lake.root, cfg.train.workdir, cfg.train.mlflow_uri = str(root / "lake"), str(root / "work"), str(root / "ml")
+    cfg.embed.user_text_path = str(interests)
+    cfg.train.backend, cfg.train.epochs, cfg.model.history = "local", 2, 10
+    cfg.recommend.k, cfg.recommend.item_block_rows = K, 2000
+    cfg.serve.reload_seconds, cfg.serve.max_k = 1.0, 50
+    lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="test"))
+    run_embed(cfg, spark, lake)
+    run_train(cfg, spark, lake)
+    run_recommend(cfg, spark, lake)
+    return cfg, lake, lake.read("recommendations").toPandas()
+
+
+@pytest.fixture(scope="module")
+def server(spark, trained):
+    from sparkrec.serve import build, start_in_thread
+
+    cfg, lake, _ = trained
+    app, poller = build(cfg, spark, lake, load_in_background=False)
+    running = start_in_thread(app)
+    client = httpx.Client(base_url=running.url, timeout=60)
+    yield client, app, poller
+    client.close()
+    poller.stop()
+    running.stop()
+
+
+def _post(client, body, status=200):
+    r = client.post("/recommend", json=body)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def test_health_ready_and_docs(server, trained):
+    client, app, _ = server
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["status"] == "ready" and ready["index"] == "exact" and ready["text"] is True
+    assert ready["users"] > 100 and ready["model_run_id"] == app.state.holder.current.run_id
+    assert client.get("/docs").status_code == 200
+    assert "/recommend" in client.get("/openapi.json").json()["paths"]
+
+
+def test_known_users_get_the_batch_stages_lists_and_explanations(server, trained):
+    client, _, _ = server
+    _, _, batch = trained
+    users = sorted(batch["user_id"].dropna().loc[batch["user_idx"].notna()].unique())[:8]
+    for user in users:
+        body = _post(client, {"user_id": user, "k": K})
+        want = batch[batch["user_id"] == user].sort_values("rank")
+        got = body["items"]
+        assert body["basis"] == "history" and body["index"] == "exact"
+        assert [i["item_id"] for i in got] == want["item_id"].tolist()
+        assert np.allclose([i["score"] for i in got], want["score"], atol=1e-4)
+        assert [i["explanation"] for i in got] == want["explanation"].tolist()
+        assert all(i["explanation_source"] == "template" for i in got)
+        assert [i["evidence"]["history_items"] for i in got] == [list(e["history_items"]) for e in want["evidence"]]
+
+
+def test_a_filter_narrows_the_list(server, trained):
+    client, _, _ = server
+    _, lake, batch = trained
+    user = sorted(batch["user_id"].dropna().loc[batch["user_idx"].notna()].unique())[0]
+    genres = {r["item_id"]: list(r["genres"] or []) for r in lake.read("item_features").select("item_id", "genres")
+              .collect()}
+    body = _post(client, {"user_id": user, "k": 5, "filters": {"genres": ["Comedy"], "min_year": 1990}})
+    assert len(body["items"]) == 5
+    assert all("Comedy" in genres[i["item_id"]] for i in body["items"])
+    first = _post(client, {"user_id": user, "k": 3})["items"][0]["item_id"]
+    without = _post(client, {"user_id": user, "k": 3, "filters": {"exclude_item_ids": [first]}})
+    assert first not in [i["item_id"] for i in without["items"]]
+
+
+def test_text_only_users_match_recommend_text(server, trained, spark):
+    from sparkrec.recommend import recommend_for_text
+
+    client, _, _ = server
+    cfg, lake, batch = trained
+    body = _post(client, {"text": KIDS, "k": K})
+    want = recommend_for_text(cfg, spark, lake, KIDS, K)
+    assert body["basis"] == "interests"
+    assert [i["item_id"] for i in body["items"]] == [r["item_id"] for r in want]
+    assert [i["explanation"] for i in body["items"]] == [r["explanation"] for r in want]
+    stored = _post(client, {"user_id": "kid_fan", "k": K})  # known only by interest text in the lake
+    assert [i["item_id"] for i in stored["items"]] == batch.query("user_id == 'kid_fan'").sort_values("rank")[
+        "item_id"].tolist()
+
+
+def test_an_anonymous_session(server, trained):
+    client, _, _ = server
+    _, lake, _ = trained
+    items = lake.read("item_features").orderBy("popularity_rank").limit(3).select("item_id").toPandas()["item_id"]
+    body = _post(client, {"recent_items": items.tolist(), "k": K})
+    got = [i["item_id"] for i in body["items"]]
+    assert body["basis"] == "session" and len(got) == K and not set(got) & set(items)
+    assert all(i["explanation"].startswith("Because you liked") for i in body["items"])
+
+
+def test_similar_items(server, trained):
+    client, _, _ = server
+    _, lake, _ = trained
+    item = lake.read("item_features").orderBy("popularity_rank").limit(1).collect()[0]["item_id"]
+    r = client.get(f"/items/{item}/similar", params={"k": 5})
+    assert r.status_code == 200, r.text
+    got = r.json()["items"]
+    assert len(got) == 5 and item not in [i["item_id"] for i in got]
+    assert [i["score"] for i in got] == sorted([i["score"] for i in got], reverse=True)
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    ({"user_id": "no-such-user"}, 404, "unknown user_id"),
+    ({"recent_items": ["no-such-item"]}, 404, "unknown item_id"),
+    ({"user_id": "1", "k": 0}, 422, "k = 0"),
+    ({"user_id": "1", "k": 51}, 422, "serve.max_k = 50"),
+    ({"user_id": "1", "k": "many"}, 422, "k:"),
+    ({"text": "x" * 2001}, 422, "max_text_chars"),
+    ({"text": "   "}, 422, "text is empty"),
+    ({}, 422, "exactly one of user_id, text, recent_items"),
+    ({"user_id": "1", "text": "space"}, 422, "got user_id, text"),
+    ({"recent_items": []}, 422, "recent_items is empty"),
+    ({"user_id": "1", "filters": {"colour": "red"}}, 422, "filters.colour"),
+    ({"user_id": "1", "surprise": 1}, 422, "surprise"),
+])
+def test_bad_requests_get_a_clear_4xx(server, body, status, says):
+    client, _, _ = server
+    r = client.post("/recommend", json=body)
+    assert r.status_code == status, r.text
+    assert says in r.json()["error"], r.json()
+
+
+def test_malformed_json_unknown_item_and_bad_k_on_similar(server):
+    client, _, _ = server
+    r = client.post("/recommend", content=b'{"user_id": ', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
+    r = client.get("/items/no-such-item/similar")
+    assert r.status_code == 404 and "unknown item_id" in r.json()["error"]
+    r = client.get("/items/1/similar", params={"k": 1000})
+    assert r.status_code == 422 and "max_k" in r.json()["error"]
+
+
+def test_faiss_agrees_with_exact(trained, spark, server):
+    from sparkrec.serve.index import FaissIndex
+    from sparkrec.serve.scoring import known_user, recommend
+
+    cfg, _, _ = trained
+    _, app, _ = server
+    state = app.state.holder.current
+    faiss_state = dataclasses.replace(state, index=FaissIndex(state.payload.items, cfg.serve.faiss))
+    overlaps = []
+    for user in list(state.users.rows)[:100]:
+        q = known_user(state, user)
+        exact = [r["item_id"] for r in recommend(state, q, 20, None, 3)]
+        approx = [r["item_id"] for r in recommend(faiss_state, q, 20, None, 3)]
+        overlaps.append(len(set(exact) & set(approx)) / len(exact))
+    assert np.mean(overlaps) >= 0.95, np.mean(overlaps)
+
+
+def test_new_events_reach_the_served_lists(server, trained, spark):
+    client, _, _ = server
+    _, lake, batch = trained
+    user = sorted(batch["user_id"].dropna().loc[batch["user_idx"].notna()].unique())[1]
+    top = _post(client, {"user_id": user, "k": 3})["items"][0]["item_id"]
+    version = client.get("/ready").json()["events_version"]
+    idx = lake.read("item_index").filter(F.col("item_id") == top).collect()[0]["item_idx"]
+    uidx = lake.read("user_index").filter(F.col("user_id") == user).collect()[0]["user_idx"]
+    events = lake.read("events").filter(F.col("user_idx") == uidx)
+    last = events.orderBy(F.desc("seq")).limit(1)
+    new = last.withColumn("item_idx", F.lit(idx).cast("int")).withColumn("seq", F.col("seq") + 1)
+    lake.upsert("events", new, ["user_idx", "item_idx", "seq"])  # what the streaming job MERGEs
+    deadline = time.monotonic() + 60
+    while client.get("/ready").json()["events_version"] == version:
+        assert time.monotonic() < deadline, "events were never reloaded"
+        time.sleep(0.2)
+    assert top not in [i["item_id"] for i in _post(client, {"user_id": user, "k": 3})["items"]]  # seen now
+
+
+def test_hot_reload_to_a_new_model_drops_no_request(server, trained, spark):
+    from sparkrec.model.job import run_train
+
+    client, _, _ = server
+    cfg, lake, batch = trained
+    old = client.get("/ready").json()["model_run_id"]
+    users = sorted(batch["user_id"].dropna().loc[batch["user_idx"].notna()].unique())[:20]
+    statuses: list[int] = []
+    seen_models: set[str] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=60) as c:
+            i = 0
+            while not stop.is_set():
+                r = c.post("/recommend", json={"user_id": users[i % len(users)], "k": 5})
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    seen_models.add(r.json()["model_run_id"])
+                i += 1
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        retrain = cfg.model_copy(deep=True)
+        retrain.train.epochs = 1
+        new = run_train(retrain, spark, lake)["run_id"]
+        deadline = time.monotonic() + 120
+        while client.get("/ready").json()["model_run_id"] != new:
+            assert time.monotonic() < deadline, "the new model was never loaded"
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join()
+    assert new != old and {old, new} <= seen_models
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
