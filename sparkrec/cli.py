@@ -140,11 +140,18 @@ def _replay(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> di
     return run_replay(cfg, spark, getattr(args, "rate", None) or 0.0, getattr(args, "limit", None))
 
 
+def _serve(cfg: Config, spark: Any, lake: Lake, args: argparse.Namespace) -> dict[str, Any]:
+    """The HTTP service (``sparkrec.serve``): runs until stopped (--host / --port: see ``_run``)."""
+    from .serve import run_server
+
+    return run_server(cfg, spark, lake)
+
+
 # Stage order is the pipeline's order; evaluate is run on its own (it fits every baseline),
 # stream and replay run until stopped or done.
 STAGES: dict[str, StageFn] = {"ingest": _ingest, "features": _features, "embed": _embed, "train": _train,
                              "recommend": _recommend, "evaluate": _evaluate, "stream": _stream,
-                             "replay": _replay}
+                             "replay": _replay, "serve": _serve}
 PIPELINE = ("ingest", "features", "embed", "train", "recommend")
 
 
@@ -160,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="evaluate: judge the lists the stream served as events arrived (stream_prequential)")
     parser.add_argument("--rate", type=float, help="replay: events per second (default: as fast as possible)")
     parser.add_argument("--limit", type=int, help="replay: at most this many events")
+    parser.add_argument("--host", help="serve: the address to listen on (default: serve.host)")
+    parser.add_argument("--port", type=int, help="serve: the port (default: serve.port)")
     parser.add_argument("--run-id", default=os.environ.get("SPARKREC_RUN_ID"),
                         help="the run id recorded in every Delta commit of this run (default: $SPARKREC_RUN_ID, "
                         "else a new one): a scheduler passes its own so the stages of one run share it")
@@ -238,6 +247,8 @@ def _run(args: argparse.Namespace) -> int:
         print("sparkrec: recommend-text needs the interest text, e.g. sparkrec recommend-text \"space opera\"",
               file=sys.stderr)
         return 2
+    if args.stage == "serve":  # --host / --port are serve.host / serve.port, validated with the rest
+        args.overrides += [f"serve.{k}={v}" for k in ("host", "port") if (v := getattr(args, k, None)) is not None]
     cfg = load_config(args.conf, args.overrides)
     setup_logging(cfg.logging.level, cfg.logging.format)
     if args.stage == "show-config":

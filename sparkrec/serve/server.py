@@ -1,8 +1,9 @@
 """Starting the service: Spark once for loading, uvicorn for requests, the poller beside them.
 
 Spark is used to build snapshots (the batch stage's loading code) and never by a request. The
-first snapshot loads in the poller's thread while uvicorn already answers ``/health`` (200) and
-``/ready`` (503 until loaded), as an orchestrator's probes expect.
+command line loads the first snapshot before the port opens (a missing or foreign model fails
+fast, exit code 2); embedded, ``build`` can load it in the poller's thread instead, while
+uvicorn already answers ``/health`` (200) and ``/ready`` (503 until loaded).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def run_server(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     """``sparkrec serve``: blocks until the server is stopped (Ctrl-C / SIGTERM)."""
     import uvicorn
 
-    app, poller = build(cfg, spark, lake)
+    app, poller = build(cfg, spark, lake, load_in_background=False)  # a missing model fails before the port opens
     sc = cfg.serve
     log_fields(log, "serving", url=f"http://{sc.host}:{sc.port}", docs=f"http://{sc.host}:{sc.port}/docs",
                index=sc.index, model=cfg.recommend.model_run_id or cfg.recommend.model,
