@@ -15,7 +15,8 @@ params = notebook.widgets({"conf": "", "work_dir": "notebook-work", "fast": "tru
                            "item_id": "1"}, globals().get("dbutils"))
 cfg = notebook.notebook_config(params)
 spark, lake = notebook.open_session(cfg)
-notebook.ensure_pipeline(cfg, lake, ["ingest", "features", "embed"])  # no-op after 00_quickstart
+ran = notebook.ensure_pipeline(cfg, lake, ["ingest", "features", "embed"])  # none after 00_quickstart
+print("stages run now:", list(ran) or "none (the lake 00_quickstart built)")
 
 # COMMAND ----------
 

@@ -16,7 +16,8 @@ params = notebook.widgets({"conf": "", "work_dir": "notebook-work", "fast": "tru
 cfg = notebook.notebook_config(params, f"train.split={params['split']}", f"train.backend={params['backend']}",
                                f"train.num_workers={params['num_workers']}", f"train.epochs={params['epochs']}")
 spark, lake = notebook.open_session(cfg)
-notebook.ensure_pipeline(cfg, lake, ["ingest", "features", "embed"])  # no-op after 00_quickstart
+ran = notebook.ensure_pipeline(cfg, lake, ["ingest", "features", "embed"])  # none after 00_quickstart
+print("stages run now:", list(ran) or "none (the lake 00_quickstart built)")
 
 # COMMAND ----------
 

@@ -17,7 +17,8 @@ params = notebook.widgets({"conf": "", "work_dir": "notebook-work", "fast": "tru
 cfg = notebook.notebook_config(params, f"evaluation.split={params['split']}",
                                f"evaluation.models=[{params['models']}]")
 spark, lake = notebook.open_session(cfg)
-notebook.ensure_pipeline(cfg, lake, ["ingest", "features", "embed"])  # no-op after 00_quickstart
+ran = notebook.ensure_pipeline(cfg, lake, ["ingest", "features", "embed"])  # none after 00_quickstart
+print("stages run now:", list(ran) or "none (the lake 00_quickstart built)")
 if "hybrid" in cfg.evaluation.models:
     print("hybrid judged:", notebook.ensure_split_model(cfg, lake, params["split"]))
 

@@ -23,7 +23,8 @@ params = notebook.widgets({"conf": "", "work_dir": "notebook-work", "fast": "tru
                           globals().get("dbutils"))
 cfg = notebook.notebook_config(params)
 spark, lake = notebook.open_session(cfg)
-notebook.ensure_pipeline(cfg, lake)  # no-op after 00_quickstart
+ran = notebook.ensure_pipeline(cfg, lake)  # none after 00_quickstart
+print("stages run now:", list(ran) or "none (the lake 00_quickstart built)")
 
 # COMMAND ----------
 

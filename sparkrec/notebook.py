@@ -38,6 +38,11 @@ FAST_OVERRIDES: tuple[str, ...] = (
     "evaluation.ease_lambdas=[100.0,500.0]",
 )
 
+# fast=true also switches off the evaluation splits nothing in the run uses (each costs a features pass)
+SPLIT_SWITCHES = {"global_time": "global_time_cut_quantile", "random": "random_ratio",
+                  "stratified": "stratified_ratio", "cold_items": "cold_items_fraction",
+                  "cold_users": "cold_users_fraction"}
+
 # The table each stage writes last: present means the stage ran on this lake.
 STAGE_OUTPUT = {"ingest": "ingest_runs", "features": "user_histories", "embed": "item_embeddings",
                 "train": "item_vectors", "recommend": "recommendations"}
@@ -85,7 +90,14 @@ def notebook_config(params: Mapping[str, str], *extra: str) -> Config:
                       f"train.mlflow_uri={root / 'mlruns'}", f"evaluation.report_dir={root / 'reports'}"]
     overrides += shlex.split(params.get("overrides") or "")
     overrides += extra
-    return load_config((params.get("conf") or "").strip() or None, overrides)
+    conf = (params.get("conf") or "").strip() or None
+    cfg = load_config(conf, overrides)
+    if truthy(params.get("fast", "false")):
+        used = {cfg.evaluation.split, cfg.train.split, *cfg.embed.splits}
+        off = [f"features.splits.{key}=null" for split, key in SPLIT_SWITCHES.items()
+               if split not in used and getattr(cfg.features.splits, key) is not None]
+        cfg = load_config(conf, [*overrides[:len(FAST_OVERRIDES)], *off, *overrides[len(FAST_OVERRIDES):]])
+    return cfg
 
 
 def open_session(cfg: Config) -> tuple[Any, Any]:
@@ -114,6 +126,9 @@ def ensure_pipeline(cfg: Config, lake: Any, stages: Sequence[str] = PIPELINE) ->
     from .cli import run_stages
 
     todo = missing_stages(lake, stages)
+    wanted = {cfg.evaluation.split, cfg.train.split} - {"none"}
+    if not todo and "features" in stages and any(not lake.exists(f"split_{s}") for s in wanted):
+        todo = list(stages[stages.index("features"):])  # a split this run needs that an earlier run left out
     return run_stages(cfg, todo) if todo else {}
 
 
@@ -420,6 +435,7 @@ def new_item(cfg: Config, spark: Any, lake: Any, description: str, genres: Seque
     with torch.no_grad():  # every catalogue item through the same tower, in eval mode
         items_matrix = loaded.model.eval().item_vectors(torch.arange(loaded.spec.n_items + 1)).numpy()
     facts = lake.read("item_features").select("item_idx", "item_id", "title", "genres").toPandas()
+    facts = facts[facts["item_idx"] < loaded.spec.n_items]  # items added since the fit are not in the model
     facts = facts.sort_values("item_idx").reset_index(drop=True)
     sims = items_matrix[facts["item_idx"].to_numpy() + 1] @ vec
     top = np.argsort(-sims)[:k]

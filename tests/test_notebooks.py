@@ -88,6 +88,9 @@ def test_notebook_config_puts_everything_under_the_work_dir(tmp_path):
     assert cfg.evaluation.report_dir == str(tmp_path / "reports")
     assert cfg.train.epochs == 4  # overrides after the fast settings
     assert cfg.train.blend_trials == 3 and cfg.evaluation.split == "stratified"
+    # fast: only the splits this run uses are written (each costs a features pass)
+    assert cfg.features.splits.stratified_ratio is not None and cfg.features.splits.random_ratio is None
+    assert cfg.features.splits.temporal_leave_last_n == 1  # embed.splits=[temporal_loo] in the fast settings
     assert notebook.notebook_config({"fast": "false"}).train.epochs == 10
 
 
