@@ -170,8 +170,8 @@ def test_every_backend_trains_and_loads_back_from_mlflow(trained):
 def test_saved_item_vectors_match_the_loaded_model(trained):
     from safetensors.torch import load_file
 
+    from sparkrec.model.build import all_item_vectors
     from sparkrec.model.registry import ITEM_VECTORS, load_model
-    from sparkrec.model.worker import all_item_vectors
 
     cfg, _, runs = trained
     import mlflow

@@ -81,8 +81,8 @@ def test_every_user_gets_k_sorted_unseen_items(served):
 
 
 def test_spark_top_k_equals_numpy_brute_force(served):
+    from sparkrec.model.build import all_item_vectors
     from sparkrec.model.data import user_states
-    from sparkrec.model.worker import all_item_vectors
     from sparkrec.recommend.job import resolve_model
 
     cfg, lake, _ = served
@@ -118,7 +118,7 @@ def test_spark_top_k_equals_numpy_brute_force(served):
 
 
 def test_cold_items_are_eligible_and_rank_high_for_a_matching_history(served):
-    from sparkrec.model.worker import all_item_vectors
+    from sparkrec.model.build import all_item_vectors
     from sparkrec.recommend.job import eligibility, make_payload, resolve_model
     from sparkrec.recommend.score import user_vectors
 

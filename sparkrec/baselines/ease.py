@@ -16,9 +16,10 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ..cooccurrence import gram
 from ..logs import get_logger, log_fields
 from .base import Recommender, SharedMatrix, distinct_users, user_state
-from .cooccurrence import gram, user_item_values
+from .cooccurrence import user_item_values
 from .scoring import ItemSpace, history_matrix, top_k_per_user
 from .tuning import Holdout, holdout_validation, select_by_validation
 

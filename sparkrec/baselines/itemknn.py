@@ -15,9 +15,10 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from ..cooccurrence import gram
 from ..ranking import train_rows
 from .base import Recommender, distinct_users, positives
-from .cooccurrence import gram, user_item_values
+from .cooccurrence import user_item_values
 
 if TYPE_CHECKING:
     from ..config import EvaluationConfig

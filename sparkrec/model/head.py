@@ -88,7 +88,7 @@ def head_rows(positives: DataFrame, max_items: int, min_count: int) -> np.ndarra
 def weighted_gram(positives: DataFrame, rows: np.ndarray, binary: bool = False) -> np.ndarray:
     """X^T X over ``rows`` of the users' positives (one value per user and item: the largest
     weight, or 1), summed on executors; only the m x m result reaches the driver."""
-    from ..baselines.cooccurrence import gram
+    from ..cooccurrence import gram
 
     spark = positives.sparkSession
     keep = spark.createDataFrame([(int(r) - 1,) for r in rows], "item_idx int")

@@ -25,6 +25,7 @@ from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..text.tables import item_embeddings_table
 from .blend import BlendSearch, search_blend
+from .build import all_item_vectors
 from .data import build_catalog, gap_scale_for, training_examples, user_states
 from .distributed import run_distributed
 from .head import LinearHead, head_rows, side_grams, solve_head, weighted_gram
@@ -33,7 +34,7 @@ from .registry import ITEM_VECTORS, load_weights, mlflow_setup, save_model_dir
 from .store import model_tags
 from .towers import ModelSpec
 from .validation import collect_eval_set, holdout_for, split_validation
-from .worker import all_item_vectors, worker_main
+from .worker import worker_main
 
 log = get_logger("train")
 

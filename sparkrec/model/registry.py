@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from ..errors import ModelNotFoundError
+from .build import build_model
 from .data import Catalog
 from .head import LinearHead
 from .towers import ModelSpec, TwoTower
-from .worker import build_model
 
 WEIGHTS, SPEC, HEAD = "weights.safetensors", "spec.json", "head.safetensors"
 CATALOG, ITEM_VECTORS = "catalog.safetensors", "item_vectors.safetensors"
@@ -64,7 +64,7 @@ def save_model_dir(path: Path, spec: ModelSpec, weights: bytes, catalog: Catalog
     (path / SPEC).write_text(json.dumps({"spec": spec.to_dict(), "meta": meta}, indent=2, default=str))
     catalog.save(path / CATALOG)
     loaded = load_model_dir(path)
-    from .worker import all_item_vectors
+    from .build import all_item_vectors
 
     save_file({"vectors": all_item_vectors(loaded.model).contiguous()}, str(path / ITEM_VECTORS))
     return path

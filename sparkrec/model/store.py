@@ -16,7 +16,6 @@ picks what the recommend stage serves (see :func:`resolve_run`).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,17 +65,6 @@ def log_recommender(model: Recommender, cfg: Config, lake: Lake, split: str,
             tempfile.TemporaryDirectory() as tmp:
         mlflow.log_artifacts(str(model.save(Path(tmp) / "model")), artifact_path="model")
         return str(run.info.run_id)
-
-
-def load_recommender(run_id: str, mlflow_uri: str) -> Recommender:
-    """The baseline saved in run ``run_id``, with no user state yet (call ``observe``)."""
-    import mlflow
-
-    from .. import baselines  # noqa: F401 - imported for its models, which Recommender.load finds by name
-    from .registry import mlflow_setup
-
-    mlflow_setup(mlflow_uri, os.environ.get("SPARKREC_EXPERIMENT", "sparkrec"))
-    return Recommender.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model"))
 
 
 def registered_name(cfg: Config) -> str:

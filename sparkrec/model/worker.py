@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .build import all_item_vectors, build_model
 from .data import Catalog
 from .distributed import Dist, make_dist
 from .towers import ModelSpec, TwoTower
@@ -31,29 +32,6 @@ def pick_device(use_gpu: bool) -> torch.device:
     if use_gpu and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
-
-
-def build_model(spec: ModelSpec, catalog: Catalog, device: torch.device) -> TwoTower:
-    model = TwoTower(spec)
-    model.items.set_catalog(
-        torch.from_numpy(catalog.has_id),
-        None if catalog.text is None else torch.from_numpy(catalog.text),
-        None if catalog.cats is None else torch.from_numpy(catalog.cats),
-        None if catalog.genres is None else torch.from_numpy(catalog.genres))
-    model.log_q.copy_(torch.from_numpy(catalog.log_q))
-    return model.to(device)
-
-
-@torch.no_grad()
-def all_item_vectors(model: TwoTower, chunk: int = 16384) -> torch.Tensor:
-    """(n_items + 1, d); row 0 (padding) is zero."""
-    model.eval()
-    n = model.spec.n_items + 1
-    device = model.log_q.device
-    out = torch.cat([model.item_vectors(torch.arange(s, min(s + chunk, n), device=device))
-                     for s in range(0, n, chunk)])
-    out[0] = 0
-    return out
 
 
 def tower_scores(model: TwoTower, val: ValSet, start: int, stop: int, items: torch.Tensor) -> np.ndarray:

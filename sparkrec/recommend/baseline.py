@@ -13,10 +13,10 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from ..baselines.saved import load_recommender
 from ..config import Config
 from ..lake import Lake
 from ..model.recommender import Recommender
-from ..model.store import load_recommender
 from .score import SCORED
 
 

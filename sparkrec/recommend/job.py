@@ -21,6 +21,7 @@ from pyspark.sql import types as T
 from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
+from ..model.build import all_item_vectors
 from ..model.data import user_states
 from ..model.registry import LoadedModel, load_model
 from ..model.store import resolve_run

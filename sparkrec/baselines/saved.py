@@ -1,0 +1,23 @@
+"""Loading a baseline saved by :func:`sparkrec.model.store.log_recommender`.
+
+It lives with the baselines because ``Recommender.load`` finds the class by its saved name
+among the classes imported, so the loader must import every baseline; the model package
+(which the baselines build on) then need not import them back.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..model.recommender import Recommender
+
+
+def load_recommender(run_id: str, mlflow_uri: str) -> Recommender:
+    """The baseline saved in run ``run_id``, with no user state yet (call ``observe``)."""
+    import mlflow
+
+    from ..model.registry import mlflow_setup
+    from . import EASE, ALSBaseline, ContentOnly, ItemKNN, MostPopular  # noqa: F401 - Recommender.load finds them
+
+    mlflow_setup(mlflow_uri, os.environ.get("SPARKREC_EXPERIMENT", "sparkrec"))
+    return Recommender.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model"))
