@@ -25,7 +25,6 @@ from ..model.build import all_item_vectors
 from ..model.data import user_states
 from ..model.registry import LoadedModel, load_model
 from ..model.store import resolve_run
-from ..model.worker import all_item_vectors
 from .baseline import baseline_scores
 from .explain import EVIDENCE, explain, item_facts
 from .score import Payload, blend, pseudo_history, pseudo_states, score_users, user_vectors
