@@ -237,7 +237,7 @@ def test_hot_reload_to_a_new_model_drops_no_request(server, trained, spark):
     thread.start()
     try:
         retrain = cfg.model_copy(deep=True)
-        retrain.train.epochs = 1
+        retrain.train.epochs, retrain.train.steps_per_epoch, retrain.train.blend_trials = 1, 20, 1  # quick
         new = run_train(retrain, spark, lake)["run_id"]
         deadline = time.monotonic() + 120
         while client.get("/ready").json()["model_run_id"] != new:
@@ -249,3 +249,20 @@ def test_hot_reload_to_a_new_model_drops_no_request(server, trained, spark):
         thread.join()
     assert new != old and {old, new} <= seen_models
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_one_users_head_scores_equal_the_batch_heads():
+    from sparkrec.model.blend import head_scores
+    from sparkrec.model.head import LinearHead
+    from sparkrec.serve.scoring import head_extra
+
+    rng = np.random.default_rng(1)
+    rows = np.sort(rng.choice(np.arange(1, 3000), 400, replace=False))
+    weights = rng.normal(size=(400, 400)).astype(np.float32)
+    for binary in (0.0, 1.0):
+        head = LinearHead(rows, weights, {"binary": binary})
+        items = np.concatenate([rng.choice(rows, 30), rng.integers(1, 3000, 10)])  # repeats and non-head items
+        w = rng.random(len(items)).astype(np.float32)
+        want = head_scores(head, np.array([0, len(items)]), items, w)
+        got = head_extra(head, items, w)
+        assert (got[0] == want[0]).all() and np.allclose(got[1], want[1], atol=1e-5)
