@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -27,6 +28,7 @@ from ..model.registry import LoadedModel, load_model
 from ..model.store import resolve_run
 from .baseline import baseline_scores
 from .explain import EVIDENCE, explain, item_facts
+from .llm import TEMPLATE, catalogue_vocabulary, explain_rows, rewrite_explanations
 from .score import Payload, blend, pseudo_history, pseudo_states, score_users, user_vectors
 from .topk import evidence, top_k
 
@@ -38,8 +40,20 @@ RECOMMENDATIONS = T.StructType([
     T.StructField("user_idx", T.IntegerType()), T.StructField("user_id", T.StringType()),
     T.StructField("rank", T.IntegerType()), T.StructField("item_idx", T.IntegerType()),
     T.StructField("item_id", T.StringType()), T.StructField("score", T.DoubleType()),
-    T.StructField("explanation", T.StringType()), T.StructField("evidence", EVIDENCE),
+    T.StructField("explanation", T.StringType()),
+    # "llm": the local model's sentence, accepted by the verifier; "template": the fixed template's.
+    # Tables written before this column existed read it as "template" (read_recommendations).
+    T.StructField("explanation_source", T.StringType()), T.StructField("evidence", EVIDENCE),
     T.StructField("model_version", T.StringType()), T.StructField("generated_at", T.TimestampType())])
+
+
+def read_recommendations(lake: Lake, version: int | None = None) -> DataFrame:
+    """``recommendations`` in the current shape: a table written before ``explanation_source``
+    existed reads it as "template" (every row of such a table came from the template)."""
+    df = lake.read(TABLE, version)
+    if "explanation_source" not in df.columns:
+        df = df.withColumn("explanation_source", F.lit(TEMPLATE))
+    return df.select(*[c for c in RECOMMENDATIONS.names if c in df.columns])
 
 
 def resolve_model(cfg: Config, lake: Lake) -> LoadedModel:
@@ -143,7 +157,7 @@ def text_only_scores(spark: SparkSession, lake: Lake, payload: Payload, loaded: 
 
 def finish(explained: DataFrame, version: str) -> DataFrame:
     return explained.select(
-        "user_idx", "user_id", "rank", "item_idx", "item_id", "score", "explanation",
+        "user_idx", "user_id", "rank", "item_idx", "item_id", "score", "explanation", "explanation_source",
         F.col("evidence").cast(EVIDENCE).alias("evidence"), F.lit(version).alias("model_version"),
         F.current_timestamp().alias("generated_at"))
 
@@ -152,8 +166,6 @@ def run_recommend(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame
     """Scores every user (or only ``users``: a DataFrame with a user_id column) and writes
     ``recommendations``; returns run id, rows written and the table version."""
     rc = cfg.recommend
-    if rc.llm_rewrite:
-        raise ValueError("recommend.llm_rewrite is not implemented: explanations are deterministic templates")
     started = time.perf_counter()
     served = resolve_run(cfg, lake)
     text_scored = baseline = None
@@ -168,15 +180,39 @@ def run_recommend(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame
             scored = scored.unionByName(text_scored)
     else:  # a saved baseline: users without positive events (text-only) get no list from it
         scored, baseline = baseline_scores(cfg, lake, served.run_id, users, allowed_items(cfg, lake))
-    out = finish(explain(scored, item_facts(lake.read("item_features")), rc.explain_attributes), served.run_id)
-    commit = lake.overwrite(TABLE, out) if users is None else lake.upsert(TABLE, out, KEYS, replace_within=["user_id"])
+    features = lake.read("item_features")
+    explained = explain(scored, item_facts(features), rc.explain_attributes)
+    # A partial refresh MERGEs into the table as it is: one written before explanation_source
+    # existed keeps its shape until the next full run (which replaces the schema), and its
+    # rows, all read as "template", stay true to that only if this refresh adds no LLM text.
+    legacy = users is not None and lake.exists(TABLE) and "explanation_source" not in lake.read(TABLE).columns
+    llm_cfg = cfg.explain.llm
+    cached, llm_stats = None, {}
+    if llm_cfg.enabled and legacy:
+        log.warning("explain.llm skipped: %r has no explanation_source column yet; a full `sparkrec recommend` "
+                    "adds it", TABLE)
+    if llm_cfg.enabled and llm_cfg.max_rows and not legacy:
+        cached = explained.persist(StorageLevel.MEMORY_AND_DISK)  # scored once: rows are picked from it
+        explained, llm_stats = rewrite_explanations(cached, llm_cfg, catalogue_vocabulary(features))
+    else:
+        explained = explained.withColumn("explanation_source", F.lit(TEMPLATE))
+    out = finish(explained, served.run_id)
+    if legacy:
+        out = out.drop("explanation_source")
+    try:
+        commit = (lake.overwrite(TABLE, out) if users is None
+                  else lake.upsert(TABLE, out, KEYS, replace_within=["user_id"]))
+    finally:
+        if cached is not None:
+            cached.unpersist()
     if baseline is not None:
         baseline.release()
     summary = {"model": served.model, "model_run_id": served.run_id, "rows": commit.rows_written,
                "inserted": commit.inserted,
                "updated": commit.updated, "deleted": commit.deleted, "version": commit.version,
                "partial": users is not None,
-               "text_only_users": text_scored is not None, "seconds": round(time.perf_counter() - started, 1)}
+               "text_only_users": text_scored is not None, **llm_stats,
+               "seconds": round(time.perf_counter() - started, 1)}
     log_fields(log, "recommendations written", **summary)
     return summary
 
@@ -209,6 +245,14 @@ def recommend_for_text(cfg: Config, spark: SparkSession, lake: Lake, text: str, 
     from .score import SCORED
 
     scored = spark.createDataFrame(rows, SCORED)
-    out = finish(explain(scored, item_facts(lake.read("item_features")), cfg.recommend.explain_attributes),
-                 loaded.version).orderBy("rank")
-    return [r.asDict(recursive=True) for r in out.drop("user_idx", "user_id").collect()]
+    explained = explain(scored, item_facts(lake.read("item_features")), cfg.recommend.explain_attributes)
+    out = finish(explained.withColumn("explanation_source", F.lit(TEMPLATE)), loaded.version).orderBy("rank")
+    listed = [r.asDict(recursive=True) for r in out.drop("user_idx", "user_id").collect()]
+    llm_cfg = cfg.explain.llm
+    if llm_cfg.enabled:  # on the driver: a handful of rows, the first max_rank of them
+        picked = [r for r in listed if r["rank"] <= llm_cfg.max_rank][:llm_cfg.max_rows]
+        done = explain_rows([{**r, "basis": "interests"} for r in picked], llm_cfg,
+                            catalogue_vocabulary(lake.read("item_features")))
+        for r, (text, source) in zip(picked, done, strict=True):
+            r["explanation"], r["explanation_source"] = text, source
+    return listed
