@@ -131,12 +131,14 @@ def with_index(state: Any, kind: str, cfg: Any) -> tuple[Any, dict[str, float]]:
     index = make_index(state.payload.items, kind, cfg.serve.faiss, cfg.serve.threads, cfg.recommend.item_block_rows)
     t_items = time.perf_counter() - t
     t = time.perf_counter()
-    blend = None
+    blend = text = None
     if state.text_payload is not None:
         blend = make_index(state.text_payload.blend_items, kind, cfg.serve.faiss, cfg.serve.threads,
                            cfg.recommend.item_block_rows)
-    return dataclasses.replace(state, index=index, blend_index=blend), {"build_items_s": t_items,
-                                                                        "build_blend_s": time.perf_counter() - t}
+        text = make_index(state.text_payload.text, kind, cfg.serve.faiss, cfg.serve.threads,
+                          cfg.recommend.item_block_rows)
+    return dataclasses.replace(state, index=index, blend_index=blend, text_index=text), {
+        "build_items_s": t_items, "build_text_s": time.perf_counter() - t}
 
 
 class CachedEncoder:
@@ -153,7 +155,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=270_947, help="catalogue size to synthesise")
     ap.add_argument("--seconds", type=float, default=20.0, help="per phase")
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--faiss-kind", choices=["hnsw", "ivf"], default="hnsw")
     ap.add_argument("--recall-users", type=int, default=300)
@@ -173,7 +175,7 @@ def main() -> None:
     from sparkrec.model.job import run_train
     from sparkrec.serve import StateHolder, create_app, start_in_thread
     from sparkrec.serve.scoring import known_user, recommend
-    from sparkrec.serve.server import text_encoder
+    from sparkrec.serve.server import limit_threads, text_encoder
     from sparkrec.serve.state import load_state
     from sparkrec.session import get_spark
     from sparkrec.text import run_embed
@@ -195,6 +197,7 @@ def main() -> None:
         run_train(cfg, spark, lake)
     state = load_state(cfg, spark, lake)
     spark.stop()  # nothing below touches Spark: the JVM would only compete for the two cores
+    limit_threads(cfg.serve.threads)  # as `sparkrec serve` does
     setup_s = time.perf_counter() - t0
     state = synthesise(state, args.items)
     print(f"setup (sample lake, 1-epoch model, load) {setup_s:.0f} s; catalogue synthesised to "
@@ -223,7 +226,7 @@ def main() -> None:
             exact_state = kstate
         else:
             print(f"faiss {args.faiss_kind} build: items {build['build_items_s']:.1f} s, "
-                  f"[items, text] {build['build_blend_s']:.1f} s")
+                  f"[items, text] + text {build['build_text_s']:.1f} s")
         holder = StateHolder()
         holder.swap(kstate)
         app = create_app(cfg, holder, CachedEncoder(vectors))

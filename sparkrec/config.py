@@ -524,7 +524,7 @@ class FaissIndexConfig(StrictModel):
     hnsw_m: int = Field(32, ge=4, le=256)  # graph degree: recall and memory grow with it
     ef_construction: int = Field(80, gt=0)
     ef_search: int = Field(128, gt=0)  # candidates explored per query: recall vs latency
-    ivf_lists: int | None = Field(None, gt=0)  # None: 4 x sqrt(items), at least 1
+    ivf_lists: int | None = Field(None, gt=0)  # None: sqrt(items), at least 1
     nprobe: int = Field(16, gt=0)  # lists scanned per query
     # Candidates asked of the index per request: overfetch x k + the user's seen items, so
     # exclusions (seen, filters) still leave k; fewer left falls back to the exact search.

@@ -266,3 +266,16 @@ def test_one_users_head_scores_equal_the_batch_heads():
         want = head_scores(head, np.array([0, len(items)]), items, w)
         got = head_extra(head, items, w)
         assert (got[0] == want[0]).all() and np.allclose(got[1], want[1], atol=1e-5)
+
+
+def test_text_neighbours_through_an_index_equal_pseudo_history():
+    from sparkrec.recommend.score import neighbours_as_history, pseudo_history
+    from sparkrec.serve.index import ExactIndex
+
+    rng = np.random.default_rng(2)
+    text = rng.normal(size=(300, 16)).astype(np.float32)
+    text[[0, 5, 9]] = 0  # padding and items without text
+    q = rng.normal(size=(3, 16)).astype(np.float32)
+    has_text = np.abs(text).sum(axis=1) > 0
+    near, _ = ExactIndex(text).search(q / np.linalg.norm(q, axis=1, keepdims=True), 4, has_text)
+    assert (neighbours_as_history(near, 6) == pseudo_history(q, text, 4, 6)).all()

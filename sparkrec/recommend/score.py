@@ -161,21 +161,25 @@ def score_batches(payload: Payload, batches: Iterator[pa.RecordBatch]) -> Iterat
             yield score_batch(payload, batch.slice(start, payload.user_batch))
 
 
-def pseudo_history(text_vecs: np.ndarray, item_text: np.ndarray, neighbours: int, n_hist: int,
-                   has_text: np.ndarray | None = None) -> np.ndarray:
+def pseudo_history(text_vecs: np.ndarray, item_text: np.ndarray, neighbours: int, n_hist: int) -> np.ndarray:
     """Items nearest to free text become a pseudo-history, most similar in the latest slot.
 
     Why a pseudo-history rather than mixing text scores into the final ranking: the user tower
     is trained on histories, so this maps interests into model space with the model's own
     weights, and every recommendation can cite real catalogue items as its evidence.
     """
-    if has_text is None:  # the HTTP server passes it in: one pass over the text matrix per request is too many
-        has_text = np.abs(item_text).sum(axis=1) > 0
-        has_text[0] = False
+    has_text = np.abs(item_text).sum(axis=1) > 0
+    has_text[0] = False
     q = text_vecs / np.maximum(np.linalg.norm(text_vecs, axis=1, keepdims=True), 1e-12)
     near, _ = top_k(q.astype(np.float32), item_text, min(neighbours, n_hist), has_text)
+    return neighbours_as_history(near, n_hist)
+
+
+def neighbours_as_history(near: np.ndarray, n_hist: int) -> np.ndarray:
+    """(B, m) nearest item rows, best first (-1: none) -> (B, n_hist) left-padded history rows;
+    apart from the search so the HTTP server can find the neighbours with its own index."""
     near = near[:, ::-1]  # oldest slot first: the nearest item sits where the latest event would
-    out = np.zeros((len(q), n_hist), dtype=np.int64)
+    out = np.zeros((len(near), n_hist), dtype=np.int64)
     out[:, n_hist - near.shape[1]:] = np.maximum(near, 0)
     return out
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..config import RecommendFilters
 from ..model.blend import tower_scale
 from ..model.head import LinearHead
-from ..recommend.score import blend, pseudo_history, user_vectors
+from ..recommend.score import blend, neighbours_as_history, user_vectors
 from ..recommend.topk import evidence
 from .explain import explain_row
 from .state import ServingState
@@ -92,7 +92,11 @@ def text_query(state: ServingState, vector: np.ndarray) -> Query:
                                 "`sparkrec embed` before `sparkrec train`")
     tp = state.text_payload
     n = int(tp.spec["history"])
-    hist = pseudo_history(vector.astype(np.float32), tp.text, tp.text_neighbours, n, state.has_text)
+    q = vector.astype(np.float32)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    assert state.text_index is not None and state.has_text is not None
+    near, _ = state.text_index.search(q, min(tp.text_neighbours, n), state.has_text)  # = pseudo_history's search
+    hist = neighbours_as_history(near, n)
     return Query(user=0, hist=hist, gaps=np.zeros((1, n), np.float32), seen=np.zeros(0, np.int64),
                  items=np.zeros(0, np.int64), weights=np.zeros(0, np.float32), basis="interests",
                  text=vector.astype(np.float32))

@@ -39,10 +39,35 @@ def text_encoder(cfg: Config, spark: SparkSession | None) -> Any | None:
         return None
 
 
+def limit_threads(n: int) -> None:
+    """``serve.threads`` threads per numeric call (BLAS, torch, faiss's OpenMP).
+
+    Why: the server already runs requests in parallel threads; a BLAS or OpenMP pool per call on
+    top of that oversubscribes the cores, and their spinning workers then slow every request
+    (measured: one text encoding took 0.75 s instead of tens of ms on a busy 2-core machine).
+    """
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # not a dependency: then OPENBLAS_NUM_THREADS / OMP_NUM_THREADS decide
+        log_fields(log, "threadpoolctl not installed: set OPENBLAS_NUM_THREADS to limit BLAS threads")
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+
+
 def build(cfg: Config, spark: SparkSession, lake: Lake, load_in_background: bool = True,
           encoder: Any | None = None) -> tuple[FastAPI, Poller]:
     """The app and its started poller (``load_in_background=False``: the first snapshot is loaded
     before this returns)."""
+    limit_threads(cfg.serve.threads)
     holder = StateHolder()
     poller = Poller(cfg, spark, lake, holder)
     if not load_in_background:

@@ -71,6 +71,7 @@ class ServingState:
     text_payload: Payload | None = None  # payload + item text and the [items, text] matrix (``score.blend``)
     has_text: np.ndarray | None = None
     blend_index: Index | None = None  # over [items, text]: text-only users, as recommend_for_text blends
+    text_index: Index | None = None  # over item text: a text's nearest items (its pseudo-history)
     loaded_at: float = field(default_factory=time.time)
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -139,7 +140,7 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
     payload = make_payload(cfg, loaded, eligibility(cfg, lake, loaded))
     sc = cfg.serve
     index = make_index(payload.items, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
-    text_payload = has_text = blend_index = None
+    text_payload = has_text = blend_index = text_index = None
     if loaded.catalog.text is not None:
         text = np.ascontiguousarray(loaded.catalog.text, dtype=np.float32)
         has_text = np.abs(text).sum(axis=1) > 0
@@ -147,9 +148,11 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
         blend = np.hstack([payload.items, text]).astype(np.float32)
         text_payload = dataclasses.replace(payload, text=text, blend_items=blend)
         blend_index = make_index(blend, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
+        text_index = make_index(text, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
     state = ServingState(run_id=loaded.version, model=loaded, payload=payload, index=index,
                          catalogue=load_catalogue(lake, loaded), users=load_users(spark, lake, loaded),
-                         text_payload=text_payload, has_text=has_text, blend_index=blend_index)
+                         text_payload=text_payload, has_text=has_text, blend_index=blend_index,
+                         text_index=text_index)
     state.stats.update(items=int(payload.items.shape[0] - 1), users=len(state.users.rows),
                        text_only_users=len(state.users.text_only), index=index.kind,
                        seconds=round(time.perf_counter() - started, 2))
