@@ -18,7 +18,7 @@ measured apart and printed separately. faiss recall@20 against the exact lists i
 process over ``--recall-users`` users.
 
     python benchmarks/serve.py                       # ~5-10 min on 2 cores, most of it setup
-    python benchmarks/serve.py --faiss-kind ivf --seconds 20
+    python benchmarks/serve.py --faiss-kind hnsw --seconds 20
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="per phase")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--faiss-kind", choices=["hnsw", "ivf"], default="hnsw")
+    ap.add_argument("--faiss-kind", choices=["hnsw", "ivf"], default="ivf")
     ap.add_argument("--recall-users", type=int, default=300)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()

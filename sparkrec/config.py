@@ -520,7 +520,9 @@ class StreamConfig(StrictModel):
 class FaissIndexConfig(StrictModel):
     """The approximate index of ``serve.index=faiss`` (inner product over the item tower's vectors)."""
 
-    kind: Literal["hnsw", "ivf"] = "hnsw"
+    # ivf: built in 25 s for 270k items (k-means on a sample); hnsw's graphs (64-d items, 448-d
+    # [item, text]) had not finished after 3 min on 2 busy cores (benchmarks/serve.py, 2026-12-02)
+    kind: Literal["hnsw", "ivf"] = "ivf"
     hnsw_m: int = Field(32, ge=4, le=256)  # graph degree: recall and memory grow with it
     ef_construction: int = Field(80, gt=0)
     ef_search: int = Field(128, gt=0)  # candidates explored per query: recall vs latency
