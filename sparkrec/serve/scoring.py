@@ -47,7 +47,7 @@ class Query:
 def eligible_for(state: ServingState, filters: RecommendFilters | None) -> np.ndarray:
     """The load-time eligibility (``recommend.filters``) narrowed by the request's filters."""
     base = state.payload.eligible
-    if filters is None or not (filters.exclude_item_ids or filters.genres is not None
+    if filters is None or not (filters.exclude_item_ids or filters.genres
                                or filters.min_year is not None or filters.exclude_cold_items):
         return base
     cat = state.catalogue
@@ -56,7 +56,7 @@ def eligible_for(state: ServingState, filters: RecommendFilters | None) -> np.nd
         row = cat.rows.get(item_id)
         if row is not None:
             mask[row] = False
-    if filters.genres is not None:
+    if filters.genres:  # as the batch stage: an empty list is no genre filter
         keep = np.zeros_like(mask)
         for g in filters.genres:
             keep[cat.genres.get(g, np.zeros(0, np.int64))] = True
