@@ -368,7 +368,7 @@ def evaluation_metrics(lake: Any, eval_id: str | None = None) -> pd.DataFrame:
 def slice_table(metrics: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> pd.DataFrame:
     """Models x slices for one metric@K (users per slice in the column names)."""
     rows = metrics[(metrics["metric"] == metric) & (metrics["k"] == k)]
-    users = rows.groupby("slice")["users"].max()
+    users = rows.groupby("slice")["n_users"].max()
     wide = rows.pivot_table(index="model", columns="slice", values="value", aggfunc="first")
     return wide.rename(columns={s: f"{s} ({int(users[s])})" for s in wide.columns})
 

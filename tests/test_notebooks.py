@@ -134,7 +134,7 @@ KEY_OUTPUTS = {  # what each notebook must have shown: (strings in its outputs, 
     "00_quickstart": (["recommendations", "item_embeddings", "Because you liked"], 1),
     "01_data_quality": (["unknown_item", "rating_out_of_range", "duplicate_row", "quarantine"], 3),
     "02_text_embeddings": (["cosine", "Toy Story"], 1),
-    "03_training": (["torchdistributor", "loss", "val_recall_at_20"], 1),
+    "03_training": (["torchdistributor", "loss", "recall_at_20", "FINISHED"], 1),
     "04_evaluation": (["ndcg@10", "most_popular", "content_only", "<iframe srcdoc="], 2),
     "05_cold_start_and_explanations": (["interests", "explanation:", "evidence:", "cosine"], 1),
 }
