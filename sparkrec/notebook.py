@@ -36,6 +36,9 @@ FAST_OVERRIDES: tuple[str, ...] = (
     "evaluation.als_alphas=[1.0]",
     "evaluation.als_max_iter=5",
     "evaluation.ease_lambdas=[100.0,500.0]",
+    # the item-item inverses (EASE, the hybrid's head) on the driver: the 2,000 most popular items
+    "evaluation.ease_max_items=2000",
+    "model.head_max_items=2000",
 )
 
 # fast=true also switches off the evaluation splits nothing in the run uses (each costs a features pass)
@@ -191,15 +194,16 @@ def ingest_with_faults(cfg: Config, spark: Any, params: Mapping[str, str]) -> tu
     import shutil
 
     from .ingest.job import run_ingest
-    from .ingest.presets import SAMPLE_DIR
+    from .ingest.presets import sample_dir
     from .lake import RunContext, open_lake
 
     work = Path((params.get("work_dir") or "").strip() or cfg.train.workdir).expanduser().resolve()
     src = work / "faulty-sample"
     src.mkdir(parents=True, exist_ok=True)
+    sample = sample_dir()
     for name in ("movies.csv", "tags.csv"):
-        shutil.copyfile(SAMPLE_DIR / name, src / name)
-    ratings = (SAMPLE_DIR / "ratings.csv").read_text(encoding="utf-8").rstrip("\n")
+        shutil.copyfile(sample / name, src / name)
+    ratings = (sample / "ratings.csv").read_text(encoding="utf-8").rstrip("\n")
     (src / "ratings.csv").write_text(ratings + "\n" + "\n".join(FAULTY_RATINGS) + "\n", encoding="utf-8")
     faulty = cfg.model_copy(deep=True)
     faulty.data.dataset = "movielens"

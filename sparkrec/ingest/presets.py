@@ -25,6 +25,40 @@ from ..config import (
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample" / "ml-latest-small"
 
 
+def sample_dir() -> Path:
+    """The bundled sample as a real directory. Installed, it is ``SAMPLE_DIR``; imported from a
+    zip (``spark-submit --py-files sparkrec-*.whl`` puts the wheel itself on the driver's path) the
+    files are inside the archive, where Spark cannot read them, so they are extracted once to
+    ``$SPARKREC_CACHE`` (default ``~/.cache/sparkrec``)/sample-<archive hash>/. On a multi-node
+    cluster that cache must be on storage the executors see (a local cluster shares the disk)."""
+    import hashlib
+    import os
+    import zipfile
+
+    if SAMPLE_DIR.is_dir():
+        return SAMPLE_DIR
+    parts = SAMPLE_DIR.parts
+    for i in range(len(parts), 0, -1):
+        archive = Path(*parts[:i])
+        if archive.is_file() and zipfile.is_zipfile(archive):
+            inner = "/".join(parts[i:])
+            break
+    else:
+        return SAMPLE_DIR  # neither a directory nor inside an archive: preflight names the missing file
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("SPARKREC_CACHE", Path.home() / ".cache" / "sparkrec"))
+    target = cache / f"sample-{digest}"
+    if not (target / ".complete").is_file():
+        with zipfile.ZipFile(archive) as zf:
+            for name in zf.namelist():
+                if name.startswith(inner + "/") and not name.endswith("/"):
+                    out = target / name[len(inner) + 1:]
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(zf.read(name))
+        (target / ".complete").touch()
+    return target
+
+
 def movielens(path: str | Path) -> GenericSource:
     root = str(path).rstrip("/")
     return GenericSource(
@@ -69,7 +103,7 @@ def bookcrossing(path: str | Path) -> GenericSource:
 
 def resolve_source(data: DataConfig) -> GenericSource:
     if data.dataset == "sample":
-        return movielens(SAMPLE_DIR)
+        return movielens(sample_dir())
     if data.dataset == "movielens":
         return movielens(data.paths.movielens)
     if data.dataset == "bookcrossing":
