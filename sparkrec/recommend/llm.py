@@ -162,6 +162,8 @@ def rewrite(rows: Sequence[Mapping], cfg: LLMExplainConfig, vocabulary: Iterable
         generated = opening(row["evidence"], row.get("basis") or "history") + generated
         text = clean(generated)
         verdict = verify(text, row["evidence"], vocab, cfg.max_chars)
+        if not text and generated.strip():  # cut off at max_new_tokens, or repeating itself
+            verdict = type(verdict)(False, "no complete sentence within max_new_tokens")
         fallback = row.get("explanation") or template_sentence(row["evidence"], row.get("basis") or "history")
         out.append({"text": text if verdict.ok else fallback, "source": LLM if verdict.ok else TEMPLATE,
                     "generated": generated, "reason": verdict.reason})
