@@ -90,7 +90,7 @@ def cluster_run(tmp_path_factory):
                "--conf", "spark.task.cpus=1", "--conf", "spark.python.worker.reuse=true",
                "--py-files", str(wheel), str(REPO / "jobs" / "pipeline.py"), "--run-id", "cluster-test", *overrides]
         started = time.perf_counter()
-        done = _run(cmd, env, 1500, base / "submit.log")
+        done = _run(cmd, env, 2400, base / "submit.log")
         seconds = time.perf_counter() - started
         log = (base / "submit.log").read_text(errors="replace")
         assert done.returncode == 0, log[-6000:]
