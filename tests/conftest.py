@@ -83,3 +83,29 @@ def sample_copy(spark, sample_lake, tmp_path_factory):
         return cfg, DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="test")), root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_sample(spark, sample_copy):
+    """A factory: a private sample copy with item text, one user known only by ``interest``
+    (``kid_fan``), a small hybrid (local, 2 epochs) and its batch lists (k=10); ``tweak(cfg)``
+    adjusts the config before anything runs. Returns (cfg, lake, recommend summary)."""
+
+    def make(name: str, interest: str, tweak=None):
+        from sparkrec.model.job import run_train
+        from sparkrec.recommend import run_recommend
+        from sparkrec.text import run_embed
+
+        cfg, lake, root = sample_copy(name)
+        interests = root / "interests.csv"
+        interests.write_text(f'user_id,text\nkid_fan,"{interest}"\n')
+        cfg.embed.user_text_path = str(interests)
+        cfg.train.backend, cfg.train.epochs, cfg.model.history = "local", 2, 10
+        cfg.recommend.k, cfg.recommend.item_block_rows = 10, 2000
+        if tweak is not None:
+            tweak(cfg)
+        run_embed(cfg, spark, lake)
+        run_train(cfg, spark, lake)
+        return cfg, lake, run_recommend(cfg, spark, lake)
+
+    return make

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -39,27 +38,13 @@ def test_evidence_never_cites_the_item_itself_or_padding():
 
 
 @pytest.fixture(scope="module")
-def served(spark, sample_lake, tmp_path_factory):
+def served(trained_sample):
     """A private copy of the sample lake + item text + interest text + a small trained model."""
-    from sparkrec.lake import DeltaRsLake, RunContext
-    from sparkrec.model.job import run_train
-    from sparkrec.text import run_embed
 
-    base_cfg, _ = sample_lake
-    root = tmp_path_factory.mktemp("recommend")
-    shutil.copytree(base_cfg.lake.root, root / "lake", ignore=shutil.ignore_patterns("work", "mlruns"))
-    interests = root / "interests.csv"
-    interests.write_text(f"user_id,text\nkid_fan,\"{KIDS}\"\n")
-    cfg = base_cfg.model_copy(deep=True)
-    cfg.lake.root, cfg.train.workdir, cfg.train.mlflow_uri = str(root / "lake"), str(root / "work"), str(root / "ml")
-    cfg.embed.user_text_path = str(interests)
-    cfg.train.backend, cfg.train.epochs, cfg.model.history = "local", 2, 10
-    cfg.recommend.k, cfg.recommend.item_block_rows, cfg.recommend.user_batch = K, 2000, 128
-    lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="test"))
-    run_embed(cfg, spark, lake)
-    run_train(cfg, spark, lake)
-    summary = run_recommend(cfg, spark, lake)
-    return cfg, lake, summary
+    def tweak(cfg):
+        cfg.recommend.user_batch = 128
+
+    return trained_sample("recommend", KIDS, tweak)
 
 
 def _rows(lake):

@@ -10,7 +10,6 @@ a failed request.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import threading
 import time
 
@@ -24,28 +23,13 @@ KIDS = "animated movie for kids, Pixar"
 
 
 @pytest.fixture(scope="module")
-def trained(spark, sample_lake, tmp_path_factory):
+def trained(trained_sample):
     """A private copy of the sample lake + item text + interest text + a small model + batch lists."""
-    from sparkrec.lake import DeltaRsLake, RunContext
-    from sparkrec.model.job import run_train
-    from sparkrec.recommend import run_recommend
-    from sparkrec.text import run_embed
 
-    base_cfg, _ = sample_lake
-    root = tmp_path_factory.mktemp("serve")
-    shutil.copytree(base_cfg.lake.root, root / "lake", ignore=shutil.ignore_patterns("work", "mlruns"))
-    interests = root / "interests.csv"
-    interests.write_text(f"user_id,text\nkid_fan,\"{KIDS}\"\n")
-    cfg = base_cfg.model_copy(deep=True)
-    cfg.lake.root, cfg.train.workdir, cfg.train.mlflow_uri = str(root / "lake"), str(root / "work"), str(root / "ml")
-    cfg.embed.user_text_path = str(interests)
-    cfg.train.backend, cfg.train.epochs, cfg.model.history = "local", 2, 10
-    cfg.recommend.k, cfg.recommend.item_block_rows = K, 2000
-    cfg.serve.reload_seconds, cfg.serve.max_k = 1.0, 50
-    lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="test"))
-    run_embed(cfg, spark, lake)
-    run_train(cfg, spark, lake)
-    run_recommend(cfg, spark, lake)
+    def tweak(cfg):
+        cfg.serve.reload_seconds, cfg.serve.max_k = 1.0, 50
+
+    cfg, lake, _ = trained_sample("serve", KIDS, tweak)
     return cfg, lake, lake.read("recommendations").toPandas()
 
 
