@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..logs import get_logger, log_fields
+from ..ragged import slice_csr
 from .head import LinearHead, head_params, solve_head
 from .validation import ValSet, ranking_quality
 
@@ -38,11 +39,6 @@ def head_scores(head: LinearHead, indptr: np.ndarray, rows: np.ndarray, weights:
                 ) -> tuple[np.ndarray, np.ndarray]:
     """The head's share as ``top_k``'s ``extra`` argument: (its rows, per-user scores)."""
     return head.rows, head.scores(indptr, rows, weights)
-
-
-def _slice_csr(indptr: np.ndarray, values: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = indptr[start], indptr[stop]
-    return indptr[start:stop + 1] - lo, values[lo:hi]
 
 
 @dataclass
@@ -70,8 +66,8 @@ class BlendSearch:
             u = self.users[start:stop]
             extra = None
             if head is not None:
-                indptr, rows = _slice_csr(self.val.items_indptr, self.val.items, start, stop)
-                _, w = _slice_csr(self.val.items_indptr, self.val.item_weights, start, stop)
+                indptr, rows = slice_csr(self.val.items_indptr, self.val.items, start, stop)
+                _, w = slice_csr(self.val.items_indptr, self.val.item_weights, start, stop)
                 extra = head_scores(head, indptr, rows, w)
             for weight in weights:
                 scores = tower_scale(u, self.items, head, weight) @ self.items.T

@@ -22,6 +22,7 @@ from pyspark.sql import types as T
 
 from ..model.blend import head_scores, tower_scale
 from ..model.head import LinearHead
+from ..ragged import arrow_csr
 from .topk import evidence, top_k
 
 SCORED = T.StructType([T.StructField("user_idx", T.IntegerType()), T.StructField("user_id", T.StringType()),
@@ -89,12 +90,6 @@ def user_vectors(payload: Payload, users: np.ndarray, hist: np.ndarray, gaps: np
         return tower(vecs, h > 0, torch.from_numpy(gaps), torch.from_numpy(users)).numpy()
 
 
-def _list_csr(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), flat
-
-
 def _fixed(col: pa.Array, width: int, dtype: type) -> np.ndarray:
     return pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(dtype).reshape(-1, width)
 
@@ -114,13 +109,13 @@ def score_batch(payload: Payload, batch: pa.RecordBatch) -> pa.RecordBatch:
     model_users = np.where((idx >= 0) & (idx < payload.spec["n_users"]), idx + 1, 0)
     hist = _fixed(batch.column("hist"), n_hist, np.int64)
     u = user_vectors(payload, model_users, hist, _fixed(batch.column("gaps"), n_hist, np.float32))
-    seen = _list_csr(batch.column("seen")) if payload.exclude_seen else None
+    seen = arrow_csr(batch.column("seen")) if payload.exclude_seen else None
     matrix, extra = payload.items, None
     if payload.text is not None:  # text-only users: model score + weighted text cosine, as one product
         query = _fixed(batch.column("query"), payload.text.shape[1], np.float32)
         u, matrix = blend(payload, u, query)
     elif payload.head is not None and "items" in batch.schema.names:  # the hybrid: towers + linear head
-        indptr, rows = _list_csr(batch.column("items"))
+        indptr, rows = arrow_csr(batch.column("items"))
         weights = pc.list_flatten(batch.column("weights")).to_numpy(zero_copy_only=False).astype(np.float32)
         extra = head_scores(payload.head, indptr, rows, weights)
         u = tower_scale(u, payload.items, payload.head, payload.tower_weight).astype(np.float32)

@@ -22,6 +22,7 @@ from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..model.registry import LoadedModel
+from ..ragged import csr
 from ..recommend.explain import item_facts
 from ..recommend.job import current_states, eligibility, make_payload, resolve_model
 from ..recommend.score import Payload
@@ -76,13 +77,6 @@ class ServingState:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _csr(lists: Any, dtype: type) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.array([0 if x is None else len(x) for x in lists], dtype=np.int64)
-    flat = np.concatenate([np.asarray(x, dtype=dtype) for x in lists if x is not None and len(x)] or
-                          [np.zeros(0, dtype)])
-    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), flat
-
-
 def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel) -> Users:
     """Current histories from the events table (what ingest, features and the stream have MERGEd)."""
     version = lake.version("events")
@@ -90,8 +84,8 @@ def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel) -> Users:
     n = int(loaded.meta.get("history", loaded.spec.history))
     hist = np.stack(pdf["hist"].to_numpy()).astype(np.int64) if len(pdf) else np.zeros((0, n), np.int64)
     gaps = np.stack(pdf["gaps"].to_numpy()).astype(np.float32) if len(pdf) else np.zeros((0, n), np.float32)
-    items = _csr(pdf["items"], np.int64)
-    weights = _csr(pdf["weights"], np.float32)[1]
+    items = csr(pdf["items"].to_list(), np.int64)
+    weights = csr(pdf["weights"].to_list(), np.float32)[1]
     text_only: dict[str, np.ndarray] = {}
     if lake.exists("user_text_embeddings"):
         texts = (lake.read("user_text_embeddings").filter(F.col("vector").isNotNull())
@@ -100,7 +94,7 @@ def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel) -> Users:
         text_only = {u: np.asarray(v, np.float32) for u, v in zip(texts["user_id"], texts["vector"], strict=True)
                      if u not in known and v is not None and len(v)}
     return Users(rows={u: i for i, u in enumerate(pdf["user_id"])}, user_idx=pdf["user_idx"].to_numpy(np.int64),
-                 hist=hist, gaps=gaps, seen=_csr(pdf["seen"], np.int64), items=items, weights=weights,
+                 hist=hist, gaps=gaps, seen=csr(pdf["seen"].to_list(), np.int64), items=items, weights=weights,
                  text_only=text_only, events_version=version)
 
 
