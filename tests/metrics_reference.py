@@ -1,6 +1,8 @@
-"""Plain-Python twins of :mod:`sparkrec.evaluation.metrics`, written independently as loops.
+"""Plain-Python twins of :mod:`sparkrec.ranking` and :mod:`sparkrec.evaluation.metrics`,
+written independently as loops.
 
-They exist to check the Spark code: the two share no helper, so an error in one formula
+They live with the tests, not in the package: the package keeps one implementation. They
+exist to check the Spark code: the two share no helper, so an error in one formula
 shows up as a disagreement in the tests. Inputs are pandas frames with the same columns as
 the Spark ones; use them on small data only.
 """

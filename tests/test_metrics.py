@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import types as T
 
 from sparkrec.evaluation import metrics as M
-from sparkrec.evaluation import reference as R
+import metrics_reference as R
 from sparkrec.schemas import SPLIT
 
 RECS = T.StructType([T.StructField("user_idx", T.IntegerType()), T.StructField("item_idx", T.IntegerType()),
@@ -210,3 +210,32 @@ def test_random_data_matches_reference(spark, seed):
     got, want = M.rating_errors(pred, truth), R.rating_errors(pred_pd, truth_pd)
     assert not math.isnan(want["rmse"])
     np.testing.assert_allclose([got[n] for n in want], list(want.values()), rtol=1e-9)
+
+
+def test_binary_metrics_match_spark_mllib_ranking_metrics(spark):
+    """An oracle nobody here wrote: Spark MLlib's RankingMetrics, on the same random lists.
+
+    MLlib's definitions are the binary-relevance ones of PROTOCOL (precision over K, AP over
+    min(|relevant|, K), IDCG truncated at K), averaged over the users it is given: every user
+    with a relevant test item, an empty list for those without recommendations."""
+    from pyspark.mllib.evaluation import RankingMetrics
+
+    truth_rows, rec_rows, _ = _random_case(1)
+    relevant: dict[int, list[int]] = {}
+    for user, item, _r, _w, _t, _s, positive, part in truth_rows:
+        if positive and part == "test" and item not in relevant.setdefault(user, []):
+            relevant[user].append(item)
+    relevant = {u: items for u, items in relevant.items() if items}
+    lists: dict[int, list[int]] = {}
+    for user, item, _rank, _score in sorted(rec_rows, key=lambda r: (r[0], r[2])):
+        lists.setdefault(user, []).append(item)
+    pairs = [(lists.get(u, []), items) for u, items in sorted(relevant.items())]
+    oracle = RankingMetrics(spark.sparkContext.parallelize(pairs, 2))
+    got = M.ranking_metrics(spark.createDataFrame(rec_rows, RECS), spark.createDataFrame(truth_rows, SPLIT),
+                            [1, 5, 10], graded=False)
+    assert got["n_users"] == len(pairs)
+    for k in (1, 5, 10):
+        np.testing.assert_allclose(got[f"precision@{k}"], oracle.precisionAt(k), rtol=1e-9)
+        np.testing.assert_allclose(got[f"recall@{k}"], oracle.recallAt(k), rtol=1e-9)
+        np.testing.assert_allclose(got[f"ndcg@{k}"], oracle.ndcgAt(k), rtol=1e-9)
+        np.testing.assert_allclose(got[f"map@{k}"], oracle.meanAveragePrecisionAt(k), rtol=1e-9)
