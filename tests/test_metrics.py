@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from math import log2, sqrt
 
+import metrics_reference as R
 import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import types as T
 
 from sparkrec.evaluation import metrics as M
-import metrics_reference as R
 from sparkrec.schemas import SPLIT
 
 RECS = T.StructType([T.StructField("user_idx", T.IntegerType()), T.StructField("item_idx", T.IntegerType()),

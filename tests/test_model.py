@@ -179,3 +179,30 @@ def test_saved_item_vectors_match_the_loaded_model(trained):
     loaded = load_model(runs["local"]["run_id"], cfg.train.mlflow_uri)
     path = mlflow.artifacts.download_artifacts(run_id=runs["local"]["run_id"], artifact_path=f"model/{ITEM_VECTORS}")
     assert torch.allclose(load_file(path)["vectors"], all_item_vectors(loaded.model), atol=1e-6)
+
+
+def test_every_model_spec_option_is_set_from_config_or_data():
+    """A spec option nothing sets is a claim the model does not keep (``user_text_in`` was one):
+    each field must follow either the data (sizes) or a config value of the same name."""
+    from dataclasses import fields
+
+    from sparkrec.config import load_config
+    from sparkrec.model.job import model_spec
+
+    from_data = {"n_items": 7, "n_users": 9, "text_in": 5, "cat_vocab_sizes": [3, 4], "genre_vocab": 6}
+    cfg = load_config(None, ["model.dim=24", "model.id_dim=20", "model.text_dim=12", "model.cat_dim=6",
+                             "model.hidden=40", "model.history=11", "model.id_dropout=0.15",
+                             "model.dropout=0.05", "model.user_id=false", "train.temperature=0.2"])
+    spec = model_spec(cfg, **from_data)
+    for f in fields(spec):
+        want = from_data[f.name] if f.name in from_data else getattr(
+            cfg.train if f.name == "temperature" else cfg.model, f.name)
+        assert getattr(spec, f.name) == want, f.name
+        assert f.name in from_data or getattr(spec, f.name) != f.default, f"{f.name} left at its default"
+
+
+def test_saved_specs_with_a_retired_option_load_only_when_it_was_off():
+    spec = ModelSpec(n_items=3, n_users=2).to_dict()
+    assert ModelSpec.from_dict({**spec, "user_text_in": 0}) == ModelSpec(n_items=3, n_users=2)
+    with pytest.raises(ValueError, match="user_text_in"):
+        ModelSpec.from_dict({**spec, "user_text_in": 384})

@@ -55,11 +55,11 @@ def mlflow_name(metric: str) -> str:
     return metric.replace("@", "_at_")
 
 
-def model_spec(cfg: Config, n_items: int, n_users: int, text_in: int, cat_sizes: list[int],
+def model_spec(cfg: Config, n_items: int, n_users: int, text_in: int, cat_vocab_sizes: list[int],
                genre_vocab: int) -> ModelSpec:
     m = cfg.model
     return ModelSpec(n_items=n_items, n_users=n_users, dim=m.dim, id_dim=m.id_dim, text_in=text_in,
-                     text_dim=m.text_dim, cat_vocab_sizes=cat_sizes, genre_vocab=genre_vocab, cat_dim=m.cat_dim,
+                     text_dim=m.text_dim, cat_vocab_sizes=cat_vocab_sizes, genre_vocab=genre_vocab, cat_dim=m.cat_dim,
                      hidden=m.hidden, history=m.history, id_dropout=m.id_dropout, dropout=m.dropout,
                      user_id=m.user_id, temperature=cfg.train.temperature)
 

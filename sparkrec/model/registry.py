@@ -73,7 +73,7 @@ def save_model_dir(path: Path, spec: ModelSpec, weights: bytes, catalog: Catalog
 def load_model_dir(path: str | Path, device: str = "cpu") -> LoadedModel:
     path = Path(path)
     doc = json.loads((path / SPEC).read_text())
-    spec = ModelSpec(**doc["spec"])
+    spec = ModelSpec.from_dict(doc["spec"])
     catalog = Catalog.load(path / CATALOG)
     model = load_weights(spec, catalog, (path / WEIGHTS).read_bytes(), device)
     meta = doc.get("meta", {})

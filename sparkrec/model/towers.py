@@ -42,11 +42,27 @@ class ModelSpec:
     id_dropout: float = 0.3
     dropout: float = 0.1
     user_id: bool = True
-    user_text_in: int = 0
     temperature: float = 0.05
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> ModelSpec:
+        """The spec a saved model recorded. Options retired since then are dropped when they
+        hold their inert default (a model trained with them on could not be rebuilt, so it fails)."""
+        doc = dict(doc)
+        for name, inert in RETIRED_OPTIONS.items():
+            value = doc.pop(name, inert)
+            if value != inert:
+                raise ValueError(f"the saved model uses {name}={value!r}, which this version no longer has")
+        return cls(**doc)
+
+
+# Spec options removed from the model, with the value that meant "off". ``user_text_in`` fed a
+# user-interest text vector to the user tower but nothing ever set it; interest text reaches a
+# user's list through the text-space blend of the recommend stage instead.
+RETIRED_OPTIONS: dict[str, object] = {"user_text_in": 0}
 
 
 def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
@@ -124,13 +140,9 @@ class UserTower(nn.Module):
             nn.init.normal_(self.id_emb.weight, std=0.05)
             self.id_query = nn.Linear(spec.id_dim, d, bias=False)
             d_in += spec.id_dim
-        if spec.user_text_in:
-            self.text_proj = nn.Linear(spec.user_text_in, spec.text_dim)
-            d_in += spec.text_dim
         self.mlp = _mlp(d_in, spec.hidden, d, spec.dropout)
 
-    def forward(self, item_vecs: Tensor, mask: Tensor, gaps: Tensor, users: Tensor,
-                user_text: Tensor | None = None) -> Tensor:
+    def forward(self, item_vecs: Tensor, mask: Tensor, gaps: Tensor, users: Tensor) -> Tensor:
         """item_vecs (B, N, d) of the history, mask (B, N) true for real items (right-aligned:
         the most recent item is last), gaps (B, N) log-scaled time to the latest event."""
         b, n, d = item_vecs.shape
@@ -150,9 +162,6 @@ class UserTower(nn.Module):
         parts = [torch.einsum("bn,bnd->bd", attn, item_vecs), torch.einsum("bn,bnd->bd", recency, item_vecs)]
         if id_part is not None:
             parts.append(id_part)
-        if self.spec.user_text_in:
-            text = user_text if user_text is not None else item_vecs.new_zeros(b, self.spec.user_text_in)
-            parts.append(self.text_proj(text))
         return F.normalize(self.mlp(torch.cat(parts, dim=-1)), dim=-1)
 
 
@@ -176,9 +185,9 @@ class TwoTower(nn.Module):
             start += g.numel()
         return out
 
-    def user_vectors(self, users: Tensor, hist: Tensor, gaps: Tensor, user_text: Tensor | None = None) -> Tensor:
+    def user_vectors(self, users: Tensor, hist: Tensor, gaps: Tensor) -> Tensor:
         (hist_vectors,) = self._unique_item_vectors(hist)
-        return self.users(hist_vectors, hist > 0, gaps, users, user_text)
+        return self.users(hist_vectors, hist > 0, gaps, users)
 
     def item_vectors(self, items: Tensor) -> Tensor:
         return self.items(items)
@@ -190,7 +199,7 @@ class TwoTower(nn.Module):
     def loss(self, batch: dict[str, Tensor], logq: bool = True, extra_negatives: int = 0) -> Tensor:
         target, hist = batch["target"], batch["hist"]
         hist_vectors, v = self._unique_item_vectors(hist, target)
-        u = self.users(hist_vectors, hist > 0, batch["gaps"], batch["user"], batch.get("user_text"))
+        u = self.users(hist_vectors, hist > 0, batch["gaps"], batch["user"])
         t = self.spec.temperature
         logits = u @ v.T / t
         if logq:  # in-batch negatives are drawn by popularity: undo that bias

@@ -95,7 +95,7 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
     from ..config import TrainConfig
 
     tc = TrainConfig.model_validate(params["train"])
-    spec = ModelSpec(**params["spec"])
+    spec = ModelSpec.from_dict(params["spec"])
     device = pick_device(tc.use_gpu)
     dist = make_dist(params["backend"], device)
     if device.type == "cpu":  # share the machine's cores between local workers, never oversubscribe

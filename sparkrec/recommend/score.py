@@ -71,7 +71,7 @@ def user_tower(payload: Payload) -> Any:
     torch.set_num_threads(1)
     tower = _TOWERS.get(payload.key)  # one lookup: the HTTP server calls this from many threads
     if tower is None:
-        tower = UserTower(ModelSpec(**payload.spec))
+        tower = UserTower(ModelSpec.from_dict(payload.spec))
         tower.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in payload.tower.items()})
         tower = tower.eval()
         _TOWERS.clear()
