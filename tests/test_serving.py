@@ -189,6 +189,7 @@ def test_pipeline_on_a_generic_csv_trains_on_all_events_and_serves_everyone(spar
     from sparkrec.cli import PIPELINE, run_stages
     from sparkrec.config import load_config
     from sparkrec.lake import DeltaRsLake
+    from sparkrec.model.registry import load_model
 
     rng = np.random.default_rng(3)
     n_users, n_items = 30, 40
@@ -196,14 +197,15 @@ def test_pipeline_on_a_generic_csv_trains_on_all_events_and_serves_everyone(spar
             for u in range(n_users) for i in rng.choice(n_items, size=int(rng.integers(4, 12)), replace=False)]
     pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]).to_csv(tmp_path / "events.csv", index=False)
     pd.DataFrame({"id": [f"i{i}" for i in range(n_items)], "title": [f"Item number {i}" for i in range(n_items)],
-                  "genres": ["Drama|Comedy" if i % 2 else "Sci-Fi" for i in range(n_items)]}
+                  "genres": ["Drama|Comedy" if i % 2 else "Sci-Fi" for i in range(n_items)],
+                  "brand": [f"brand {i % 4}" for i in range(n_items)], "sku": [f"sku-{i}" for i in range(n_items)]}
                  ).to_csv(tmp_path / "items.csv", index=False)
     cfg = load_config(None, [
         f"lake.root={tmp_path / 'lake'}", "lake.namespace=shop", "data.dataset=generic",
         f"data.generic.interactions.path={tmp_path / 'events.csv'}",
         "data.generic.interactions.columns={user: user, item: item, rating: rating, timestamp: timestamp}",
         f"data.generic.items.path={tmp_path / 'items.csv'}", "data.generic.items.columns={id: id, title: title, "
-        "genres: genres}", "data.generic.rating_min=1", "data.generic.rating_max=5",
+        "genres: genres, categorical_fields: [brand, sku]}", "data.generic.rating_min=1", "data.generic.rating_max=5",
         f"train.workdir={tmp_path / 'work'}", f"train.mlflow_uri={tmp_path / 'ml'}", "train.backend=local",
         "train.epochs=2", "train.progress=false", "model.history=10", f"recommend.k={K}"])
     assert cfg.train.split == "none"  # the default: production trains on everything
@@ -211,6 +213,10 @@ def test_pipeline_on_a_generic_csv_trains_on_all_events_and_serves_everyone(spar
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace)
     run = mlflow.get_run(results["train"]["run_id"])
     assert run.data.tags["split"] == "none" and run.data.tags["model"] == "hybrid"
+    # The source's categorical fields reach the model; one unique per item carries nothing.
+    catalog = load_model(results["train"]["run_id"], cfg.train.mlflow_uri).catalog
+    assert "attr:brand" in catalog.cat_fields and "attr:sku" not in catalog.cat_fields
+    assert sorted(catalog.vocabs["attr:brand"]) == [f"brand {b}" for b in range(4)]
     events = lake.read("events")
     positives = events.filter("is_positive")
     assert positives.count() > 0 and events.count() == len(rows)

@@ -11,6 +11,7 @@ the next event's time is unknown, and training must see what serving sees.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,9 +143,10 @@ class Catalog:
                    json.loads(meta["cat_fields"]))
 
 
-def _vocab(values: DataFrame, limit: int) -> list[str]:
+def _vocab(values: DataFrame, limit: int, min_count: int = 1) -> list[str]:
     """Most frequent values first; bounded by ``limit``, so it is small by construction."""
     counts = values.where(F.col("v").isNotNull() & (F.col("v") != "")).groupBy("v").count()
+    counts = counts.where(F.col("count") >= min_count) if min_count > 1 else counts
     return [r["v"] for r in counts.orderBy(F.desc("count"), "v").limit(limit).collect()]
 
 
@@ -156,19 +158,28 @@ def _codes(col: Column, vocab: list[str]) -> Column:
 
 
 def build_catalog(item_features: DataFrame, train_positives: DataFrame, n_users: int,
-                  text: DataFrame | None, cat_vocab: int, use_categories: bool) -> Catalog:
+                  text: DataFrame | None, cat_vocab: int, use_categories: bool,
+                  attribute_fields: Sequence[str] = ()) -> Catalog:
     """Collects one row per item to the driver: the catalogue is what every trainer and
-    scorer needs in memory anyway (bounded by the catalogue size, not by the events)."""
+    scorer needs in memory anyway (bounded by the catalogue size, not by the events).
+
+    ``attribute_fields`` are a generic source's ``categorical_fields`` (kept in the items'
+    ``attributes``): each becomes one more single-valued field of the item tower and of the
+    head's side information. Only their values that two or more items share enter the
+    vocabulary, so a field that is unique per item (an image URL) adds nothing and is left out.
+    """
     n_items = int(item_features.agg(F.max("item_idx")).collect()[0][0]) + 1
     singles = {"author": F.element_at("authors", 1), "publisher": F.col("publisher"),
                "year": (F.floor(F.col("year") / 5) * 5).cast("string")}
+    attributes = {f"attr:{name}": F.col("attributes").getItem(name) for name in attribute_fields}
+    singles.update(attributes)
     feats = item_features.select("item_idx", *[c.alias(n) for n, c in singles.items()], "genres")
     vocabs: dict[str, list[str]] = {}
     cat_fields: list[str] = []
     has_genres = False
     if use_categories:
         for name in singles:
-            vocab = _vocab(feats.select(F.col(name).alias("v")), cat_vocab)
+            vocab = _vocab(feats.select(F.col(f"`{name}`").alias("v")), cat_vocab, 2 if name in attributes else 1)
             if vocab:
                 vocabs[name] = vocab
                 cat_fields.append(name)
@@ -177,7 +188,7 @@ def build_catalog(item_features: DataFrame, train_positives: DataFrame, n_users:
             vocabs["genre"], has_genres = genre_vocab, True
     freq = train_positives.groupBy("item_idx").agg(F.count(F.lit(1)).alias("freq"))
     cols = [F.col("item_idx"), F.coalesce("freq", F.lit(0)).alias("freq")]
-    cols += [F.array(*[_codes(F.col(f), vocabs[f]) for f in cat_fields]).alias("cats")] if cat_fields else []
+    cols += [F.array(*[_codes(F.col(f"`{f}`"), vocabs[f]) for f in cat_fields]).alias("cats")] if cat_fields else []
     if has_genres:
         genre_map = F.create_map(*[x for i, v in enumerate(vocabs["genre"]) for x in (F.lit(v), F.lit(i + 2))])
         codes = F.transform(F.slice(F.coalesce("genres", F.array().cast("array<string>")), 1, GENRE_SLOTS),

@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import Config, config_to_dict
+from ..ingest.presets import resolve_source
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..text.tables import item_embeddings_table
@@ -64,6 +65,12 @@ def model_spec(cfg: Config, n_items: int, n_users: int, text_in: int, cat_vocab_
                      user_id=m.user_id, temperature=cfg.train.temperature)
 
 
+def categorical_attributes(cfg: Config) -> list[str]:
+    """The source's ``categorical_fields``: item attributes the model reads as categories."""
+    items = resolve_source(cfg.data).items
+    return list(items.columns.categorical_fields) if items is not None else []
+
+
 def training_rows(lake: Lake, split: str) -> DataFrame:
     """Split-table-shaped rows to train on: ``split_<split>``, or for ``none`` (production)
     every event as a train row, so the served model has seen everything; validation for early
@@ -89,7 +96,7 @@ def prepare(cfg: Config, spark: SparkSession, lake: Lake, workdir: Path) -> dict
     elif cfg.model.use_text:
         log_fields(log, "no item_embeddings table: training without text (run `sparkrec embed` first)")
     catalog = build_catalog(lake.read("item_features"), fit, n_users, text, cfg.model.cat_vocab,
-                            cfg.model.use_categories)
+                            cfg.model.use_categories, categorical_attributes(cfg))
     workdir.mkdir(parents=True, exist_ok=True)
     catalog.save(workdir / "catalog.safetensors")
     val = collect_eval_set(user_states(fit, n, gap_scale), val_targets, fit)
