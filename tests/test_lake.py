@@ -1,6 +1,7 @@
 """The delta-rs engine against real Delta tables on disk, checked with deltalake itself."""
 
 import datetime as dt
+import json
 
 import pytest
 from deltalake import DeltaTable
@@ -79,6 +80,21 @@ def test_empty_tables_and_missing_tables(spark, lake):
     assert not lake.exists("nope")
     with pytest.raises(LakeError, match="does not exist"):
         lake.read("nope")
+
+
+def test_spark_delta_commit_settings_do_not_outlive_the_write(spark, tmp_path):
+    """Needs no Delta jar: the settings are session conf. Set during the write (the write
+    fails here without the jar, which must still clear them), gone after it."""
+    from sparkrec.lake import RunContext, SparkDeltaLake
+    from sparkrec.lake.sparkdelta import TXN_KEYS, USER_METADATA
+
+    lake = SparkDeltaLake(spark, str(tmp_path), "test", context=RunContext("stream", txn=("app", 7)))
+    with lake._commit_metadata("append", rows=3):
+        assert json.loads(spark.conf.get(USER_METADATA))["sparkrec.rows"] == "3"
+        assert [spark.conf.get(k) for k in TXN_KEYS] == ["app", "7"]
+    with pytest.raises(RuntimeError), lake._commit_metadata("merge", inserted=1):
+        raise RuntimeError("the write failed")
+    assert [spark.conf.get(k, None) for k in (USER_METADATA, *TXN_KEYS)] == [None, None, None]
 
 
 def test_spark_delta_engine(spark, tmp_path):

@@ -5,12 +5,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .base import NO_TABLE, CommitResult, ConcurrentWriteError, Lake, LakeError, check_schema, check_unique_keys
+
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+TXN_KEYS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 
 
 class SparkDeltaLake(Lake):
@@ -28,16 +33,24 @@ class SparkDeltaLake(Lake):
             return DeltaTable.forName(self.spark, self.location(table))
         return DeltaTable.forPath(self.spark, self.location(table))
 
-    def _with_metadata(self, operation: str, **counts: int) -> None:
+    @contextmanager
+    def _commit_metadata(self, operation: str, **counts: int) -> Iterator[None]:
+        """Delta reads a commit's ``userMetadata`` and idempotent-write ids (txnAppId /
+        txnVersion) from session conf, so they are set for this one write and removed after
+        it, even when it fails: left set, the next commit of anyone on the session (a user's
+        own notebook cell included) would carry this one's counts and transaction id."""
         meta = self.context.metadata(operation)
         meta.update({f"sparkrec.{k}": str(v) for k, v in counts.items()})
-        self.spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", json.dumps(meta))
-        # Delta's own idempotent-write check (txnAppId/txnVersion); untested here (no delta jar).
-        for key, value in zip(("txnAppId", "txnVersion"), self.context.txn or (), strict=False):
-            self.spark.conf.set(f"spark.databricks.delta.write.{key}", str(value))
-        if not self.context.txn:
-            for key in ("txnAppId", "txnVersion"):
-                self.spark.conf.unset(f"spark.databricks.delta.write.{key}")
+        conf = self.spark.conf
+        conf.set(USER_METADATA, json.dumps(meta))
+        # Delta's own idempotent-write check; untested here (no delta jar).
+        for key, value in zip(TXN_KEYS, self.context.txn or (), strict=False):
+            conf.set(key, str(value))
+        try:
+            yield
+        finally:
+            for key in (USER_METADATA, *TXN_KEYS):
+                conf.unset(key)
 
     def transaction_version(self, table: str, app_id: str) -> int | None:
         """From the commits' sparkrec metadata (the txn action itself is not in ``history()``)."""
@@ -92,16 +105,16 @@ class SparkDeltaLake(Lake):
 
     def overwrite(self, table: str, df: DataFrame) -> CommitResult:
         rows = df.count()
-        self._with_metadata("overwrite", rows=rows)
-        self._save(table, df, "overwrite")
+        with self._commit_metadata("overwrite", rows=rows):
+            self._save(table, df, "overwrite")
         return CommitResult(table, self.version(table), rows_written=rows, inserted=rows)
 
     def append(self, table: str, df: DataFrame) -> CommitResult:
         if self.exists(table):
             check_schema(table, self.read(table).schema, df.schema)
         rows = df.count()
-        self._with_metadata("append", rows=rows)
-        self._save(table, df, "append")
+        with self._commit_metadata("append", rows=rows):
+            self._save(table, df, "append")
         return CommitResult(table, self.version(table), rows_written=rows, inserted=rows)
 
     def upsert(self, table: str, df: DataFrame, keys: list[str],
@@ -132,14 +145,14 @@ class SparkDeltaLake(Lake):
                 source = source.unionByName(stale.withColumn("__delete", F.lit(True)), allowMissingColumns=True)
             counts = {"inserted": n_changed - n_updated, "updated": n_updated,
                       "unchanged": total - n_changed, "deleted": n_deleted}
-            self._with_metadata("merge", **counts)
             cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-            (self._delta_table(table).alias("t").merge(source.alias("s"), cond)
-             .whenMatchedDelete(condition="s.__delete")
-             .whenMatchedUpdate(set={c: F.col(f"s.`{c}`") for c in schema.names})
-             .whenNotMatchedInsert(condition="NOT s.__delete",
-                                   values={c: F.col(f"s.`{c}`") for c in schema.names})
-             .execute())
+            with self._commit_metadata("merge", **counts):
+                (self._delta_table(table).alias("t").merge(source.alias("s"), cond)
+                 .whenMatchedDelete(condition="s.__delete")
+                 .whenMatchedUpdate(set={c: F.col(f"s.`{c}`") for c in schema.names})
+                 .whenNotMatchedInsert(condition="NOT s.__delete",
+                                       values={c: F.col(f"s.`{c}`") for c in schema.names})
+                 .execute())
             if read_version is not None and self.version(table) != read_version + 1:
                 raise LakeError(f"table {table!r}: a concurrent commit landed beside this MERGE planned on "
                                 f"version {read_version}; check the table's history")
