@@ -56,3 +56,40 @@ SPLIT = _struct(("user_idx", INT), ("item_idx", INT), ("rating", D), ("weight", 
                 ("seq", L), ("is_positive", B), ("part", S))
 
 SPLIT_NAMES = config.SPLIT_NAMES  # one list: the config validates split names against it
+
+
+# --------------------------------------------------------------------------- text
+def _embeddings(idx: str, key: str) -> T.StructType:
+    # idx null: the row's id is not (yet) in the dense index
+    return _struct((idx, INT), (key, S), ("model", S), ("model_fingerprint", S), ("text_hash", S),
+                   ("vector", T.ArrayType(F_)), ("dim", INT), ("updated_at", TS))
+
+
+ITEM_EMBEDDINGS = _embeddings("item_idx", "item_id")
+USER_TEXT_EMBEDDINGS = _embeddings("user_idx", "user_id")
+
+# --------------------------------------------------------------------------- ingest bookkeeping
+INGEST_RUNS = _struct(("run_id", S), ("run_at", TS), ("dataset", S), ("target_table", S), ("source", S),
+                      ("read", L), ("accepted", L), ("quarantined", L), ("reasons", S), ("cleaned", S),
+                      ("inserted", L), ("updated", L), ("unchanged", L), ("seconds", D))
+
+# --------------------------------------------------------------------------- model outputs
+ITEM_VECTORS = _struct(("item_idx", INT), ("vector", T.ArrayType(F_)), ("model_version", S))
+EVIDENCE = _struct(("history_items", T.ArrayType(S)), ("shared_attributes", T.ArrayType(S)),
+                   ("popularity_note", S))
+# explanation_source: "llm" (the local model's sentence, accepted by the verifier) or
+# "template". Tables written before the column existed read it as "template".
+RECOMMENDATIONS = _struct(("user_idx", INT), ("user_id", S), ("rank", INT), ("item_idx", INT), ("item_id", S),
+                          ("score", D), ("explanation", S), ("explanation_source", S), ("evidence", EVIDENCE),
+                          ("model_version", S), ("generated_at", TS))
+EVALUATION_METRICS = _struct(("eval_id", S), ("dataset", S), ("split", S), ("model", S), ("slice", S),
+                             ("metric", S), ("k", INT), ("value", D), ("n_users", L), ("train_seconds", D),
+                             ("model_version", S), ("evaluated_at", TS))
+
+# --------------------------------------------------------------------------- streaming
+STREAM_BATCHES = _struct(("app_id", S), ("batch_id", L), ("files", INT), ("read", L), ("accepted", L),
+                         ("quarantined", L), ("reasons", S), ("users_refreshed", L), ("seconds", D),
+                         ("lag_seconds", D), ("committed_at", TS))
+STREAM_PREQUENTIAL = _struct(("app_id", S), ("batch_id", L), ("event_id", S), ("user_id", S), ("item_id", S),
+                             ("event_time", TS), ("rank_live", INT), ("rank_frozen", INT),
+                             ("frozen_version", L), ("arrived_at", TS))

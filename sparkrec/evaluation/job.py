@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
+from .. import schemas
 from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
@@ -36,13 +36,7 @@ log = get_logger("evaluate")
 
 METRICS_TABLE = "evaluation_metrics"
 RECS_TABLE = "evaluation_recommendations"
-METRICS_SCHEMA = T.StructType([
-    T.StructField("eval_id", T.StringType()), T.StructField("dataset", T.StringType()),
-    T.StructField("split", T.StringType()), T.StructField("model", T.StringType()),
-    T.StructField("slice", T.StringType()), T.StructField("metric", T.StringType()),
-    T.StructField("k", T.IntegerType()), T.StructField("value", T.DoubleType()),
-    T.StructField("n_users", T.LongType()), T.StructField("train_seconds", T.DoubleType()),
-    T.StructField("model_version", T.StringType()), T.StructField("evaluated_at", T.TimestampType())])
+METRICS_SCHEMA = schemas.EVALUATION_METRICS
 COLD_ITEMS_PROTOCOL = """\
 Cold-item protocol (split cold_items): lists are restricted to the items of the test part that
 have no train interaction, so each model answers "which new item will this user take?".

@@ -15,13 +15,12 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from .. import schemas
 from ..lake import Lake
 
 TABLE = "ingest_runs"
 KEYS = ["run_id", "target_table"]
-SCHEMA = ("run_id string, run_at timestamp, dataset string, target_table string, source string, "
-          "read long, accepted long, quarantined long, reasons string, cleaned string, "
-          "inserted long, updated long, unchanged long, seconds double")
+SCHEMA = schemas.INGEST_RUNS
 _PREFIX = "sparkrec.ingest."
 
 

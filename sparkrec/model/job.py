@@ -20,6 +20,7 @@ import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from .. import schemas
 from ..config import Config, config_to_dict
 from ..ingest.presets import resolve_source
 from ..lake import Lake
@@ -230,5 +231,4 @@ def _write_item_vectors(spark: SparkSession, lake: Lake, path: Path, run_id: str
     vectors = load_file(str(path))["vectors"][1:]
     pdf = pd.DataFrame({"item_idx": np.arange(len(vectors), dtype=np.int32), "vector": list(vectors),
                         "model_version": run_id})
-    schema = "item_idx int, vector array<float>, model_version string"
-    lake.overwrite("item_vectors", spark.createDataFrame(pdf, schema))
+    lake.overwrite("item_vectors", spark.createDataFrame(pdf, schemas.ITEM_VECTORS))

@@ -15,12 +15,11 @@ from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
+
+from .. import schemas
 
 NO_GENRE = "(no genres listed)"
-EVIDENCE = T.StructType([T.StructField("history_items", T.ArrayType(T.StringType())),
-                         T.StructField("shared_attributes", T.ArrayType(T.StringType())),
-                         T.StructField("popularity_note", T.StringType())])
+EVIDENCE = schemas.EVIDENCE
 # Every word a rendered sentence may contain besides its evidence (tests check this).
 TEMPLATE_WORDS = frozenset({"Because", "you", "liked", "your", "interests", "match", "and", "also",
                             "Recommended", "for"})

@@ -17,8 +17,8 @@ import numpy as np
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
+from .. import schemas
 from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
@@ -36,15 +36,7 @@ log = get_logger("recommend")
 
 TABLE = "recommendations"
 KEYS = ["user_id", "rank"]
-RECOMMENDATIONS = T.StructType([
-    T.StructField("user_idx", T.IntegerType()), T.StructField("user_id", T.StringType()),
-    T.StructField("rank", T.IntegerType()), T.StructField("item_idx", T.IntegerType()),
-    T.StructField("item_id", T.StringType()), T.StructField("score", T.DoubleType()),
-    T.StructField("explanation", T.StringType()),
-    # "llm": the local model's sentence, accepted by the verifier; "template": the fixed template's.
-    # Tables written before this column existed read it as "template" (read_recommendations).
-    T.StructField("explanation_source", T.StringType()), T.StructField("evidence", EVIDENCE),
-    T.StructField("model_version", T.StringType()), T.StructField("generated_at", T.TimestampType())])
+RECOMMENDATIONS = schemas.RECOMMENDATIONS
 
 
 def read_recommendations(lake: Lake, version: int | None = None) -> DataFrame:

@@ -42,13 +42,7 @@ log = get_logger("stream")
 
 EVENT_KEYS = ["user_idx", "item_idx", "seq"]  # an event of the features stage: (user, item, time)
 BATCHES = "stream_batches"
-BATCHES_SCHEMA = T.StructType([
-    T.StructField("app_id", T.StringType()), T.StructField("batch_id", T.LongType()),
-    T.StructField("files", T.IntegerType()), T.StructField("read", T.LongType()),
-    T.StructField("accepted", T.LongType()), T.StructField("quarantined", T.LongType()),
-    T.StructField("reasons", T.StringType()), T.StructField("users_refreshed", T.LongType()),
-    T.StructField("seconds", T.DoubleType()), T.StructField("lag_seconds", T.DoubleType()),
-    T.StructField("committed_at", T.TimestampType())])
+BATCHES_SCHEMA = schemas.STREAM_BATCHES
 
 
 @dataclass

@@ -16,19 +16,14 @@ from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
+from .. import schemas
 from ..lake import Lake
 from .once import BatchTxn
 
 TABLE = "stream_prequential"
 LISTS = "recommendations"
-SCHEMA = T.StructType([
-    T.StructField("app_id", T.StringType()), T.StructField("batch_id", T.LongType()),
-    T.StructField("event_id", T.StringType()), T.StructField("user_id", T.StringType()),
-    T.StructField("item_id", T.StringType()), T.StructField("event_time", T.TimestampType()),
-    T.StructField("rank_live", T.IntegerType()), T.StructField("rank_frozen", T.IntegerType()),
-    T.StructField("frozen_version", T.LongType()), T.StructField("arrived_at", T.TimestampType())])
+SCHEMA = schemas.STREAM_PREQUENTIAL
 RANKS = {"stream": "rank_live", "frozen": "rank_frozen"}
 
 

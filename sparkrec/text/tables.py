@@ -8,8 +8,7 @@ last changed (re-embedded, or its dense index remapped); rows left valid keep th
 
 from __future__ import annotations
 
-from pyspark.sql import types as T
-
+from .. import schemas
 from ..lake.base import Lake, LakeError
 
 ITEM_FEATURES_TABLE = "item_features"
@@ -41,18 +40,5 @@ def item_embeddings_table(lake: Lake, split: str | None) -> str:
     return table
 
 
-def _embedding_schema(idx: str, key: str) -> T.StructType:
-    return T.StructType([
-        T.StructField(idx, T.IntegerType(), True),  # null: not (yet) in the dense index
-        T.StructField(key, T.StringType(), True),
-        T.StructField("model", T.StringType(), True),
-        T.StructField("model_fingerprint", T.StringType(), True),
-        T.StructField("text_hash", T.StringType(), True),
-        T.StructField("vector", T.ArrayType(T.FloatType()), True),
-        T.StructField("dim", T.IntegerType(), True),
-        T.StructField("updated_at", T.TimestampType(), True),
-    ])
-
-
-ITEM_EMBEDDINGS = _embedding_schema("item_idx", "item_id")
-USER_TEXT_EMBEDDINGS = _embedding_schema("user_idx", "user_id")
+ITEM_EMBEDDINGS = schemas.ITEM_EMBEDDINGS
+USER_TEXT_EMBEDDINGS = schemas.USER_TEXT_EMBEDDINGS
