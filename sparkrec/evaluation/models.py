@@ -22,7 +22,7 @@ from ..lake import Lake
 from ..model.data import user_states
 from ..model.registry import LoadedModel, latest_run_id, load_model
 from ..model.store import lake_location
-from ..text.tables import item_embeddings_table
+from ..text.embedding_tables import item_embeddings_table
 from .metrics import train_rows
 
 

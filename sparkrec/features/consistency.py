@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from ..config import FeaturesConfig
 from ..lake import Lake, LakeError
+from .builders import item_features_table
 from .splits import enabled_splits
-from .tables import item_features_table
 
 CORE_TABLES = ("events", "item_features", "user_features", "user_histories")
 

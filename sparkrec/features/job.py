@@ -13,11 +13,11 @@ from ..config import Config
 from ..ingest.presets import resolve_source
 from ..lake import Lake
 from ..logs import get_logger, log_fields
+from .builders import item_features, item_features_table, split_item_features, user_features, user_histories
 from .consistency import check_all_from, mixed_runs, output_tables, runs_of
 from .events import build_events, has_timestamps
 from .indexing import extend_index
 from .splits import TIME_ORDERED, enabled_splits
-from .tables import item_features, item_features_table, split_item_features, user_features, user_histories
 
 log = get_logger("features")
 

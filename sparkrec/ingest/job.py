@@ -19,11 +19,11 @@ from .. import schemas
 from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
+from .canonical import validate_interactions, validate_items, validate_tags, validate_users
 from .presets import resolve_source
 from .provenance import keep_first_provenance
 from .reader import InputError, read_input
 from .runs import commit_metadata, record_runs
-from .tables import validate_interactions, validate_items, validate_tags, validate_users
 from .validate import REASON, Validated
 
 log = get_logger("ingest")

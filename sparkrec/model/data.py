@@ -19,9 +19,9 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from ..features.builders import last_n
 from ..features.events import has_timestamps
 from ..features.splits import unit_hash
-from ..features.tables import last_n
 
 SECONDS_PER_DAY = 86_400.0
 GENRE_SLOTS = 4

@@ -25,7 +25,7 @@ from ..config import Config, config_to_dict
 from ..ingest.presets import resolve_source
 from ..lake import Lake
 from ..logs import get_logger, log_fields
-from ..text.tables import item_embeddings_table
+from ..text.embedding_tables import item_embeddings_table
 from .blend import BlendSearch, search_blend
 from .build import all_item_vectors
 from .data import build_catalog, gap_scale_for, training_examples, user_states

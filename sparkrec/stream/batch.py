@@ -22,14 +22,14 @@ from pyspark.sql import types as T
 
 from .. import schemas
 from ..config import Config
+from ..features.builders import user_histories
 from ..features.events import build_events
 from ..features.indexing import extend_index
-from ..features.tables import user_histories
+from ..ingest.canonical import validate_interactions
 from ..ingest.job import TableReport, _summarise, _write
 from ..ingest.presets import resolve_source
 from ..ingest.provenance import keep_first_provenance
 from ..ingest.reader import FILE_TIME, read_input
-from ..ingest.tables import validate_interactions
 from ..ingest.validate import Validated
 from ..lake import Lake
 from ..logs import get_logger, log_fields

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from .assemble import TemplateError, item_text, parse_template, read_user_text, text_hash
 from .embed import SyncStats, embed_splits, item_source, run_embed, sync_embeddings, user_source
-from .encoders import EncoderUnavailableError, TextEncoder, make_encoder
-from .tables import (
+from .embedding_tables import (
     ITEM_EMBEDDINGS,
     ITEM_EMBEDDINGS_TABLE,
     ITEM_FEATURES_TABLE,
@@ -15,6 +14,7 @@ from .tables import (
     item_embeddings_table,
     split_embeddings_table,
 )
+from .encoders import EncoderUnavailableError, TextEncoder, make_encoder
 
 __all__ = ["ITEM_EMBEDDINGS", "ITEM_EMBEDDINGS_TABLE", "ITEM_FEATURES_TABLE", "USER_INDEX_TABLE",
            "USER_TEXT_EMBEDDINGS", "USER_TEXT_EMBEDDINGS_TABLE", "EncoderUnavailableError", "SyncStats",

@@ -30,12 +30,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..config import Config
-from ..features.tables import item_features_table
+from ..features.builders import item_features_table
 from ..lake.base import Lake, LakeError
 from ..logs import get_logger, log_fields, timed_stage
 from .assemble import item_text, read_user_text, text_hash
-from .encoders import TextEncoder, make_encoder
-from .tables import (
+from .embedding_tables import (
     ITEM_EMBEDDINGS,
     ITEM_EMBEDDINGS_TABLE,
     USER_INDEX_TABLE,
@@ -43,6 +42,7 @@ from .tables import (
     USER_TEXT_EMBEDDINGS_TABLE,
     split_embeddings_table,
 )
+from .encoders import TextEncoder, make_encoder
 
 log = get_logger("text.embed")
 
