@@ -29,7 +29,7 @@ from sparkrec.features.job import run_features
 from sparkrec.ingest.job import run_ingest
 from sparkrec.lake import DeltaRsLake, RunContext
 from sparkrec.logs import setup_logging
-from sparkrec.model.data import user_states
+from sparkrec.model.data import tower_inputs
 from sparkrec.model.distributed import run_distributed
 from sparkrec.model.job import (
     examples_to_safetensors,
@@ -135,7 +135,7 @@ def main() -> None:
     test = split.filter((F.col("part") == "test") & F.col("is_positive")).select("user_idx", "item_idx")
     loaded = load_model(run["run_id"], cfg.train.mlflow_uri)
     gap_scale = float(loaded.meta["gap_scale"])
-    test_set = collect_eval_set(user_states(train_pos, cfg.model.history, gap_scale), test, train_pos)
+    test_set = collect_eval_set(tower_inputs(train_pos, cfg.model.history, gap_scale), test, train_pos)
     # The towers alone: this benchmark times and checks training; the blended hybrid (towers +
     # linear head) is judged against every baseline by benchmarks/quality.py.
     hybrid = {**ranking_at_k(loaded.model, test_set, 10), **ranking_at_k(loaded.model, test_set, 20)}

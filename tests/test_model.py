@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparkrec.model.data import training_examples, user_states
+from sparkrec.model.data import tower_inputs, training_examples
 from sparkrec.model.towers import ModelSpec, TwoTower
 
 
@@ -89,7 +89,7 @@ def test_examples_use_only_earlier_events(spark):
     assert rows[(1, 9)].hist == [6, 7, 8]  # the three events before, oldest first
     assert np.allclose(rows[(1, 9)].gaps, np.log1p([2.0, 1.0, 0.0]))  # days to the latest history event
     assert rows[(2, 10)].hist == [0, 0, 0] and rows[(2, 10)].weight == 0.5
-    state = {r.user_idx: r for r in user_states(events, 3, 86400.0).collect()}
+    state = {r.user_idx: r for r in tower_inputs(events, 3, 86400.0).collect()}
     assert state[0].hist == [7, 8, 9] and np.allclose(state[0].gaps, np.log1p([2.0, 1.0, 0.0]))
     assert state[1].hist == [0, 0, 10]
     # the linear head reads the whole history (not only the last 3), with each item's weight

@@ -67,13 +67,13 @@ def test_every_user_gets_k_sorted_unseen_items(served):
 
 def test_spark_top_k_equals_numpy_brute_force(served):
     from sparkrec.model.build import all_item_vectors
-    from sparkrec.model.data import user_states
+    from sparkrec.model.data import tower_inputs
     from sparkrec.recommend.job import resolve_model
 
     cfg, lake, _ = served
     loaded = resolve_model(cfg, lake)
     events = lake.read("events").filter(F.col("user_idx") < 5)
-    states = user_states(events.filter("is_positive"), loaded.meta["history"], loaded.meta["gap_scale"]).toPandas()
+    states = tower_inputs(events.filter("is_positive"), loaded.meta["history"], loaded.meta["gap_scale"]).toPandas()
     seen = events.groupBy("user_idx").agg(F.collect_set("item_idx").alias("s")).toPandas().set_index("user_idx")
     with torch.no_grad():
         u = loaded.model.user_vectors(torch.tensor(states["user_idx"].to_numpy() + 1),

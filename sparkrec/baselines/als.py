@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..logs import get_logger, log_fields
-from .base import Recommender, SharedMatrix, distinct_users, positives, user_state
+from .base import Recommender, SharedMatrix, distinct_users, positives, scoring_inputs
 from .scoring import ItemSpace, list_entries, top_k_per_user
 from .tuning import Holdout, expand_grid, holdout_validation, select_by_validation
 
@@ -126,7 +126,7 @@ class ALSBaseline(Recommender):
         """Item factors stay; users are folded in from their positives in ``events``."""
         if self._users is not None:
             self._users.unpersist()
-        self._users = user_state(events).filter(F.size("hist_items") > 0).cache()
+        self._users = scoring_inputs(events).filter(F.size("hist_items") > 0).cache()
         return self
 
     def _candidate(self, params: dict[str, Any]) -> ALSBaseline:

@@ -70,7 +70,7 @@ def seen_items(train: DataFrame) -> DataFrame:
             .agg(F.array_distinct(F.collect_list(F.col("item_idx").cast("int"))).alias("seen")))
 
 
-def user_state(train: DataFrame) -> DataFrame:
+def scoring_inputs(train: DataFrame) -> DataFrame:
     """(user_idx, hist_items, hist_weights, seen): one row per train user, the input of the
     blocked scorers. Users with no positives get empty histories."""
     # One list of structs, split afterwards, keeps items and weights aligned by construction.

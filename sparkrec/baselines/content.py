@@ -13,7 +13,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .base import Recommender, SharedMatrix, distinct_users, user_state
+from .base import Recommender, SharedMatrix, distinct_users, scoring_inputs
 from .scoring import ItemSpace, history_matrix, top_k_per_user
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class ContentOnly(Recommender):
         """The item vectors stay; user profiles are rebuilt from the histories in ``events``."""
         if self._state is not None:
             self._state.unpersist()
-        self._state = user_state(events).filter(F.size("hist_items") > 0).cache()
+        self._state = scoring_inputs(events).filter(F.size("hist_items") > 0).cache()
         return self
 
     def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from ..cooccurrence import gram
 from ..logs import get_logger, log_fields
-from .base import Recommender, SharedMatrix, distinct_users, user_state
+from .base import Recommender, SharedMatrix, distinct_users, scoring_inputs
 from .cooccurrence import user_item_values
 from .scoring import ItemSpace, history_matrix, top_k_per_user
 from .tuning import Holdout, holdout_validation, select_by_validation
@@ -140,12 +140,12 @@ class EASE(Recommender):
 
     def observe(self, events: DataFrame) -> Self:
         """B stays; the users' histories (x_u) are rebuilt from ``events``."""
-        return self._with_state(user_state(events).cache())
+        return self._with_state(scoring_inputs(events).cache())
 
     def _tune(self, train: DataFrame, x: DataFrame, space: ItemSpace, full: np.ndarray) -> float:
         fit_part, val_truth = holdout_validation(train, self.holdout, self.seed)
         val_truth = val_truth.cache()
-        state = user_state(fit_part).cache()
+        state = scoring_inputs(fit_part).cache()
         matrix = without_held_out(full, space, x, val_truth)
 
         def candidate(params: dict[str, Any]) -> EASE:

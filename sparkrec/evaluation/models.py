@@ -19,7 +19,7 @@ from ..baselines import EASE, ALSBaseline, ContentOnly, ItemKNN, MostPopular, Re
 from ..baselines.base import distinct_users
 from ..config import Config
 from ..lake import Lake
-from ..model.data import user_states
+from ..model.data import tower_inputs
 from ..model.registry import LoadedModel, latest_run_id, load_model
 from ..model.store import lake_location
 from ..text.embedding_tables import item_embeddings_table
@@ -51,7 +51,7 @@ class HybridRecommender(Recommender):
         positive = rows.filter(F.coalesce(F.col("is_positive"), F.lit(False)))
         seen = rows.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("seen"))
         self.release()
-        self._states = (user_states(positive, n, gap_scale).join(seen, "user_idx", "left")
+        self._states = (tower_inputs(positive, n, gap_scale).join(seen, "user_idx", "left")
                         .select("user_idx", F.col("user_idx").cast("string").alias("user_id"), "hist", "gaps",
                                 "seen", F.lit("history").alias("basis"), "items", "weights").cache())
         return self

@@ -82,7 +82,7 @@ def training_examples(positives: DataFrame, n: int, gap_scale: float, masked_sha
                        F.col("weight").cast("float").alias("weight"))
 
 
-def user_states(positives: DataFrame, n: int, gap_scale: float) -> DataFrame:
+def tower_inputs(positives: DataFrame, n: int, gap_scale: float) -> DataFrame:
     """Each user's current model input: their last n positive events for the towers, and every
     positive item with its weight (model rows; a re-rated item once, at its largest weight)
     for the linear head, which reads the whole history."""

@@ -28,7 +28,7 @@ from ..logs import get_logger, log_fields
 from ..text.embedding_tables import item_embeddings_table
 from .blend import BlendSearch, search_blend
 from .build import all_item_vectors
-from .data import build_catalog, gap_scale_for, training_examples, user_states
+from .data import build_catalog, gap_scale_for, tower_inputs, training_examples
 from .distributed import run_distributed
 from .head import LinearHead, head_rows, side_grams, solve_head, weighted_gram
 from .provenance import data_provenance
@@ -100,7 +100,7 @@ def prepare(cfg: Config, spark: SparkSession, lake: Lake, workdir: Path) -> dict
                             cfg.model.use_categories, categorical_attributes(cfg))
     workdir.mkdir(parents=True, exist_ok=True)
     catalog.save(workdir / "catalog.safetensors")
-    val = collect_eval_set(user_states(fit, n, gap_scale), val_targets, fit)
+    val = collect_eval_set(tower_inputs(fit, n, gap_scale), val_targets, fit)
     val.save(workdir / "val.safetensors")
     log_fields(log, "validation set", holdout=holdout, users=len(val), targets=len(val.targets))
     examples = training_examples(fit, n, gap_scale, tc.masked_share, tc.seed)

@@ -23,7 +23,7 @@ from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..model.build import all_item_vectors
-from ..model.data import user_states
+from ..model.data import tower_inputs
 from ..model.registry import LoadedModel, load_model
 from ..model.store import resolve_run
 from .baseline import baseline_scores
@@ -120,7 +120,7 @@ def current_states(lake: Lake, loaded: LoadedModel, users: DataFrame | None) -> 
         index = index.join(users.select("user_id").distinct(), "user_id")
         events = events.join(index.select("user_idx"), "user_idx")
     n, gap_scale = int(loaded.meta.get("history", loaded.spec.history)), float(loaded.meta.get("gap_scale", 1.0))
-    states = user_states(events.filter("is_positive"), n, gap_scale)
+    states = tower_inputs(events.filter("is_positive"), n, gap_scale)
     seen = events.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("seen"))
     return (states.join(index, "user_idx").join(seen, "user_idx", "left")
             .select("user_idx", "user_id", "hist", "gaps", "seen", F.lit("history").alias("basis"), "items",
