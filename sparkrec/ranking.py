@@ -54,6 +54,14 @@ def _grade(graded: bool, gain: Gain) -> Column:
     return F.pow(F.lit(2.0), raw) - 1.0 if gain == "exponential" else raw
 
 
+def seen_items(rows: DataFrame, offset: int = 0) -> DataFrame:
+    """(user_idx, seen array<int>): every item of ``rows`` per user, positive or not (a user who
+    rated a film badly has still seen it and must not be offered it again). ``offset`` 1 gives
+    the towers' model rows (item_idx + 1, row 0 being padding)."""
+    item = (F.col("item_idx") + offset) if offset else F.col("item_idx")
+    return rows.groupBy("user_idx").agg(F.collect_set(item.cast("int")).alias("seen"))
+
+
 def check_ks(ks: Sequence[int]) -> list[int]:
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:

@@ -83,3 +83,9 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         "master": spark.sparkContext.master, "version": spark.version,
         "shuffle_partitions": shuffle}})
     return spark
+
+
+def scoring_partitions(spark: SparkSession, configured: int | None) -> int:
+    """Partitions of a per-user (or per-text) numeric job: the configured count, else two per
+    core, so one slow partition does not leave the other cores idle at the end."""
+    return configured or 2 * spark.sparkContext.defaultParallelism

@@ -19,6 +19,7 @@ from pyspark.sql import types as T
 from ..model.recommender import RECS_SCHEMA as RECS_SCHEMA
 from ..model.recommender import NotFittedError as NotFittedError
 from ..model.recommender import Recommender as Recommender
+from ..ranking import seen_items as ranking_seen_items
 from ..ranking import train_rows
 
 if TYPE_CHECKING:
@@ -66,8 +67,7 @@ def positives(train: DataFrame) -> DataFrame:
 def seen_items(train: DataFrame) -> DataFrame:
     """(user_idx, seen array<int>): every train item, positive or not, since a user who rated
     a film badly has still seen it and must not be offered it again."""
-    return (train_rows(train).groupBy("user_idx")
-            .agg(F.array_distinct(F.collect_list(F.col("item_idx").cast("int"))).alias("seen")))
+    return ranking_seen_items(train_rows(train))
 
 
 def scoring_inputs(train: DataFrame) -> DataFrame:

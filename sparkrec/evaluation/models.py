@@ -22,6 +22,8 @@ from ..lake import Lake
 from ..model.data import tower_inputs
 from ..model.registry import LoadedModel, latest_run_id, load_model
 from ..model.store import lake_location
+from ..ranking import seen_items
+from ..session import scoring_partitions
 from ..text.embedding_tables import item_embeddings_table
 from .metrics import train_rows
 
@@ -49,7 +51,7 @@ class HybridRecommender(Recommender):
         n, gap_scale = int(meta.get("history", self.loaded.spec.history)), float(meta.get("gap_scale", 1.0))
         rows = train_rows(events)
         positive = rows.filter(F.coalesce(F.col("is_positive"), F.lit(False)))
-        seen = rows.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("seen"))
+        seen = seen_items(rows, offset=1)
         self.release()
         self._states = (tower_inputs(positive, n, gap_scale).join(seen, "user_idx", "left")
                         .select("user_idx", F.col("user_idx").cast("string").alias("user_id"), "hist", "gaps",
@@ -73,7 +75,7 @@ class HybridRecommender(Recommender):
         payload = make_payload(self.cfg.model_copy(update={"recommend": rc}), self.loaded, eligible)
         states = distinct_users(users).join(self._fitted(self._states), "user_idx")
         spark = users.sparkSession
-        parts = rc.partitions or 2 * spark.sparkContext.defaultParallelism
+        parts = scoring_partitions(spark, rc.partitions)
         return score_users(spark, states, payload, parts).select(
             "user_idx", "item_idx", "rank", "score")
 

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 
 from ..holdout import Holdout, holdout_for, split_validation
 from ..ragged import csr
+from ..ranking import seen_items as seen_lists_of
 
 __all__ = ["Holdout", "ValSet", "collect_eval_set", "holdout_for", "ranking_quality", "split_validation"]
 
@@ -54,7 +55,7 @@ class ValSet:
 
 def collect_eval_set(states: DataFrame, targets: DataFrame, fit: DataFrame) -> ValSet:
     """Validation users with their state, targets and seen items; bounded by ``max_users``."""
-    seen_lists = fit.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("seen"))
+    seen_lists = seen_lists_of(fit, offset=1)
     target_lists = targets.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("t"))
     rows = (target_lists.join(states, "user_idx").join(seen_lists, "user_idx", "left")
             .orderBy("user_idx").toPandas())

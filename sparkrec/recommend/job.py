@@ -26,6 +26,8 @@ from ..model.build import all_item_vectors
 from ..model.data import tower_inputs
 from ..model.registry import LoadedModel, load_model
 from ..model.store import resolve_run
+from ..ranking import seen_items
+from ..session import scoring_partitions
 from .baseline import baseline_scores
 from .explain import EVIDENCE, explain, item_facts
 from .llm import TEMPLATE, catalogue_vocabulary, explain_rows, rewrite_explanations
@@ -121,7 +123,7 @@ def current_states(lake: Lake, loaded: LoadedModel, users: DataFrame | None) -> 
         events = events.join(index.select("user_idx"), "user_idx")
     n, gap_scale = int(loaded.meta.get("history", loaded.spec.history)), float(loaded.meta.get("gap_scale", 1.0))
     states = tower_inputs(events.filter("is_positive"), n, gap_scale)
-    seen = events.groupBy("user_idx").agg(F.collect_set((F.col("item_idx") + 1).cast("int")).alias("seen"))
+    seen = seen_items(events, offset=1)
     return (states.join(index, "user_idx").join(seen, "user_idx", "left")
             .select("user_idx", "user_id", "hist", "gaps", "seen", F.lit("history").alias("basis"), "items",
                     "weights"))
@@ -165,7 +167,7 @@ def run_recommend(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame
         loaded = load_model(served.run_id, cfg.train.mlflow_uri)
         payload = make_payload(cfg, loaded, eligibility(cfg, lake, loaded))
         states = current_states(lake, loaded, users)
-        parts = rc.partitions or 2 * spark.sparkContext.defaultParallelism
+        parts = scoring_partitions(spark, rc.partitions)
         scored = score_users(spark, states, payload, parts)
         text_scored = text_only_scores(spark, lake, payload, loaded, states, users, parts)
         if text_scored is not None:

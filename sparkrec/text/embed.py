@@ -33,6 +33,7 @@ from ..config import Config
 from ..features.builders import item_features_table
 from ..lake.base import Lake, LakeError
 from ..logs import get_logger, log_fields, timed_stage
+from ..session import scoring_partitions
 from .assemble import item_text, read_user_text, text_hash
 from .embedding_tables import (
     ITEM_EMBEDDINGS,
@@ -171,10 +172,6 @@ def _stamp(vectors: DataFrame, encoder: TextEncoder, fingerprint: str) -> DataFr
                                 "dim": F.size("vector"), "updated_at": F.current_timestamp()})
 
 
-def _default_partitions(spark: SparkSession, configured: int | None) -> int:
-    return configured or 2 * spark.sparkContext.defaultParallelism
-
-
 def item_source(lake: Lake, template: str, split: str | None = None) -> DataFrame:
     """``(item_idx, item_id, text)`` from ``item_features`` or, for an evaluation split, from
     its leak-free ``item_features_<split>``; the template is checked before any job."""
@@ -213,7 +210,7 @@ def run_embed(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     ecfg = cfg.embed
     with timed_stage(log, "embed", encoder=ecfg.encoder, model=ecfg.model) as info:
         encoder = make_encoder(ecfg, spark)
-        parts = _default_partitions(spark, ecfg.partitions)
+        parts = scoring_partitions(spark, ecfg.partitions)
         jobs = [(ITEM_EMBEDDINGS_TABLE, item_source(lake, ecfg.item_template), "item_id", "item_idx",
                  ITEM_EMBEDDINGS)]
         if ecfg.user_text_path:
