@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,25 @@ class RunContext:
         if self.txn:
             meta.update({"sparkrec.txn_app_id": self.txn[0], "sparkrec.txn_version": str(self.txn[1])})
         return meta
+
+
+@dataclass
+class MergePlan:
+    """A MERGE counted before it commits: the new or changed source rows, the keys to delete
+    (``replace_within``), and the counts the commit records."""
+
+    changed: DataFrame
+    stale: DataFrame | None
+    counts: dict[str, int]
+
+    @property
+    def rewrites(self) -> bool:
+        """Whether existing rows change (updated or deleted), not only new ones arrive."""
+        return bool(self.counts["updated"] or self.counts["deleted"])
+
+    @property
+    def n_changed(self) -> int:
+        return self.counts["inserted"] + self.counts["updated"]
 
 
 def row_hash(df: DataFrame, keys: list[str]) -> DataFrame:
@@ -238,6 +258,29 @@ class Lake(abc.ABC):
         counts = flagged.agg(F.count(F.lit(1)).alias("n"),
                              F.count("__exists").alias("updated")).collect()[0]
         return changed.drop(ROW_HASH), int(counts["n"]), int(counts["updated"])
+
+    @contextmanager
+    def merge_plan(self, table: str, df: DataFrame, keys: list[str], schema: T.StructType,
+                   replace_within: list[str] | None, version: int | None = None) -> Iterator[MergePlan]:
+        """What a MERGE of ``df`` into the table (at ``version``) will do, counted before it
+        runs, with the source and the stale keys cached for the engine's own commit and
+        released after it. Shared by both engines, so their counts mean the same."""
+        df = df.select(*schema.names).persist()
+        stale: DataFrame | None = None
+        try:
+            check_unique_keys(table, df, keys)
+            total = df.count()
+            changed, n_changed, n_updated = self.count_changes(table, df, keys, version)
+            if replace_within:
+                stale = self.stale_keys(table, df, keys, replace_within, version).persist()
+            n_deleted = stale.count() if stale is not None else 0
+            counts = {"inserted": n_changed - n_updated, "updated": n_updated,
+                      "unchanged": total - n_changed, "deleted": n_deleted}
+            yield MergePlan(changed, stale, counts)
+        finally:
+            df.unpersist()
+            if stale is not None:
+                stale.unpersist()
 
     def stale_keys(self, table: str, df: DataFrame, keys: list[str], within: list[str],
                    version: int | None = None) -> DataFrame:

@@ -347,34 +347,20 @@ class DeltaRsLake(Lake):
         dt_ = self._open(table, read_version)
         schema = self._spark_schema(dt_)
         check_schema(table, schema, df.schema)
-        df = df.select(*schema.names).persist()
-        stale: DataFrame | None = None
-        try:
-            check_unique_keys(table, df, keys)
-            total = df.count()
-            changed, n_changed, n_updated = self.count_changes(table, df, keys, read_version)
-            stale = (self.stale_keys(table, df, keys, replace_within, read_version).persist()
-                     if replace_within else None)
-            n_deleted = stale.count() if stale is not None else 0
-            counts = {"inserted": n_changed - n_updated, "updated": n_updated,
-                      "unchanged": total - n_changed, "deleted": n_deleted}
-            with self._attempt(table) as attempt:
-                actions: list[AddAction | RemoveAction] = []
-                if n_updated or n_deleted:
-                    dropped = changed.select(*keys)
-                    if stale is not None:
-                        dropped = dropped.unionByName(stale)
-                    actions.extend(self._rewrite_files(table, dt_, schema, dropped, changed, keys, attempt))
-                elif n_changed:
-                    actions.extend(self._write_files(table, changed, attempt))
-                rows = sum(_records(a) for a in actions if isinstance(a, AddAction))
-                version = self._commit_merge(table, schema, actions, read_version, attempt, rows=rows, **counts)
-            self._log_commit(table, version, "merge", rows=rows, **counts)
-            return CommitResult(table, version, rows_written=rows, **counts)
-        finally:
-            df.unpersist()
-            if stale is not None:
-                stale.unpersist()
+        with self.merge_plan(table, df, keys, schema, replace_within, read_version) as plan, \
+                self._attempt(table) as attempt:
+            actions: list[AddAction | RemoveAction] = []
+            if plan.rewrites:
+                dropped = plan.changed.select(*keys)
+                if plan.stale is not None:
+                    dropped = dropped.unionByName(plan.stale)
+                actions.extend(self._rewrite_files(table, dt_, schema, dropped, plan.changed, keys, attempt))
+            elif plan.n_changed:
+                actions.extend(self._write_files(table, plan.changed, attempt))
+            rows = sum(_records(a) for a in actions if isinstance(a, AddAction))
+            version = self._commit_merge(table, schema, actions, read_version, attempt, rows=rows, **plan.counts)
+        self._log_commit(table, version, "merge", rows=rows, **plan.counts)
+        return CommitResult(table, version, rows_written=rows, **plan.counts)
 
     def _commit_merge(self, table: str, schema: T.StructType, actions: list[AddAction | RemoveAction],
                       read_version: int, attempt: _Attempt, **counts: int) -> int:

@@ -121,46 +121,31 @@ class SparkDeltaLake(Lake):
                replace_within: list[str] | None = None, read_version: int | None = None) -> CommitResult:
         """Delta's own MERGE detects concurrent conflicting commits (ConcurrentAppendException
         and friends); a ``read_version`` the table has moved past is refused before it starts."""
-        check_unique_keys(table, df, keys)
         if read_version is not None:
             latest = self.version(table) if self.exists(table) else NO_TABLE
             if latest != read_version:
                 raise ConcurrentWriteError(table, read_version, latest)
         if not self.exists(table):
+            check_unique_keys(table, df, keys)
             return self.overwrite(table, df)
         schema = self.read(table).schema
         check_schema(table, schema, df.schema)
-        df = df.select(*schema.names).persist()
-        stale: DataFrame | None = None
-        try:
-            total = df.count()
-            changed, n_changed, n_updated = self.count_changes(table, df, keys)
-            source = changed.withColumn("__delete", F.lit(False))
-            n_deleted = 0
-            if replace_within:
-                # Stale keys ride in the same MERGE as delete markers: one commit, one version.
-                # Persisted: counted here, then read again by the MERGE.
-                stale = self.stale_keys(table, df, keys, replace_within).persist()
-                n_deleted = stale.count()
-                source = source.unionByName(stale.withColumn("__delete", F.lit(True)), allowMissingColumns=True)
-            counts = {"inserted": n_changed - n_updated, "updated": n_updated,
-                      "unchanged": total - n_changed, "deleted": n_deleted}
+        with self.merge_plan(table, df, keys, schema, replace_within) as plan:
+            source = plan.changed.withColumn("__delete", F.lit(False))
+            if plan.stale is not None:  # stale keys ride in the same MERGE as delete markers: one commit
+                source = source.unionByName(plan.stale.withColumn("__delete", F.lit(True)), allowMissingColumns=True)
             cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-            with self._commit_metadata("merge", **counts):
+            with self._commit_metadata("merge", **plan.counts):
                 (self._delta_table(table).alias("t").merge(source.alias("s"), cond)
                  .whenMatchedDelete(condition="s.__delete")
                  .whenMatchedUpdate(set={c: F.col(f"s.`{c}`") for c in schema.names})
                  .whenNotMatchedInsert(condition="NOT s.__delete",
                                        values={c: F.col(f"s.`{c}`") for c in schema.names})
                  .execute())
-            if read_version is not None and self.version(table) != read_version + 1:
-                raise LakeError(f"table {table!r}: a concurrent commit landed beside this MERGE planned on "
-                                f"version {read_version}; check the table's history")
-            return CommitResult(table, self.version(table), rows_written=n_changed, **counts)
-        finally:
-            df.unpersist()
-            if stale is not None:
-                stale.unpersist()
+        if read_version is not None and self.version(table) != read_version + 1:
+            raise LakeError(f"table {table!r}: a concurrent commit landed beside this MERGE planned on "
+                            f"version {read_version}; check the table's history")
+        return CommitResult(table, self.version(table), rows_written=plan.n_changed, **plan.counts)
 
     def tables(self) -> list[str]:
         if self.catalog:
