@@ -27,6 +27,7 @@ from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..model.provenance import data_provenance
+from ..model.registry import mlflow_name
 from ..model.store import checked_run, log_recommender, register_champion
 from .metrics import PROTOCOL, catalog_coverage, intra_list_diversity_at, popularity_metrics, ranking_metrics_by
 from .models import Candidate, hybrid_run, make_candidate, timed_fit
@@ -100,7 +101,7 @@ def training_curves(candidates: list[Candidate], cfg: Config) -> pd.DataFrame:
         run_id = c.info.get("run_id")
         if not run_id:
             continue
-        for key in ("loss", f"recall_at_{cfg.train.recall_k}", f"ndcg_at_{cfg.train.recall_k}"):
+        for key in ("loss", *(mlflow_name(f"{m}@{cfg.train.recall_k}") for m in ("recall", "ndcg"))):
             history = client.get_metric_history(run_id, key)
             name = key if key == "loss" else f"val_{key}"
             frames.append(pd.DataFrame({"model": c.name, "epoch": [m.step for m in history], "metric": name,

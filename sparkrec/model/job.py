@@ -32,7 +32,7 @@ from .data import build_catalog, gap_scale_for, tower_inputs, training_examples
 from .distributed import run_distributed
 from .head import LinearHead, head_rows, side_grams, solve_head, weighted_gram
 from .provenance import data_provenance
-from .registry import ITEM_VECTORS, load_weights, mlflow_setup, save_model_dir
+from .registry import ITEM_VECTORS, load_weights, mlflow_name, mlflow_setup, save_model_dir
 from .store import model_tags
 from .towers import ModelSpec
 from .validation import collect_eval_set, holdout_for, split_validation
@@ -50,11 +50,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def mlflow_name(metric: str) -> str:
-    """MLflow metric names allow no '@': recall@20 -> recall_at_20."""
-    return metric.replace("@", "_at_")
 
 
 def model_spec(cfg: Config, n_items: int, n_users: int, text_in: int, cat_vocab_sizes: list[int],

@@ -85,6 +85,12 @@ def load_model_dir(path: str | Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model, catalog, spec, meta, head)
 
 
+def mlflow_name(metric: str) -> str:
+    """MLflow metric names allow no '@': recall@20 -> recall_at_20 (what training logs and
+    what the evaluation report reads back)."""
+    return metric.replace("@", "_at_")
+
+
 def mlflow_setup(uri: str, experiment: str) -> None:
     """A plain directory means a local, serverless store: SQLite for runs and metrics (MLflow 3
     retired its file store) and a folder beside it for artifacts. URIs are used as given."""
