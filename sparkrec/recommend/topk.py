@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ragged import csr as csr  # re-exported: the seen-item masks' form
+from ..selection import RunningTopK, blocks
 from ..selection import best_k as best_k  # re-exported: the one top-K cut
 
 NEG = np.float32(-np.inf)
@@ -27,33 +28,23 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | N
     scores) adds a second score to those rows, e.g. the hybrid's linear head.
     """
     b, n = users.shape[0], items.shape[0]
-    k_eff = min(k, n)
-    best_i = np.full((b, k_eff), -1, dtype=np.int64)
-    best_s = np.full((b, k_eff), NEG, dtype=np.float32)
+    best = RunningTopK(b, min(k, n))
     if b == 0 or n == 0:
-        return best_i, best_s
-    if seen is not None:
-        indptr, flat = seen
-        seen_rows = np.repeat(np.arange(b), np.diff(indptr))
-    last = np.iinfo(np.int64).max  # empty slots lose every tie
-    for start in range(0, n, block_rows):
-        stop = min(start + block_rows, n)
+        return best.result()
+    if seen is not None:  # sorted by item once, so each block finds its entries by bisection
+        order = np.argsort(seen[1], kind="stable")
+        seen_items = seen[1][order]
+        seen_rows = np.repeat(np.arange(b), np.diff(seen[0]))[order]
+    for start, stop in blocks(n, block_rows):
         scores = users @ items[start:stop].T
         if extra is not None:
             lo, hi = np.searchsorted(extra[0], [start, stop])
             scores[:, extra[0][lo:hi] - start] += extra[1][:, lo:hi]
-        if eligible is not None:
-            scores[:, ~eligible[start:stop]] = NEG
         if seen is not None:
-            inside = (flat >= start) & (flat < stop)
-            scores[seen_rows[inside], flat[inside] - start] = NEG
-        cols, vals = best_k(scores, k_eff)
-        cand_i = np.concatenate([best_i, cols + start], axis=1)
-        cand_s = np.concatenate([best_s, vals.astype(np.float32)], axis=1)
-        keep, best_s = best_k(cand_s, k_eff, np.where(cand_i >= 0, cand_i, last))
-        best_i = np.take_along_axis(cand_i, keep, axis=1)
-    best_i[~np.isfinite(best_s)] = -1
-    return best_i, best_s
+            lo, hi = np.searchsorted(seen_items, [start, stop])
+            scores[seen_rows[lo:hi], seen_items[lo:hi] - start] = NEG
+        best.add(scores, start, None if eligible is None else eligible[start:stop])
+    return best.result()
 
 
 def evidence(items: np.ndarray, hist: np.ndarray, recs: np.ndarray, n: int) -> np.ndarray:
