@@ -3,8 +3,9 @@
 Models that score with a broadcast item matrix (EASE, ALS factors, content vectors, a
 popularity vector) share this loop: each executor turns a block of user rows into a dense
 (users x items) score matrix with one BLAS product, masks the items a user has seen, and
-keeps the K best. Seen items are masked exactly, so no "ask for K + max seen" margin is
-needed, and block size bounds executor memory whatever the catalogue size.
+keeps the K best with the platform's one selection (:func:`sparkrec.selection.cut`, the same
+running-threshold cut as the recommend job). Seen items are masked exactly, so no "ask for
+K + max seen" margin is needed, and block size bounds executor memory whatever the catalogue size.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 
-from ..selection import best_k
+from ..selection import cut
 from .base import RECS_SCHEMA
 
 ScoreBlock = Callable[[pa.RecordBatch], np.ndarray]
@@ -76,9 +77,11 @@ def history_matrix(batch: pa.RecordBatch, space: ItemSpace, binary: bool = False
     return out
 
 
-def _top_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int) -> pa.RecordBatch:
-    kk = min(k, scores.shape[1])
-    idx, vals = best_k(scores, kk)  # best score first, ties to the smaller item_idx (columns are sorted by it)
+def _top_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int,
+           allowed: np.ndarray | None) -> pa.RecordBatch:
+    # best score first, ties to the smaller item_idx (columns are sorted by it)
+    idx, vals = cut(scores, k, allowed)
+    kk = idx.shape[1]
     keep = np.isfinite(vals)  # masked (seen / unknown) items sort last, so ranks stay 1..m
     ranks = np.broadcast_to(np.arange(1, kk + 1, dtype=np.int32), vals.shape)
     return pa.RecordBatch.from_arrays(
@@ -101,7 +104,7 @@ def top_k_per_user(state: DataFrame, score_block: ScoreBlock, space: ItemSpace, 
     item_ids = space.item_ids
     n_items = len(space)
     block_rows = int(max(1, min(4096, max_cells // max(n_items, 1))))
-    blocked = None if candidates is None else ~np.asarray(candidates, dtype=bool)
+    allowed = None if candidates is None else np.asarray(candidates, dtype=bool)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -113,13 +116,11 @@ def top_k_per_user(state: DataFrame, score_block: ScoreBlock, space: ItemSpace, 
                 if scores.dtype.kind != "f" or not scores.flags.writeable:
                     scores = scores.astype(np.float64)
                 scores[~np.isfinite(scores)] = -np.inf
-                if blocked is not None:
-                    scores[:, blocked] = -np.inf
                 if exclude_seen:
                     rows, seen = list_entries(block, "seen")
                     cols, known = space.columns(seen)
                     scores[rows[known], cols[known]] = -np.inf
                 users = block.column("user_idx").to_numpy(zero_copy_only=False)
-                yield _top_k(users, scores, item_ids, k)
+                yield _top_k(users, scores, item_ids, k, allowed)
 
     return state.mapInArrow(run, RECS_SCHEMA)
