@@ -143,6 +143,41 @@ def test_explain_rows_on_real_evidence_with_the_real_model_is_verified_and_cache
     assert time.perf_counter() - started < 0.5
 
 
+@NEEDS_MODEL
+def test_the_service_serves_verified_llm_sentences_and_caches_them_per_user(spark, llm_job):
+    """Over HTTP: rank 1 goes through the LLM and the verifier, the other ranks keep the
+    template, and the same request again costs no generation."""
+    import httpx
+
+    from sparkrec.serve import build, start_in_thread
+
+    cfg, lake, _ = llm_job
+    cfg = cfg.model_copy(deep=True)
+    cfg.explain.llm = LLMExplainConfig(enabled=True, max_rank=1, **SMALL)
+    app, poller = build(cfg, spark, lake, load_in_background=False)
+    running = start_in_thread(app)
+    try:
+        with httpx.Client(base_url=running.url, timeout=300) as client:
+            user = lake.read("user_index").orderBy("user_idx").first()["user_id"]
+            clear_cache()
+            first = client.post("/recommend", json={"user_id": user, "k": 3})
+            assert first.status_code == 200, first.text
+            items = first.json()["items"]
+            assert len(items) == 3 and [r["explanation_source"] for r in items[1:]] == ["template", "template"]
+            for row in items:
+                if row["explanation_source"] == "llm":
+                    assert verify(row["explanation"], row["evidence"]), row
+                else:
+                    assert row["explanation"] == template_sentence(row["evidence"]), row
+            generated_ms = app.state.timings["explain_ms"][-1]
+            assert generated_ms > 20  # the model ran for rank 1
+            again = client.post("/recommend", json={"user_id": user, "k": 3}).json()["items"]
+            assert again == items and app.state.timings["explain_ms"][-1] < min(100.0, generated_ms / 5)
+    finally:
+        poller.stop()
+        running.stop()
+
+
 def test_a_table_written_before_explanation_source_stays_readable_and_refreshable(spark, llm_job):
     """Old tables lack the column: reads give "template"; a partial refresh MERGEs in the old shape
     (and adds no LLM text, so "template" stays true); a full run replaces the schema."""

@@ -25,6 +25,7 @@ from ..model.registry import LoadedModel
 from ..ragged import csr
 from ..recommend.explain import item_facts
 from ..recommend.job import current_states, eligibility, make_payload, resolve_model
+from ..recommend.llm import catalogue_vocabulary
 from ..recommend.score import Payload
 from .explain import ItemFacts
 from .index import Index, make_index
@@ -73,6 +74,7 @@ class ServingState:
     has_text: np.ndarray | None = None
     blend_index: Index | None = None  # over [items, text]: text-only users, as recommend_for_text blends
     text_index: Index | None = None  # over item text: a text's nearest items (its pseudo-history)
+    vocabulary: tuple[str, ...] = ()  # the catalogue's genres, for the LLM explanations' verifier
     loaded_at: float = field(default_factory=time.time)
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -146,7 +148,9 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
     state = ServingState(run_id=loaded.version, model=loaded, payload=payload, index=index,
                          catalogue=load_catalogue(lake, loaded), users=load_users(spark, lake, loaded),
                          text_payload=text_payload, has_text=has_text, blend_index=blend_index,
-                         text_index=text_index)
+                         text_index=text_index,
+                         vocabulary=tuple(catalogue_vocabulary(lake.read("item_features")))
+                         if cfg.explain.llm.enabled else ())
     state.stats.update(items=int(payload.items.shape[0] - 1), users=len(state.users.rows),
                        text_only_users=len(state.users.text_only), index=index.kind,
                        seconds=round(time.perf_counter() - started, 2))
