@@ -3,6 +3,10 @@
 Blocks bound memory to ``users x block_rows`` scores whatever the catalogue size, and a
 running top-K merged per block keeps the result exact (no approximate index): with a few
 hundred thousand items a blocked matrix product is fast enough that ANN buys nothing here.
+The cut is :class:`sparkrec.selection.RunningTopK`: after the first block only scores above a
+user's current k-th best are partitioned, so the matrix product is most of the time. Of the
+exact alternatives measured in ``benchmarks/scoring.py`` (argpartition of every score, torch.topk
+per block, faiss IndexFlatIP asked for k + the most seen items) it was the fastest.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from ..selection import RunningTopK, blocks
 from ..selection import best_k as best_k  # re-exported: the one top-K cut
 
 NEG = np.float32(-np.inf)
+PRODUCT_CELLS = 1 << 22
+"""Scores per matrix product (16 MiB of float32). Smaller products stay in cache: with 1,024
+users, 4,096-item products ran ~2x faster than 65,536-item ones (``benchmarks/scoring.py``)."""
 
 
 def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | None = None,
@@ -35,7 +42,8 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | N
         order = np.argsort(seen[1], kind="stable")
         seen_items = seen[1][order]
         seen_rows = np.repeat(np.arange(b), np.diff(seen[0]))[order]
-    for start, stop in blocks(n, block_rows):
+    rows = min(block_rows, max(1024, PRODUCT_CELLS // b))  # block_rows stays a memory bound
+    for start, stop in blocks(n, rows):
         scores = users @ items[start:stop].T
         if extra is not None:
             lo, hi = np.searchsorted(extra[0], [start, stop])
