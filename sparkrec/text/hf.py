@@ -5,6 +5,11 @@ model cache keeps it across tasks while the worker is reused) and then feeds it 
 batches. Each worker gets ``cores / concurrent tasks`` torch threads: with Spark already
 running one task per core, letting every worker's torch also use every core oversubscribes
 the CPU and is slower than one thread each (measured, see ../shared/STACK.md).
+
+Two runtimes run the same weights: ``torch`` (CPU or CUDA) and ``onnx`` (ONNX Runtime on CPU,
+fp32 or dynamically quantised int8; see ``onnx_model``). Either way, every call sorts its texts
+by length, embeds each distinct text once and restores the order (``batching``): one
+``predict_batch_udf`` call receives ``bucket_rows`` rows, the model sees ``batch_size`` at a time.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from ..config import EmbedConfig
+from .batching import embed_bucketed
 from .encoders import EncoderUnavailableError, TextEncoder
+from .filedigest import cache_root, file_digests
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt")
 _TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
@@ -42,6 +49,10 @@ class HFSettings:
     pooling: str = "mean"
     normalize: bool = True
     device: str = "auto"
+    runtime: str = "torch"  # torch | onnx
+    quantize: str = "none"  # none | int8 (onnx only)
+    bucket_rows: int = 1024  # rows sorted by length together (one predict_batch_udf call)
+    cache_dir: str | None = None  # None: $SPARKREC_CACHE or ~/.cache/sparkrec on each machine
 
 
 def resolve_model_path(spec: str) -> Path:
@@ -69,22 +80,53 @@ def resolve_model_path(spec: str) -> Path:
     return path
 
 
-def model_fingerprint(path: Path, settings: HFSettings) -> str:
-    """Hash of what determines the vectors: config, weight and tokenizer files, pooling options.
+def model_files(path: Path) -> list[Path]:
+    """The weight and tokenizer files of a model directory: what, besides config.json,
+    decides its vectors."""
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name in _TOKENIZER_FILES))
+    if not any(p.suffix in _WEIGHT_SUFFIXES for p in files):
+        raise EncoderUnavailableError(f"model directory {path} has no weights file")
+    return files
 
-    File names and sizes stand in for the weights' content, which would mean hashing hundreds
-    of MB on every run; the device and batch size are left out because they do not change
-    the vectors beyond float noise.
+
+def model_digest(path: Path, cache_dir: str | None = None) -> str:
+    """sha256 over config.json and the bytes of every weight and tokenizer file.
+
+    Content, not names and sizes: a fine-tune written over ``model.safetensors`` keeps both.
+    The per-file digests are cached (``filedigest``), so only the first run on a machine pays
+    for reading the weights (MiniLM's 91 MB: 0.16 s from the page cache on a loaded core).
     """
     config = json.loads((path / "config.json").read_text())
     config.pop("_name_or_path", None)  # an absolute path on some machines
-    files = sorted([p.name, p.stat().st_size] for p in path.iterdir()
-                   if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name in _TOKENIZER_FILES))
-    if not any(name.endswith(_WEIGHT_SUFFIXES) for name, _ in files):
-        raise EncoderUnavailableError(f"model directory {path} has no weights file")
-    payload = {"config": config, "files": files, "pooling": settings.pooling,
-               "max_length": settings.max_length, "normalize": settings.normalize}
+    files = model_files(path)
+    digests = file_digests(files, cache_root(cache_dir))
+    payload = {"config": config, "files": sorted([p.name, digests[p]] for p in files)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(path: Path, settings: HFSettings) -> str:
+    """Hash of what determines the vectors: the model's content (``model_digest``), pooling,
+    length limit, normalisation and quantisation.
+
+    Left out because they do not move the vectors beyond float noise: the device (CUDA runs
+    fp16), the batch size and bucketing (only the padding changes), and the runtime: ONNX
+    fp32 vectors had cosine >= 0.999999 to torch's on every one of 2,000 Book-Crossing texts
+    (benchmarks/encoder.py), so switching runtime=torch|onnx reuses the stored vectors. int8
+    moves them (mean cosine 0.992, min 0.96 there), so ``quantize`` is part of the hash.
+    """
+    payload = {"model": model_digest(path, settings.cache_dir), "pooling": settings.pooling,
+               "max_length": settings.max_length, "normalize": settings.normalize,
+               "quantize": settings.quantize}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def onnx_file(path: Path, settings: HFSettings) -> Path:
+    """The cached ONNX export of this model at the configured precision (exported if missing)."""
+    from .onnx_model import onnx_model_file
+
+    return onnx_model_file(path, model_digest(path, settings.cache_dir), settings.quantize,
+                           cache_root(settings.cache_dir))
 
 
 def task_slots(spark: SparkSession) -> int | None:
@@ -101,7 +143,7 @@ def task_slots(spark: SparkSession) -> int | None:
 
 
 class _Runtime:
-    """A tokenizer and model loaded on one device: one per Python process."""
+    """A tokenizer and model (torch or ONNX Runtime) loaded on one device: one per Python process."""
 
     def __init__(self, settings: HFSettings, threads: int | None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -109,39 +151,65 @@ class _Runtime:
         if threads == 1:  # the Rust tokenizer would otherwise start a thread per core too
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
-        want = settings.device
-        if want == "cuda" and not torch.cuda.is_available():
-            raise EncoderUnavailableError("embed.device=cuda but torch sees no CUDA device here")
-        self.device = torch.device("cuda" if want in ("auto", "cuda") and torch.cuda.is_available()
-                                   else "cpu")
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         path = resolve_model_path(settings.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
-        self.model.to(self.device).eval()
         self.settings = settings
         self.torch = torch
+        if settings.runtime == "onnx":
+            from .onnx_model import OnnxForward
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """One batch -> float32 (n, dim): the single code path for Spark and in-process use."""
+            self.device = torch.device("cpu")
+            session = OnnxForward(onnx_file(path, settings), threads)
+            self._forward: Callable[[dict[str, np.ndarray]], Any] = \
+                lambda tokens: torch.from_numpy(session(tokens))
+        else:
+            self.device = self._torch_device(settings.device)
+            self._forward = self._load_torch(path)
+
+    def _torch_device(self, want: str) -> Any:
+        torch = self.torch
+        if want == "cuda" and not torch.cuda.is_available():
+            raise EncoderUnavailableError("embed.device=cuda but torch sees no CUDA device here")
+        return torch.device("cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+    def _load_torch(self, path: Path) -> Callable[[dict[str, np.ndarray]], Any]:
+        from transformers import AutoModel
+
+        torch, device = self.torch, self.device
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype).to(device).eval()
+
+        def forward(tokens: dict[str, np.ndarray]) -> Any:
+            inputs = {k: torch.from_numpy(v).to(device) for k, v in tokens.items()}
+            return model(**inputs).last_hidden_state.float()
+
+        return forward
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """One model call on these texts as given -> float32 (n, dim); padded to the longest."""
         torch = self.torch
         s = self.settings
-        tokens = self.tokenizer([str(t) for t in texts], padding=True, truncation=True,
-                                max_length=s.max_length, return_tensors="pt").to(self.device)
+        tokens = dict(self.tokenizer([str(t) for t in texts], padding=True, truncation=True,
+                                     max_length=s.max_length, return_tensors="np"))
         with torch.inference_mode():
-            hidden = self.model(**tokens).last_hidden_state.float()
+            hidden = self._forward(tokens)
             if s.pooling == "cls":
                 pooled = hidden[:, 0]
             else:
-                mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                mask = torch.from_numpy(tokens["attention_mask"]).to(hidden.device).unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             if s.normalize:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Any number of texts -> float32 (n, dim) in input order: the single code path for
+        Spark and in-process use. Distinct texts only, in length-sorted model batches."""
+        return embed_bucketed(texts, self.embed_batch, self.settings.batch_size)
 
 
 def _predict_fn_factory(settings: HFSettings, slots: int | None,
@@ -174,12 +242,14 @@ class TransformersEncoder(TextEncoder):
         self.slots = slots
         self.threads_per_task = threads_per_task
         self._fingerprint = model_fingerprint(self.path, settings)
+        if settings.runtime == "onnx":  # export now, on the driver: fails before any job, and
+            onnx_file(self.path, settings)  # workers sharing this disk find the file cached
         self._local: _Runtime | None = None
 
     @classmethod
     def from_config(cls, cfg: EmbedConfig, spark: SparkSession | None = None) -> TransformersEncoder:
         settings = HFSettings(cfg.model, cfg.batch_size, cfg.max_length, cfg.pooling, cfg.normalize,
-                              cfg.device)
+                              cfg.device, cfg.runtime, cfg.quantize, cfg.bucket_rows, cfg.cache_dir)
         return cls(settings, task_slots(spark) if spark is not None else None, cfg.threads_per_task)
 
     @property
@@ -200,19 +270,20 @@ class TransformersEncoder(TextEncoder):
 
         return predict_batch_udf(_predict_fn_factory(self.settings, self.slots, self.threads_per_task),
                                  return_type=T.ArrayType(T.FloatType()),
-                                 batch_size=self.settings.batch_size)
+                                 batch_size=max(self.settings.bucket_rows, self.settings.batch_size))
 
     def embed_column(self, df: DataFrame, text_col: str, out_col: str) -> DataFrame:
         return df.withColumn(out_col, self.udf()(text_col))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """In-process embedding with batches of similar length (less padding), original order kept."""
+        """In-process embedding: all texts bucketed by length together, original order kept."""
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return self.runtime().embed(texts)
+
+    def runtime(self, threads: int | None = None) -> _Runtime:
+        """This process's model, loaded on first use with ``threads`` torch / ORT threads
+        (None: the libraries' default, every core); later calls return the same one."""
         if self._local is None:
-            self._local = _Runtime(self.settings, None)
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        size = self.settings.batch_size
-        for start in range(0, len(order), size):
-            idx = order[start:start + size]
-            out[idx] = self._local.embed([texts[i] for i in idx])
-        return out
+            self._local = _Runtime(self.settings, threads)
+        return self._local
