@@ -297,6 +297,10 @@ class IngestConfig(StrictModel):
     # Every row of a table quarantined (e.g. no interaction's item is in the items file) is
     # always logged as a warning; true also makes the run fail (after writing the quarantine).
     fail_on_all_quarantined: bool = False
+    # A table whose input files (paths, sizes, modification times), source mapping and these
+    # settings are those its last ingest recorded is skipped: a re-run over unchanged files
+    # reads nothing. false: read and MERGE everything (the MERGE still inserts nothing new).
+    skip_unchanged: bool = True
 
     @model_validator(mode="after")
     def _ranges(self) -> IngestConfig:

@@ -54,8 +54,11 @@ def test_a_killed_ingest_gets_its_ingest_runs_rows_from_the_next_run(spark, cfg)
     killed = rows[("killed", "interactions")]
     assert (killed.read, killed.accepted, killed.inserted, killed.dataset) == (30, 30, 30, "generic")
     assert killed.source.endswith("interactions.csv")
+    # The killed run never wrote its quarantine: its unchanged inputs were read again, not skipped.
     assert (rows[("next", "interactions")].inserted, rows[("next", "interactions")].unchanged) == (0, 30)
-    run_ingest(cfg, spark, _lake(spark, cfg, "ingest", "third"))
+    again = cfg.model_copy(deep=True)
+    again.ingest.skip_unchanged = False
+    run_ingest(again, spark, _lake(spark, again, "ingest", "third"))
     assert lake.read("ingest_runs").count() == 6  # recorded once each, not again
 
 

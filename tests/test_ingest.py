@@ -95,6 +95,7 @@ def test_every_row_is_accepted_or_quarantined_with_its_reason(spark, generic):
 
 def test_reingesting_adds_nothing_and_new_rows_merge(spark, generic):
     cfg = _generic_config(generic)
+    cfg.ingest.skip_unchanged = False  # the MERGE itself, on unchanged input
     run_ingest(cfg, spark, _lake(spark, cfg, "r1"))
     lake = _lake(spark, cfg, "r2")
     second = run_ingest(cfg, spark, lake)
@@ -111,6 +112,29 @@ def test_reingesting_adds_nothing_and_new_rows_merge(spark, generic):
     third = run_ingest(cfg, spark, _lake(spark, cfg, "r3"))
     assert third.table("interactions").inserted == 1
     assert lake.read("interactions", version=1).count() == 4 and lake.read("interactions").count() == 5
+
+
+def test_unchanged_inputs_are_skipped_until_a_file_or_the_mapping_changes(spark, generic):
+    cfg = _generic_config(generic)
+    run_ingest(cfg, spark, _lake(spark, cfg, "r1"))
+    lake = _lake(spark, cfg, "r2")
+    second = run_ingest(cfg, spark, lake)
+    assert all(t.skipped and t.read == 0 and t.adds_up for t in second.tables)
+    assert "unchanged input since its last ingest: skipped" in second.render()
+    for table in ("interactions", "items", "quarantine"):
+        assert [h["sparkrec.run_id"] for h in lake.history(table)] == ["r1"]  # nothing read, nothing written
+    runs_before = lake.read("ingest_runs").count()
+
+    with open(generic / "interactions.csv", "a") as fh:  # one file grows: only its table is read
+        fh.write("8,12,3.5,1500000300\n")
+    third = run_ingest(cfg, spark, _lake(spark, cfg, "r3"))
+    assert third.table("items").skipped and not third.table("interactions").skipped
+    assert third.table("interactions").inserted == 1 and third.table("interactions").adds_up
+    assert lake.read("ingest_runs").count() == runs_before + 1
+
+    cfg.data.generic.rating_max = 4  # the same files under other rules: read again
+    fourth = run_ingest(cfg, spark, _lake(spark, cfg, "r4"))
+    assert not any(t.skipped for t in fourth.tables) and all(t.adds_up for t in fourth.tables)
 
 
 def test_parquet_input_reports_row_offsets(spark, generic):

@@ -1,15 +1,18 @@
 """The ingest stage: source files -> validated canonical Delta tables + quarantine.
 
 Each table is MERGEd by its key, so re-ingesting the same input adds nothing, and every
-table gets exactly one commit per run (an empty one when nothing changed), so a table's
-history lists every run that touched it. The run's counts go to ``ingest_runs``.
+table a run reads gets exactly one commit (an empty one when nothing changed), so a table's
+history lists every run that touched it. A table whose input is unchanged since its last
+completed ingest is not read at all (:mod:`.fingerprint`). The run's counts go to ``ingest_runs``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import reduce
+from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -20,9 +23,10 @@ from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from .canonical import validate_interactions, validate_items, validate_tags, validate_users
+from .fingerprint import INPUT_KEY, completed_runs, input_fingerprint, unchanged_since_last_ingest
 from .presets import resolve_source
 from .provenance import keep_first_provenance
-from .reader import InputError, read_input
+from .reader import InputError, RawInput, read_input
 from .runs import commit_metadata, record_runs
 from .validate import REASON, Validated
 
@@ -43,6 +47,7 @@ class TableReport:
     unchanged: int = 0
     version: int = -1
     seconds: float = 0.0
+    skipped: bool = False  # the input's fingerprint equals the one its last ingest recorded
 
     @property
     def adds_up(self) -> bool:
@@ -65,6 +70,9 @@ class IngestReport:
         for t in self.tables:
             reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(t.reasons.items(), key=lambda kv: -kv[1]))
             extra = ", ".join(f"{k}={v:,}" for k, v in t.cleaned.items() if v)
+            if t.skipped:
+                lines.append(f"{t.table:<13}  unchanged input since its last ingest: skipped ({t.source})")
+                continue
             lines.append(f"{t.table:<13}{t.read:>11,}{t.accepted:>11,}{t.quarantined:>12,}{t.inserted:>10,}"
                          f"{t.updated:>9,}{t.unchanged:>11,}  {reasons or '-'}"
                          + (f"  (accepted with fields cleared: {extra})" if extra else ""))
@@ -82,11 +90,12 @@ def _summarise(v: Validated, source: str) -> TableReport:
     return TableReport(v.table, source, read, accepted, read - accepted, reasons, cleaned)
 
 
-def _write(lake: Lake, v: Validated, report: TableReport, dataset: str, started: float) -> None:
+def _write(lake: Lake, v: Validated, report: TableReport, dataset: str, started: float, fingerprint: str) -> None:
     keys = schemas.KEYS[v.table]
     # The commit carries the table's counts: ingest_runs is rebuilt from commits (see .runs).
     meta = commit_metadata(dataset, report.source, report.read, report.accepted, report.quarantined,
                            report.reasons, report.cleaned, round(time.perf_counter() - started, 3))
+    meta[INPUT_KEY] = fingerprint
     lake = lake.with_context(replace(lake.context, extra={**lake.context.extra, **meta}))
     result = lake.upsert(v.table, keep_first_provenance(lake, v.table, v.accepted(), keys), keys)
     report.inserted, report.updated, report.unchanged = result.inserted, result.updated, result.unchanged
@@ -98,43 +107,53 @@ def run_ingest(cfg: Config, spark: SparkSession, lake: Lake) -> IngestReport:
     reports: list[TableReport] = []
     rejected: list[DataFrame] = []
     persisted: list[DataFrame] = []
+    settings = cfg.ingest.model_dump(mode="json")
+    shared = src.model_dump(mode="json", exclude={"interactions", "items", "users", "tags"})
+    completed = completed_runs(lake) if cfg.ingest.skip_unchanged else set()
 
-    def process(v: Validated, source: str) -> None:
+    def ingest(table: str, spec: Any, validate: Callable[[RawInput], Validated],
+               depends_on: str | None = None) -> str:
+        """Reads, validates and MERGEs one table unless its input is unchanged; returns the
+        fingerprint it has now (what a table validated against it depends on)."""
+        fingerprint = input_fingerprint(spec.path, {"spec": spec.model_dump(mode="json"), "source": shared,
+                                                    "ingest": settings, "table": table}, depends_on)
+        if cfg.ingest.skip_unchanged and unchanged_since_last_ingest(lake, table, fingerprint, completed):
+            reports.append(TableReport(table, spec.path, 0, 0, 0, skipped=True))
+            log_fields(log, "table skipped: input unchanged since its last ingest", table=table, source=spec.path)
+            return fingerprint
         started = time.perf_counter()
+        v = validate(read_input(spark, spec.path, spec.format, spec.csv))
         v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(v.rows)
-        report = _summarise(v, source)
-        _write(lake, v, report, cfg.data.dataset, started)
+        report = _summarise(v, spec.path)
+        _write(lake, v, report, cfg.data.dataset, started, fingerprint)
         report.seconds = round(time.perf_counter() - started, 3)
         reports.append(report)
         rejected.append(v.quarantine())
         log_fields(log, "table ingested", **{k: val for k, val in asdict(report).items()})
-
-    def read(spec) -> tuple:  # type: ignore[no-untyped-def]
-        return read_input(spark, spec.path, spec.format, spec.csv), spec.path
+        return fingerprint
 
     try:
-        known_items = None
+        known_items, items_fp = None, None
         if src.items is not None:
-            raw, path = read(src.items)
-            process(validate_items(raw, src, cfg.ingest), path)
+            items_fp = ingest("items", src.items, lambda raw: validate_items(raw, src, cfg.ingest))
             known_items = lake.read("items").select("item_id")
         if src.users is not None:
-            raw, path = read(src.users)
-            process(validate_users(raw, src, cfg.ingest), path)
-        raw, path = read(src.interactions)
-        process(validate_interactions(raw, src, cfg.ingest, known_items), path)
+            ingest("users", src.users, lambda raw: validate_users(raw, src, cfg.ingest))
+        ingest("interactions", src.interactions,
+               lambda raw: validate_interactions(raw, src, cfg.ingest, known_items), items_fp)
         if src.tags is not None:
-            raw, path = read(src.tags)
-            process(validate_tags(raw, src, cfg.ingest, known_items), path)
-
-        quarantine = reduce(DataFrame.unionByName, rejected)
-        q_keys = schemas.KEYS["quarantine"]
-        q_result = lake.upsert("quarantine", keep_first_provenance(lake, "quarantine", quarantine, q_keys), q_keys)
+            ingest("tags", src.tags, lambda raw: validate_tags(raw, src, cfg.ingest, known_items), items_fp)
+        q_version = lake.version("quarantine") if lake.exists("quarantine") else -1
+        if rejected:
+            quarantine = reduce(DataFrame.unionByName, rejected)
+            q_keys = schemas.KEYS["quarantine"]
+            q_version = lake.upsert("quarantine", keep_first_provenance(lake, "quarantine", quarantine, q_keys),
+                                    q_keys).version
     finally:
         for df in persisted:
             df.unpersist()
-    report = IngestReport(lake.context.run_id, cfg.data.dataset, reports, q_result.version)
+    report = IngestReport(lake.context.run_id, cfg.data.dataset, reports, q_version)
     record_runs(spark, lake, [t for t in schemas.KEYS if t != "quarantine"])  # this run's, and a killed one's
     _check_all_quarantined(report, cfg.ingest.fail_on_all_quarantined)
     return report
