@@ -106,7 +106,10 @@ def main() -> None:
     print(f"ratio ingest / plain                 {ingest_s / plain_s:>10.2f} x")
     print(f"ratio (ingest + features) / plain    {total / plain_s:>10.2f} x")
     inserted = sum(t.inserted + t.updated for t in again.tables)
-    print(f"second ingest (same input)           {again_s:>10.1f} s  rows inserted or updated: {inserted}")
+    print(f"second ingest (same input)           {again_s:>10.1f} s  rows inserted or updated: {inserted}, "
+          f"tables skipped as unchanged: {sum(t.skipped for t in again.tables)}/{len(again.tables)}")
+    print(f"ratio no-op re-ingest / first ingest {again_s / ingest_s:>10.3f} x  (target <= 0.2)")
+    print(f"ratio ingest / plain (target <= 2)   {ingest_s / plain_s:>10.2f} x")
     print(f"peak driver memory: python {py_peak_kb / 1024:,.0f} MiB, "
           f"JVM (local mode: driver + executors) {jvm_peak / 2**20:,.0f} MiB")
     spark.stop()
