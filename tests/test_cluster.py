@@ -36,12 +36,11 @@ FAST = ["features.history_length=20", "train.epochs=1", "train.blend_trials=3", 
         "features.splits.random_ratio=null", "features.splits.stratified_ratio=null",
         "features.splits.cold_items_fraction=null", "features.splits.cold_users_fraction=null"]
 
-# Opt-in until it has passed here: its only run (2026-12-02, a machine at load 11-19) ran
-# ingest, features and embed on both workers' executors and timed out in training. A suite
-# run that cannot finish it in CI's budget would hide every other result.
+# Slow (~18 min on 2 cores at load ~7: the whole pipeline on 1-core executors, then a second
+# training in local[2]) and part of the suite CI runs. SPARKREC_CLUSTER_TEST=0 skips it locally.
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(os.environ.get("SPARKREC_CLUSTER_TEST") != "1",
-                                 reason="opt-in: SPARKREC_CLUSTER_TEST=1 (~15-40 min on 2 cores; has not passed yet)")]
+              pytest.mark.skipif(os.environ.get("SPARKREC_CLUSTER_TEST") == "0",
+                                 reason="skipped with SPARKREC_CLUSTER_TEST=0")]
 
 
 def _free_port() -> int:
