@@ -8,6 +8,7 @@ from sparkrec.model.blend import TOWER_WEIGHTS, BlendSearch, tower_scale
 from sparkrec.model.data import Catalog
 from sparkrec.model.head import LinearHead, side_grams, solve_head
 from sparkrec.model.validation import ValSet, ranking_quality
+from sparkrec.ragged import csr
 
 
 def _gram(x: np.ndarray) -> np.ndarray:
@@ -52,12 +53,8 @@ def test_head_scores_are_scaled_per_user_and_columns_map_rows():
 
 
 def _valset(targets: list[list[int]], seen: list[list[int]], n_items: int) -> ValSet:
-    def csr(lists):
-        return np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64), \
-            np.array([v for x in lists for v in x], dtype=np.int64)
-
-    t_ptr, t = csr(targets)
-    s_ptr, s = csr(seen)
+    t_ptr, t = csr([np.array(x, np.int64) for x in targets])
+    s_ptr, s = csr([np.array(x, np.int64) for x in seen])
     b = len(targets)
     return ValSet(np.arange(1, b + 1), np.zeros((b, 2), np.int64), np.zeros((b, 2), np.float32), t_ptr, t, s_ptr, s,
                   s_ptr, s, np.ones(len(s), np.float32))

@@ -239,3 +239,35 @@ def test_binary_metrics_match_spark_mllib_ranking_metrics(spark):
         np.testing.assert_allclose(got[f"recall@{k}"], oracle.recallAt(k), rtol=1e-9)
         np.testing.assert_allclose(got[f"ndcg@{k}"], oracle.ndcgAt(k), rtol=1e-9)
         np.testing.assert_allclose(got[f"map@{k}"], oracle.meanAveragePrecisionAt(k), rtol=1e-9)
+
+
+def test_training_validation_metrics_equal_the_evaluators(spark):
+    """The trainer's numpy Recall/NDCG (early stopping, the blend search) and the Spark
+    evaluator judge the same lists the same way."""
+    from sparkrec.model.validation import ValSet, ranking_quality
+    from sparkrec.ragged import csr
+    from sparkrec.selection import best_k
+
+    rng = np.random.default_rng(5)
+    n_users, n_items, k = 40, 30, 10
+    targets = [rng.choice(np.arange(1, n_items + 1), size=rng.integers(1, 15), replace=False) for _ in range(n_users)]
+    seen = [rng.choice(np.setdiff1d(np.arange(1, n_items + 1), t), size=rng.integers(0, 8), replace=False)
+            for t in targets]
+    t_ptr, t_flat = csr(targets)
+    s_ptr, s_flat = csr(seen)
+    val = ValSet(np.arange(1, n_users + 1), np.zeros((n_users, 2), np.int64), np.zeros((n_users, 2), np.float32),
+                 t_ptr, t_flat, s_ptr, s_flat, s_ptr, s_flat, np.ones(len(s_flat), np.float32))
+    scores = rng.normal(size=(n_users, n_items + 1))
+    recall, ndcg = ranking_quality(scores, val, 0, k)
+
+    masked = scores.copy()
+    masked[:, 0] = -np.inf
+    for u, s in enumerate(seen):
+        masked[u, s] = -np.inf
+    top, _ = best_k(masked, k)
+    recs = spark.createDataFrame([(u, int(c) - 1, r + 1, 0.0) for u in range(n_users) for r, c in enumerate(top[u])],
+                                 RECS)
+    truth = spark.createDataFrame([split_row(u, int(t) - 1, None, True, "test") for u in range(n_users)
+                                   for t in targets[u]], SPLIT)
+    want = M.ranking_metrics(recs, truth, [k], graded=False)
+    np.testing.assert_allclose([recall.mean(), ndcg.mean()], [want[f"recall@{k}"], want[f"ndcg@{k}"]], rtol=1e-9)

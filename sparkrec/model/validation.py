@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from ..holdout import Holdout, holdout_for, split_validation
 from ..ragged import csr
 from ..ranking import seen_items as seen_lists_of
+from ..selection import best_k
 
 __all__ = ["Holdout", "ValSet", "collect_eval_set", "holdout_for", "ranking_quality", "split_validation"]
 
@@ -80,7 +81,10 @@ def ranking_quality(scores: np.ndarray, val: ValSet, start: int, k: int) -> tupl
     """Per-user Recall@k and binary NDCG@k of a block of validation users' score rows.
 
     ``scores`` is (rows, n_items + 1) for users ``start .. start + rows``; column 0 (padding)
-    and each user's seen items are excluded here, so callers pass raw scores.
+    and each user's seen items are excluded here, so callers pass raw scores. The list is cut
+    by the platform's one top-K (:func:`sparkrec.selection.best_k`) and the metrics are the
+    binary ones of :data:`sparkrec.ranking.PROTOCOL` (tests hold the two to the same numbers),
+    in numpy because training workers run without Spark.
     """
     b = len(scores)
     scores = scores.copy()
@@ -89,15 +93,14 @@ def ranking_quality(scores: np.ndarray, val: ValSet, start: int, k: int) -> tupl
     rows = np.repeat(np.arange(b), np.diff(val.seen_indptr[start:start + b + 1]))
     scores[rows, val.seen_items[lo:hi]] = -np.inf
     kk = min(k, scores.shape[1] - 1)
-    top = np.argpartition(-scores, kk, axis=1)[:, :kk]
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable"), 1)
+    top, top_scores = best_k(scores, kk)
     t_lo, t_hi = val.target_indptr[start], val.target_indptr[start + b]
     t_rows = np.repeat(np.arange(b), np.diff(val.target_indptr[start:start + b + 1]))
     truth = np.zeros(scores.shape, dtype=bool)
     truth[t_rows, val.targets[t_lo:t_hi]] = True
-    hit = np.take_along_axis(truth, top, 1)
+    hit = np.take_along_axis(truth, top, 1) & np.isfinite(top_scores)  # a masked item is not listed
     n_true = np.diff(val.target_indptr[start:start + b + 1])
     disc = 1.0 / np.log2(np.arange(2, kk + 2))
     ideal = np.cumsum(disc)[np.minimum(n_true, kk) - 1]
-    recall = hit.sum(1) / np.minimum(n_true, kk)
+    recall = hit.sum(1) / n_true
     return recall, (hit * disc).sum(1) / ideal
