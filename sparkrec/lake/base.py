@@ -76,6 +76,9 @@ class RunContext:
         return meta
 
 
+SMALL_SOURCE_ROWS = 200_000  # MERGE sources up to this size narrow the target by a broadcast semi-join
+
+
 @dataclass
 class MergePlan:
     """A MERGE counted before it commits: the new or changed source rows, the keys to delete
@@ -245,12 +248,20 @@ class Lake(abc.ABC):
             return self.read(table)
         return self.spark.createDataFrame([], schema)
 
-    def count_changes(self, table: str, df: DataFrame, keys: list[str],
-                      version: int | None = None) -> tuple[DataFrame, int, int]:
+    def count_changes(self, table: str, df: DataFrame, keys: list[str], version: int | None = None,
+                      source_rows: int | None = None) -> tuple[DataFrame, int, int]:
         """Rows of ``df`` that are new or differ from the table (at ``version``, the one the
         write was planned on), and how many of those update an existing key. Shared by both
-        engines so their reported counts agree."""
-        target = row_hash(self.read(table, version), keys).select(*keys, ROW_HASH)
+        engines so their reported counts agree.
+
+        A small source (``source_rows`` up to :data:`SMALL_SOURCE_ROWS`: a streaming batch, a
+        partial refresh) first narrows the table to its keys through a broadcast semi-join, so
+        only the matching rows are hashed and shuffled, not the whole table on every MERGE.
+        Rows whose keys hold a null match nothing either way (the joins are equalities)."""
+        existing = self.read(table, version)
+        if source_rows is not None and source_rows <= SMALL_SOURCE_ROWS:
+            existing = existing.join(F.broadcast(df.select(*keys).distinct()), on=keys, how="left_semi")
+        target = row_hash(existing, keys).select(*keys, ROW_HASH)
         source = row_hash(df, keys)
         changed = source.join(target, on=[*keys, ROW_HASH], how="left_anti")
         flagged = changed.join(target.select(*keys).withColumn("__exists", F.lit(True)),
@@ -270,9 +281,10 @@ class Lake(abc.ABC):
         try:
             check_unique_keys(table, df, keys)
             total = df.count()
-            changed, n_changed, n_updated = self.count_changes(table, df, keys, version)
+            changed, n_changed, n_updated = self.count_changes(table, df, keys, version, total)
             if replace_within:
-                stale = self.stale_keys(table, df, keys, replace_within, version).persist()
+                stale = self.stale_keys(table, df, keys, replace_within, version,
+                                        total <= SMALL_SOURCE_ROWS).persist()
             n_deleted = stale.count() if stale is not None else 0
             counts = {"inserted": n_changed - n_updated, "updated": n_updated,
                       "unchanged": total - n_changed, "deleted": n_deleted}
@@ -283,10 +295,14 @@ class Lake(abc.ABC):
                 stale.unpersist()
 
     def stale_keys(self, table: str, df: DataFrame, keys: list[str], within: list[str],
-                   version: int | None = None) -> DataFrame:
-        """Keys of the table's rows in the groups ``df`` mentions that ``df`` no longer has."""
+                   version: int | None = None, small: bool = False) -> DataFrame:
+        """Keys of the table's rows in the groups ``df`` mentions that ``df`` no longer has
+        (``small``: ``df`` is small enough to broadcast, as in :meth:`count_changes`)."""
         if not set(within) <= set(keys):
             raise LakeError(f"replace_within {within} must be columns of the MERGE keys {keys}")
+        groups, mine = df.select(*within).distinct(), df.select(*keys)
+        if small:
+            groups, mine = F.broadcast(groups), F.broadcast(mine)
         return (self.read(table, version).select(*keys)
-                .join(df.select(*within).distinct(), on=within, how="left_semi")
-                .join(df.select(*keys), on=keys, how="left_anti"))
+                .join(groups, on=within, how="left_semi")
+                .join(mine, on=keys, how="left_anti"))
