@@ -113,7 +113,7 @@ def model_fingerprint(path: Path, settings: HFSettings) -> str:
     fp16), the batch size and bucketing (only the padding changes), and the runtime: ONNX
     fp32 vectors had cosine >= 0.999999 to torch's on every one of 2,000 Book-Crossing texts
     (benchmarks/encoder.py), so switching runtime=torch|onnx reuses the stored vectors. int8
-    moves them (mean cosine 0.992, min 0.96 there), so ``quantize`` is part of the hash.
+    moves them (mean cosine 0.992, min 0.96-0.97 there), so ``quantize`` is part of the hash.
     """
     payload = {"model": model_digest(path, settings.cache_dir), "pooling": settings.pooling,
                "max_length": settings.max_length, "normalize": settings.normalize,
