@@ -90,12 +90,17 @@ def _summarise(v: Validated, source: str) -> TableReport:
     return TableReport(v.table, source, read, accepted, read - accepted, reasons, cleaned)
 
 
-def _write(lake: Lake, v: Validated, report: TableReport, dataset: str, started: float, fingerprint: str) -> None:
+def _write(lake: Lake, v: Validated, report: TableReport, dataset: str, started: float,
+           fingerprint: str | None = None) -> None:
+    """MERGEs the accepted rows; ``fingerprint``: the input's (batch ingest), recorded so an
+    unchanged input is skipped next time (a streaming batch has none, and a later ingest of the
+    table then reads its input again)."""
     keys = schemas.KEYS[v.table]
     # The commit carries the table's counts: ingest_runs is rebuilt from commits (see .runs).
     meta = commit_metadata(dataset, report.source, report.read, report.accepted, report.quarantined,
                            report.reasons, report.cleaned, round(time.perf_counter() - started, 3))
-    meta[INPUT_KEY] = fingerprint
+    if fingerprint is not None:
+        meta[INPUT_KEY] = fingerprint
     lake = lake.with_context(replace(lake.context, extra={**lake.context.extra, **meta}))
     result = lake.upsert(v.table, keep_first_provenance(lake, v.table, v.accepted(), keys), keys)
     report.inserted, report.updated, report.unchanged = result.inserted, result.updated, result.unchanged
