@@ -51,12 +51,11 @@ def best_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[n
 
 
 class RunningTopK:
-    """The best ``k`` columns per row seen so far, fed score blocks in ascending column order.
+    """The best ``k`` columns per row seen so far, fed one block of score columns at a time.
 
-    Why a running threshold: once a row holds ``k`` items, only scores strictly above its
-    k-th best can change the list (an equal score loses the tie, since later blocks hold larger
-    item rows), and after the first few thousand items that is a fraction of a percent of a
-    block. One vectorised comparison then finds the few candidates, so the partition that used
+    Why a running threshold: once a row holds ``k`` items, only scores at or above its k-th
+    best can change the list, and after the first few thousand items that is a fraction of a
+    percent of a block. One vectorised comparison then finds the few candidates, so the partition that used
     to run over every score only runs over them; measured in ``benchmarks/scoring.py``.
     """
 
@@ -65,12 +64,15 @@ class RunningTopK:
         self.idx = np.full((rows, k), -1, dtype=np.int64)
         self.vals = np.full((rows, k), -np.inf, dtype=dtype)
 
-    def add(self, scores: np.ndarray, start: int, allowed: np.ndarray | None = None) -> None:
-        """Merge a (rows, m) block for columns ``start .. start + m``; ``allowed`` (m,) bool
-        removes columns for every row. May overwrite ``scores``."""
+    def add(self, scores: np.ndarray, columns: int | np.ndarray, allowed: np.ndarray | None = None) -> None:
+        """Merge a (rows, m) block whose columns are ``columns .. columns + m`` (an int) or the
+        ids ``columns`` ((m,) array, any order); ``allowed`` (m,) bool removes columns for every
+        row. May overwrite ``scores``."""
         if self.k == 0 or scores.size == 0:
             return
-        hit = scores > self.vals[:, -1:]  # -inf until a row holds k items: then every finite score
+        kth = self.vals[:, -1:]  # -inf until a row holds k items: then every finite score competes
+        # >=: a score tied with the k-th competes (its id may be smaller when blocks come out of order)
+        hit = scores >= np.where(np.isfinite(kth), kth, -np.finfo(self.vals.dtype).max)
         hits = int(np.count_nonzero(hit))
         if hits == 0:
             return
@@ -81,7 +83,8 @@ class RunningTopK:
             cols, vals = best_k(scores, self.k)
         else:
             cols, vals = self._candidates(scores, hit, allowed)
-        self._merge(cols + start, vals)
+        ids = cols + columns if isinstance(columns, int) else np.where(cols >= 0, columns[cols], -1)
+        self._merge(ids, vals)
 
     def _candidates(self, scores: np.ndarray, hit: np.ndarray,
                     allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

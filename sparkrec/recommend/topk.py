@@ -40,19 +40,42 @@ def top_k(users: np.ndarray, items: np.ndarray, k: int, eligible: np.ndarray | N
         return best.result()
     if seen is not None:  # sorted by item once, so each block finds its entries by bisection
         order = np.argsort(seen[1], kind="stable")
-        seen_items = seen[1][order]
-        seen_rows = np.repeat(np.arange(b), np.diff(seen[0]))[order]
+        seen = (np.repeat(np.arange(b), np.diff(seen[0]))[order], seen[1][order])
     rows = min(block_rows, max(1024, PRODUCT_CELLS // b))  # block_rows stays a memory bound
+    skip = None
+    if extra is not None and len(extra[0]):
+        skip = _head_first(best, users, items, eligible, seen, extra, rows)
     for start, stop in blocks(n, rows):
         scores = users @ items[start:stop].T
-        if extra is not None:
-            lo, hi = np.searchsorted(extra[0], [start, stop])
-            scores[:, extra[0][lo:hi] - start] += extra[1][:, lo:hi]
         if seen is not None:
-            lo, hi = np.searchsorted(seen_items, [start, stop])
-            scores[seen_rows[lo:hi], seen_items[lo:hi] - start] = NEG
-        best.add(scores, start, None if eligible is None else eligible[start:stop])
+            lo, hi = np.searchsorted(seen[1], [start, stop])
+            scores[seen[0][lo:hi], seen[1][lo:hi] - start] = NEG
+        allowed = None if eligible is None else eligible[start:stop]
+        if skip is not None:
+            allowed = ~skip[start:stop] if allowed is None else allowed & ~skip[start:stop]
+        best.add(scores, start, allowed)
     return best.result()
+
+
+def _head_first(best: RunningTopK, users: np.ndarray, items: np.ndarray, eligible: np.ndarray | None,
+                seen: tuple[np.ndarray, np.ndarray] | None, extra: tuple[np.ndarray, np.ndarray],
+                rows: int) -> np.ndarray:
+    """Scores the ``extra`` rows as one dense block first and returns them as a (n,) mask for
+    the blocked pass to skip. Why: adding (B, m) head scores into every block's columns was a
+    fancy-index scatter that cost twice the matrix product; a dense product plus one add does
+    not, and the head's strong scores set every user's threshold early."""
+    head, add = extra
+    scores = users @ items[head].T
+    scores += add
+    if seen is not None:  # (user, item) pairs, sorted by item
+        pos = np.minimum(np.searchsorted(head, seen[1]), len(head) - 1)
+        inside = head[pos] == seen[1]
+        scores[seen[0][inside], pos[inside]] = NEG
+    for start, stop in blocks(len(head), rows):  # the same small first block, then thresholds
+        best.add(scores[:, start:stop], head[start:stop], None if eligible is None else eligible[head[start:stop]])
+    skip = np.zeros(items.shape[0], dtype=bool)
+    skip[head] = True
+    return skip
 
 
 def evidence(items: np.ndarray, hist: np.ndarray, recs: np.ndarray, n: int) -> np.ndarray:
