@@ -54,6 +54,9 @@ def test_top_k_without_masks_and_more_k_than_items():
     assert got_i.shape == (40, 50) and (got_i == want_i).all() and np.array_equal(got_s, want_s)
     empty_i, _ = top_k(users[:0], items, 5)
     assert empty_i.shape == (0, 5)
+    no_head = (np.zeros(0, np.int64), np.zeros((40, 0), np.float32))
+    head_i, _ = top_k(users, items, 80, block_rows=16, extra=no_head)  # a head with no items is no head
+    assert (head_i == want_i).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
