@@ -24,13 +24,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..logs import get_logger, log_fields
-from .base import Recommender, SharedMatrix, distinct_users, positives, scoring_inputs
-from .scoring import ItemSpace, list_entries, top_k_per_user
+from .base import Held, Recommender, SharedMatrix, distinct_users, positives, scoring_inputs
+from .scoring import ItemSpace, ScoreBlock, list_entries, top_k_per_user
 from .tuning import Holdout, expand_grid, holdout_validation, select_by_validation
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
-
     from ..config import EvaluationConfig
 
 log = get_logger("baselines.als")
@@ -55,7 +53,7 @@ def fold_in(items: np.ndarray, cols: np.ndarray, weights: np.ndarray, alpha: flo
 class _FoldInScorer:
     """Scores a block of users as U @ V^T, U folded in from the users' histories."""
 
-    def __init__(self, items: Broadcast, space: ItemSpace, alpha: float, reg_param: float) -> None:
+    def __init__(self, items: Held, space: ItemSpace, alpha: float, reg_param: float) -> None:
         self.items, self.space, self.alpha, self.reg_param = items, space, alpha, reg_param
         self._gram: np.ndarray | None = None
 
@@ -159,6 +157,12 @@ class ALSBaseline(Recommender):
         scorer = _FoldInScorer(self._fitted(self._items).broadcast(users.sparkSession), space, params["alpha"],
                                params["reg_param"])
         return top_k_per_user(state, scorer, space, k, exclude_seen, space.mask(candidates))
+
+    def local_scorer(self) -> tuple[ScoreBlock, ItemSpace]:
+        """The scorer ``recommend`` broadcasts, over the driver-side item factors: one request in
+        the HTTP service (the user folded in from that request's history)."""
+        space, params = self._fitted(self.space), self._fitted(self.best_params)
+        return _FoldInScorer(self._fitted(self._items), space, params["alpha"], params["reg_param"]), space
 
     def release(self) -> None:
         """Drop the cached user histories and the broadcast item factors (kept on the driver)."""

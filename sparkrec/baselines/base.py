@@ -9,7 +9,7 @@ exactly the same rows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
@@ -26,6 +26,15 @@ if TYPE_CHECKING:
     from pyspark import Broadcast
 
 
+class Held(Protocol):
+    """Where a scorer reads its matrix: a Spark broadcast on an executor, or the
+    :class:`SharedMatrix` itself in the driver's process (the HTTP service), so one scorer
+    class serves both paths."""
+
+    @property
+    def value(self) -> np.ndarray: ...
+
+
 class SharedMatrix:
     """A driver-side array and its broadcast, made on first use.
 
@@ -37,6 +46,11 @@ class SharedMatrix:
     def __init__(self, matrix: np.ndarray) -> None:
         self.matrix = matrix
         self._broadcast: Broadcast | None = None
+
+    @property
+    def value(self) -> np.ndarray:
+        """The local array, read as a broadcast's ``value`` is: scoring in this process."""
+        return self.matrix
 
     def broadcast(self, spark: SparkSession) -> Broadcast:
         if self._broadcast is None:

@@ -6,18 +6,15 @@ competes on equal terms; that is the number a hybrid model has to beat on cold i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .base import Recommender, SharedMatrix, distinct_users, scoring_inputs
-from .scoring import ItemSpace, history_matrix, top_k_per_user
-
-if TYPE_CHECKING:
-    from pyspark import Broadcast
+from .base import Held, Recommender, SharedMatrix, distinct_users, scoring_inputs
+from .scoring import ItemSpace, ScoreBlock, history_matrix, top_k_per_user
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -27,7 +24,7 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 class _ProfileScorer:
-    def __init__(self, vectors: Broadcast, space: ItemSpace, weighted: bool) -> None:
+    def __init__(self, vectors: Held, space: ItemSpace, weighted: bool) -> None:
         self.vectors, self.space, self.weighted = vectors, space, weighted
 
     def __call__(self, batch: pa.RecordBatch) -> np.ndarray:
@@ -88,6 +85,11 @@ class ContentOnly(Recommender):
         vectors = self._fitted(self._vectors).broadcast(users.sparkSession)
         return top_k_per_user(state, _ProfileScorer(vectors, space, self.weighted),
                               space, k, exclude_seen, space.mask(candidates))
+
+    def local_scorer(self) -> tuple[ScoreBlock, ItemSpace]:
+        """The scorer ``recommend`` broadcasts, over the driver-side item vectors: one request in the HTTP service."""
+        space = self._fitted(self.space)
+        return _ProfileScorer(self._fitted(self._vectors), space, self.weighted), space
 
     def release(self) -> None:
         """Drop the broadcast vectors and the cached user state; the vectors stay on the driver."""

@@ -18,14 +18,12 @@ from pyspark.sql import functions as F
 
 from ..cooccurrence import gram
 from ..logs import get_logger, log_fields
-from .base import Recommender, SharedMatrix, distinct_users, scoring_inputs
+from .base import Held, Recommender, SharedMatrix, distinct_users, scoring_inputs
 from .cooccurrence import user_item_values
-from .scoring import ItemSpace, history_matrix, top_k_per_user
+from .scoring import ItemSpace, ScoreBlock, history_matrix, top_k_per_user
 from .tuning import Holdout, holdout_validation, select_by_validation
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
-
     from ..config import EvaluationConfig
 
 log = get_logger("baselines.ease")
@@ -90,7 +88,7 @@ def without_held_out(full: np.ndarray, space: ItemSpace, x: DataFrame, held: Dat
 
 
 class _DenseScorer:
-    def __init__(self, weights: Broadcast, space: ItemSpace, binary: bool) -> None:
+    def __init__(self, weights: Held, space: ItemSpace, binary: bool) -> None:
         self.weights, self.space, self.binary = weights, space, binary
 
     def __call__(self, batch: pa.RecordBatch) -> np.ndarray:
@@ -185,6 +183,11 @@ class EASE(Recommender):
         weights = self._fitted(self._weights).broadcast(users.sparkSession)
         return top_k_per_user(state, _DenseScorer(weights, space, self.binary),
                               space, k, exclude_seen, space.mask(candidates))
+
+    def local_scorer(self) -> tuple[ScoreBlock, ItemSpace]:
+        """The scorer ``recommend`` broadcasts, over the driver-side weights B: one request in the HTTP service."""
+        space = self._fitted(self.space)
+        return _DenseScorer(self._fitted(self._weights), space, self.binary), space
 
     def release(self) -> None:
         """Drop the broadcast weights (and the cached user state this model owns); B stays."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -19,9 +20,37 @@ from ..cooccurrence import gram
 from ..ranking import train_rows
 from .base import Recommender, distinct_users, positives
 from .cooccurrence import user_item_values
+from .scoring import ItemSpace, ScoreBlock, list_entries
 
 if TYPE_CHECKING:
     from ..config import EvaluationConfig
+
+
+class _NeighbourScorer:
+    """score(u, j) = sum of sim(i, j) over u's distinct positive items i, as the Spark join sums
+    it; items no history item has as a neighbour get no score (-inf), as they get no row there."""
+
+    def __init__(self, space: ItemSpace, pairs: dict[str, np.ndarray]) -> None:
+        self.space = space
+        rows, _ = space.columns(pairs["i"])
+        order = np.argsort(rows, kind="stable")
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(space)))])
+        self.neighbours = space.columns(pairs["j"])[0][order]
+        self.sims = pairs["sim"].astype(np.float64)[order]
+
+    def __call__(self, batch: pa.RecordBatch) -> np.ndarray:
+        rows, items = list_entries(batch, "hist_items")
+        cols, known = self.space.columns(items)
+        pairs = np.unique(np.stack([rows[known], cols[known]]), axis=1)  # a re-rated item counts once
+        starts, lens = self.indptr[pairs[1]], np.diff(self.indptr)[pairs[1]]
+        flat = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+        users, targets = np.repeat(pairs[0], lens), self.neighbours[flat]
+        scores = np.zeros((batch.num_rows, len(self.space)), dtype=np.float64)
+        np.add.at(scores, (users, targets), self.sims[flat])
+        reached = np.zeros(scores.shape, dtype=bool)
+        reached[users, targets] = True
+        scores[~reached] = -np.inf
+        return scores
 
 
 class ItemKNN(Recommender):
@@ -99,6 +128,12 @@ class ItemKNN(Recommender):
         return (scores.withColumn("rank", F.row_number().over(best)).filter(F.col("rank") <= k)
                 .select("user_idx", F.col("j").cast("int").alias("item_idx"), F.col("rank").cast("int"),
                         F.col("score").cast("double")))
+
+    def local_scorer(self) -> tuple[ScoreBlock, ItemSpace]:
+        """The Spark join's sums, over the (i, j, sim) table in numpy: one request in the HTTP service."""
+        _, pairs = self._saved()
+        space = ItemSpace(np.concatenate([pairs["i"], pairs["j"]]))
+        return _NeighbourScorer(space, pairs), space
 
     def release(self) -> None:
         """Drop the cached similarity, history and seen tables. The similarity table's plan

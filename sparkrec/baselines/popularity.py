@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .base import Recommender, distinct_users, positives, seen_items
-from .scoring import ItemSpace, top_k_per_user
+from .scoring import ItemSpace, ScoreBlock, top_k_per_user
 
 if TYPE_CHECKING:
     from ..config import EvaluationConfig
@@ -74,6 +74,10 @@ class MostPopular(Recommender):
         state = distinct_users(users).join(self._fitted(self._seen), "user_idx", "left")
         return top_k_per_user(state, _Tiled(self._fitted(self.scores)), space, k, exclude_seen,
                               space.mask(candidates))
+
+    def local_scorer(self) -> tuple[ScoreBlock, ItemSpace]:
+        """The scorer ``recommend`` broadcasts, over the driver-side item scores: one request in the HTTP service."""
+        return _Tiled(self._fitted(self.scores)), self._fitted(self.space)
 
     def release(self) -> None:
         if self._seen is not None:

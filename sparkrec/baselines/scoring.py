@@ -11,6 +11,7 @@ K + max seen" margin is needed, and block size bounds executor memory whatever t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +57,28 @@ class ItemSpace:
         return np.isin(self.item_ids, np.asarray(item_idx, dtype=np.int64))
 
 
+class LocallyScored(Protocol):
+    """A model that can score a user in this process, without Spark (the HTTP service)."""
+
+    name: str
+
+    def local_scorer(self) -> tuple[ScoreBlock, ItemSpace]:
+        """The scorer ``recommend`` runs on executors, over the driver-side matrices."""
+        ...
+
+
+def user_block(hist_items: np.ndarray, hist_weights: np.ndarray, seen: np.ndarray,
+               user_idx: int = -1) -> pa.RecordBatch:
+    """One user as the scorers read a block (``base.scoring_inputs``' columns): what the HTTP
+    service hands :func:`block_top_k` for a request."""
+    return pa.RecordBatch.from_arrays(
+        [pa.array([user_idx], pa.int32()),
+         pa.array([np.asarray(hist_items, np.int32)], pa.list_(pa.int32())),
+         pa.array([np.asarray(hist_weights, np.float32)], pa.list_(pa.float32())),
+         pa.array([np.asarray(seen, np.int32)], pa.list_(pa.int32()))],
+        names=["user_idx", "hist_items", "hist_weights", "seen"])
+
+
 def list_entries(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(row of each list element, the elements) of a list column; nulls are empty lists."""
     col = batch.column(name)
@@ -77,10 +100,25 @@ def history_matrix(batch: pa.RecordBatch, space: ItemSpace, binary: bool = False
     return out
 
 
-def _top_k(users: np.ndarray, scores: np.ndarray, item_ids: np.ndarray, k: int,
-           allowed: np.ndarray | None) -> pa.RecordBatch:
+def block_top_k(block: pa.RecordBatch, score_block: ScoreBlock, space: ItemSpace, k: int,
+                exclude_seen: bool, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, min(k, items)) columns of ``space`` and scores, best first, for one block of user
+    rows (``seen`` masked when ``exclude_seen``, ``allowed`` columns only); -1 / -inf where a
+    row runs out. The one path from scores to a list: executors call it per block inside
+    ``mapInArrow``, the HTTP service per request, so both give the same list."""
+    scores = np.asarray(score_block(block))
+    if scores.dtype.kind != "f" or not scores.flags.writeable:
+        scores = scores.astype(np.float64)
+    scores[~np.isfinite(scores)] = -np.inf
+    if exclude_seen:
+        rows, seen = list_entries(block, "seen")
+        cols, known = space.columns(seen)
+        scores[rows[known], cols[known]] = -np.inf
     # best score first, ties to the smaller item_idx (columns are sorted by it)
-    idx, vals = cut(scores, k, allowed)
+    return cut(scores, k, allowed)
+
+
+def _as_recs(users: np.ndarray, idx: np.ndarray, vals: np.ndarray, item_ids: np.ndarray) -> pa.RecordBatch:
     kk = idx.shape[1]
     keep = np.isfinite(vals)  # masked (seen / unknown) items sort last, so ranks stay 1..m
     ranks = np.broadcast_to(np.arange(1, kk + 1, dtype=np.int32), vals.shape)
@@ -112,15 +150,7 @@ def top_k_per_user(state: DataFrame, score_block: ScoreBlock, space: ItemSpace, 
                 block = batch.slice(start, block_rows)
                 if block.num_rows == 0 or n_items == 0:
                     continue
-                scores = np.asarray(score_block(block))
-                if scores.dtype.kind != "f" or not scores.flags.writeable:
-                    scores = scores.astype(np.float64)
-                scores[~np.isfinite(scores)] = -np.inf
-                if exclude_seen:
-                    rows, seen = list_entries(block, "seen")
-                    cols, known = space.columns(seen)
-                    scores[rows[known], cols[known]] = -np.inf
-                users = block.column("user_idx").to_numpy(zero_copy_only=False)
-                yield _top_k(users, scores, item_ids, k, allowed)
+                idx, vals = block_top_k(block, score_block, space, k, exclude_seen, allowed)
+                yield _as_recs(block.column("user_idx").to_numpy(zero_copy_only=False), idx, vals, item_ids)
 
     return state.mapInArrow(run, RECS_SCHEMA)
