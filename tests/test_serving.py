@@ -181,6 +181,10 @@ def test_text_space_evidence_is_the_nearest_history_item(spark, lake):
     got = {r["item_idx"]: r["evidence_idx"] for r in with_evidence(recs, history, lake, 2).collect()}
     # item 3: cos 0.99 with 0, 0.78 with 2; item 1 is never its own evidence: 2 (0.71), then 0 (0.0)
     assert got == {3: [0, 2], 1: [2, 0]}
+    # the HTTP service cites the same items in the same order (sparkrec.serve.baseline)
+    from sparkrec.serve.baseline import load_evidence
+
+    assert {item: load_evidence(lake).cite(np.array([0, 1, 2]), item, 2) for item in (3, 1)} == got
 
 
 def test_pipeline_on_a_generic_csv_trains_on_all_events_and_serves_everyone(spark, tmp_path):

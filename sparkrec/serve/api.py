@@ -22,10 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import Config, RecommendFilters
 from ..logs import get_logger, log_fields
-from . import scoring
+from . import baseline, scoring
+from .baseline import BaselineState
 from .explain import rewrite_top
-from .reload import StateHolder
+from .reload import Snapshot, StateHolder
 from .scoring import RequestError
+from .state import ServingState
 
 log = get_logger("serve.api")
 
@@ -61,6 +63,7 @@ class RecommendedItem(BaseModel):
 
 
 class RecommendResponse(BaseModel):
+    model: str = Field(description='"hybrid", or the baseline served (recommend.model, e.g. the champion)')
     model_run_id: str
     index: str
     basis: str
@@ -112,7 +115,8 @@ def create_app(cfg: Config, holder: StateHolder, encoder: Any | None = None) -> 
     (``None``: text requests answer 409)."""
     sc = cfg.serve
     app = FastAPI(title="sparkrec", version="0.1.0",
-                  description="Recommendations from the hybrid model over the lake, explained from evidence.")
+                  description="Recommendations from the served model (the hybrid or a baseline champion) over "
+                              "the lake, explained from evidence.")
     app.state.holder, app.state.encoder = holder, encoder
     # The benchmark reads the encoder's and the LLM's shares of request time.
     app.state.timings = {"encode_ms": deque(maxlen=100_000), "explain_ms": deque(maxlen=100_000)}
@@ -144,7 +148,7 @@ def create_app(cfg: Config, holder: StateHolder, encoder: Any | None = None) -> 
         log.error("request failed", exc_info=exc, extra={"fields": {"request_id": rid, "path": request.url.path}})
         return _error(500, f"internal error ({type(exc).__name__}); request id {rid}")
 
-    def snapshot() -> Any:
+    def snapshot() -> Snapshot:
         state = holder.current
         if state is None:
             raise RequestError(503, "the model is still loading" if holder.error is None
@@ -154,6 +158,51 @@ def create_app(cfg: Config, holder: StateHolder, encoder: Any | None = None) -> 
     def check_k(k: int) -> None:
         if not 1 <= k <= sc.max_k:
             raise RequestError(422, f"k = {k}: must be between 1 and serve.max_k = {sc.max_k}")
+
+    def check_text(text: str) -> str:
+        text = text.strip()
+        if not text:
+            raise RequestError(422, "text is empty")
+        if len(text) > sc.max_text_chars:
+            raise RequestError(422, f"text has {len(text)} characters: at most serve.max_text_chars = "
+                                    f"{sc.max_text_chars}")
+        return text
+
+    def check_recent(items: list[str] | None) -> None:
+        if items is None:
+            return
+        if not items:
+            raise RequestError(422, "recent_items is empty")
+        if len(items) > sc.max_recent_items:
+            raise RequestError(422, f"recent_items has {len(items)} items: at most serve.max_recent_items = "
+                                    f"{sc.max_recent_items}")
+
+    def hybrid_list(state: ServingState, body: RecommendRequest, text: str | None) -> tuple[list[dict[str, Any]], str]:
+        """The hybrid's list and its basis: a known user, a text (encoded here) or a session."""
+        if body.user_id is not None:
+            query = scoring.known_user(state, body.user_id)
+        elif text is not None:
+            if app.state.encoder is None or state.text_payload is None:
+                raise RequestError(409, "text requests need a model trained with item text and the embed "
+                                        "stage's encoder")
+            started = time.perf_counter()
+            vector = np.asarray(app.state.encoder.encode([text]), np.float32)
+            app.state.timings["encode_ms"].append((time.perf_counter() - started) * 1000)
+            query = scoring.text_query(state, vector)
+        else:
+            query = scoring.session_query(state, body.recent_items or [])
+        return scoring.recommend(state, query, body.k, body.filters, cfg.recommend.explain_attributes,
+                                 cfg.recommend.exclude_seen), query.basis
+
+    def baseline_list(state: BaselineState, body: RecommendRequest) -> list[dict[str, Any]]:
+        """A baseline's list: a known user or a session; text it cannot score (409)."""
+        if body.text is not None:
+            raise state.refuse("text requests need", "a text tower, and a baseline ranks from item history alone")
+        rc = cfg.recommend
+        who = (baseline.known_user(state, body.user_id) if body.user_id is not None
+               else baseline.session(state, body.recent_items or [], cfg.model.history))
+        return baseline.recommend(state, who, body.k, body.filters, rc.explain_attributes, rc.explain_items,
+                                  rc.exclude_seen)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -166,7 +215,8 @@ def create_app(cfg: Config, holder: StateHolder, encoder: Any | None = None) -> 
         state = holder.current
         if state is None:
             return _error(503, "loading" if holder.error is None else f"no model loaded: {holder.error}")
-        return JSONResponse({"status": "ready", "model_run_id": state.run_id, "index": state.index.kind,
+        return JSONResponse({"status": "ready", "model": state.model_name, "model_run_id": state.run_id,
+                             "index": state.index_kind,
                              "items": state.stats.get("items"), "users": len(state.users.rows),
                              "events_version": state.users.events_version, "reloads": holder.reloads,
                              "text": state.text_payload is not None and app.state.encoder is not None})
@@ -180,44 +230,26 @@ def create_app(cfg: Config, holder: StateHolder, encoder: Any | None = None) -> 
                                + (f" (got {', '.join(given)})" if given else ""))
         check_k(body.k)
         state = snapshot()
-        if body.user_id is not None:
-            query = scoring.known_user(state, body.user_id)
-        elif body.text is not None:
-            text = body.text.strip()
-            if not text:
-                raise RequestError(422, "text is empty")
-            if len(text) > sc.max_text_chars:
-                raise RequestError(422, f"text has {len(text)} characters: at most serve.max_text_chars = "
-                                        f"{sc.max_text_chars}")
-            if app.state.encoder is None or state.text_payload is None:
-                raise RequestError(409, "text requests need a model trained with item text and the embed "
-                                        "stage's encoder")
-            started = time.perf_counter()
-            vector = np.asarray(app.state.encoder.encode([text]), np.float32)
-            app.state.timings["encode_ms"].append((time.perf_counter() - started) * 1000)
-            query = scoring.text_query(state, vector)
+        text = check_text(body.text) if body.text is not None else None
+        check_recent(body.recent_items)
+        if isinstance(state, BaselineState):
+            listed, basis = baseline_list(state, body), "history"
         else:
-            items = body.recent_items or []
-            if not items:
-                raise RequestError(422, "recent_items is empty")
-            if len(items) > sc.max_recent_items:
-                raise RequestError(422, f"recent_items has {len(items)} items: at most serve.max_recent_items = "
-                                        f"{sc.max_recent_items}")
-            query = scoring.session_query(state, items)
-        listed = scoring.recommend(state, query, body.k, body.filters, cfg.recommend.explain_attributes,
-                                   cfg.recommend.exclude_seen)
+            listed, basis = hybrid_list(state, body, text)
         if cfg.explain.llm.enabled:
             started = time.perf_counter()
-            listed = rewrite_top(listed, cfg.explain.llm, _requester(body), query.basis, state.vocabulary)
+            listed = rewrite_top(listed, cfg.explain.llm, _requester(body), basis, state.vocabulary)
             app.state.timings["explain_ms"].append((time.perf_counter() - started) * 1000)
-        return {"model_run_id": state.run_id, "index": state.index.kind,
-                "basis": "session" if body.recent_items is not None else query.basis, "items": listed}
+        return {"model": state.model_name, "model_run_id": state.run_id, "index": state.index_kind,
+                "basis": "session" if body.recent_items is not None else basis, "items": listed}
 
     @app.get("/items/{item_id}/similar", response_model=SimilarResponse)
     def similar(item_id: str, k: int = Query(10, description="1..serve.max_k")) -> dict[str, Any]:
         """Items nearest to this one in the model's item space."""
         check_k(k)
         state = snapshot()
+        if isinstance(state, BaselineState):
+            raise state.refuse("similar items need", "an item space, and a baseline has none of its own")
         return {"model_run_id": state.run_id, "item_id": item_id,
                 "items": scoring.similar_items(state, item_id, k)}
 

@@ -5,7 +5,8 @@ end, so nothing in flight is dropped or sees half of two models; the old snapsho
 its last request finishes. The poller asks the same question the batch stage asks
 (``resolve_run``: the latest hybrid, the champion alias, a name or a run id) and compares the
 events table's Delta version, which is how the streaming job's MERGEs become visible. A failed
-reload is logged and the current snapshot keeps serving.
+reload is logged and the current snapshot keeps serving. The alias may move between the hybrid
+and a baseline: :func:`load_served` builds whichever kind of snapshot the run holds.
 """
 
 from __future__ import annotations
@@ -21,7 +22,26 @@ from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..model.store import resolve_run
+from . import baseline
+from .baseline import BaselineState, load_baseline_state
 from .state import ServingState, load_state, with_new_users
+
+Snapshot = ServingState | BaselineState
+
+
+def load_served(cfg: Config, spark: SparkSession, lake: Lake) -> Snapshot:
+    """A snapshot of the model ``recommend.model`` names: the hybrid's, or a baseline's."""
+    served = resolve_run(cfg, lake)
+    if served.model == "hybrid":
+        return load_state(cfg, spark, lake)
+    return load_baseline_state(cfg, spark, lake, served)
+
+
+def refresh_users(state: Snapshot, cfg: Config, spark: SparkSession, lake: Lake) -> Snapshot:
+    """The same model over the histories the events table holds now."""
+    if isinstance(state, BaselineState):
+        return baseline.with_new_users(state, cfg, spark, lake)
+    return with_new_users(state, spark, lake)
 
 log = get_logger("serve.reload")
 
@@ -30,12 +50,12 @@ class StateHolder:
     """The snapshot requests use; ``None`` until the first load finishes (``/ready`` says 503)."""
 
     def __init__(self) -> None:
-        self.current: ServingState | None = None
+        self.current: Snapshot | None = None
         self.error: str | None = None  # why the first load failed, for /ready
         self.reloads = 0
         self._lock = threading.Lock()  # one writer at a time; readers never take it
 
-    def swap(self, state: ServingState) -> None:
+    def swap(self, state: Snapshot) -> None:
         with self._lock:
             self.current = state
             self.reloads += 1
@@ -45,7 +65,7 @@ class Poller:
     """Loads the first snapshot, then checks every ``serve.reload_seconds`` for a newer one."""
 
     def __init__(self, cfg: Config, spark: SparkSession, lake: Lake, holder: StateHolder,
-                 loader: Callable[[Config, SparkSession, Lake], ServingState] = load_state) -> None:
+                 loader: Callable[[Config, SparkSession, Lake], Snapshot] = load_served) -> None:
         self.cfg, self.spark, self.lake, self.holder, self.loader = cfg, spark, lake, holder, loader
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -72,7 +92,7 @@ class Poller:
                        seconds=round(time.perf_counter() - started, 2))
             return "model"
         if self.lake.version("events") != state.users.events_version:
-            self.holder.swap(with_new_users(state, self.spark, self.lake))
+            self.holder.swap(refresh_users(state, self.cfg, self.spark, self.lake))
             return "events"
         return "none"
 

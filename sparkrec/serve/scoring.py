@@ -19,7 +19,7 @@ from ..model.head import LinearHead
 from ..recommend.score import blend, neighbours_as_history, user_vectors
 from ..recommend.topk import evidence
 from .explain import explain_row
-from .state import ServingState
+from .state import Catalogue, ServingState
 
 
 class RequestError(ValueError):
@@ -44,13 +44,12 @@ class Query:
     text: np.ndarray | None = None  # (1, D) interest text vector: blended scoring
 
 
-def eligible_for(state: ServingState, filters: RecommendFilters | None) -> np.ndarray:
-    """The load-time eligibility (``recommend.filters``) narrowed by the request's filters."""
-    base = state.payload.eligible
+def eligible_for(base: np.ndarray, cat: Catalogue, filters: RecommendFilters | None) -> np.ndarray:
+    """The load-time eligibility ``base`` (``recommend.filters``, by model row) narrowed by the
+    request's filters; the hybrid and the baselines share it."""
     if filters is None or not (filters.exclude_item_ids or filters.genres
                                or filters.min_year is not None or filters.exclude_cold_items):
         return base
-    cat = state.catalogue
     mask = base.copy()
     for item_id in filters.exclude_item_ids:
         row = cat.rows.get(item_id)
@@ -160,7 +159,7 @@ def recommend(state: ServingState, q: Query, k: int, filters: RecommendFilters |
     """Top-``k`` explained items for one query (fewer only when the eligible catalogue runs out)."""
     u, index, extra = vector_for(state, q)
     seen = (np.array([0, len(q.seen)], np.int64), np.sort(q.seen)) if exclude_seen and len(q.seen) else None
-    recs, scores = index.search(u, k, eligible_for(state, filters), seen, extra)
+    recs, scores = index.search(u, k, eligible_for(state.payload.eligible, state.catalogue, filters), seen, extra)
     ev = evidence(state.payload.items, q.hist, recs, state.payload.explain_items)
     out = []
     cat = state.catalogue

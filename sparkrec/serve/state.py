@@ -77,6 +77,11 @@ class ServingState:
     vocabulary: tuple[str, ...] = ()  # the catalogue's genres, for the LLM explanations' verifier
     loaded_at: float = field(default_factory=time.time)
     stats: dict[str, Any] = field(default_factory=dict)
+    model_name = "hybrid"
+
+    @property
+    def index_kind(self) -> str:
+        return self.index.kind
 
 
 def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel) -> Users:
@@ -100,9 +105,10 @@ def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel) -> Users:
                  text_only=text_only, events_version=version)
 
 
-def load_catalogue(lake: Lake, loaded: LoadedModel) -> Catalogue:
-    """Item ids, explanation facts and filter columns, by model row."""
-    n = loaded.spec.n_items + 1
+def load_catalogue(lake: Lake, n_items: int, has_id: np.ndarray) -> Catalogue:
+    """Item ids, explanation facts and filter columns, by model row, for ``n_items`` items;
+    ``has_id``: per model row, not cold (what ``exclude_cold_items`` keeps)."""
+    n = n_items + 1
     feats = lake.read("item_features")
     facts = item_facts(feats).join(feats.select("item_idx", "genres", "year"), "item_idx").toPandas()
     facts = facts[(facts["item_idx"] >= 0) & (facts["item_idx"] < n - 1)]
@@ -125,7 +131,7 @@ def load_catalogue(lake: Lake, loaded: LoadedModel) -> Catalogue:
     return Catalogue(rows={i: r for r, i in enumerate(ids) if i is not None}, ids=ids,
                      facts=ItemFacts(titles, attrs, notes),
                      genres={g: np.array(v, np.int64) for g, v in by_genre.items()}, year=year,
-                     has_id=np.asarray(loaded.catalog.has_id, bool))
+                     has_id=np.asarray(has_id, bool))
 
 
 def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
@@ -146,7 +152,8 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
         blend_index = make_index(blend, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
         text_index = make_index(text, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
     state = ServingState(run_id=loaded.version, model=loaded, payload=payload, index=index,
-                         catalogue=load_catalogue(lake, loaded), users=load_users(spark, lake, loaded),
+                         catalogue=load_catalogue(lake, loaded.spec.n_items, loaded.catalog.has_id),
+                         users=load_users(spark, lake, loaded),
                          text_payload=text_payload, has_text=has_text, blend_index=blend_index,
                          text_index=text_index,
                          vocabulary=tuple(catalogue_vocabulary(lake.read("item_features")))
