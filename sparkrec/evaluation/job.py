@@ -29,7 +29,7 @@ from ..logs import get_logger, log_fields
 from ..model.provenance import data_provenance
 from ..model.registry import mlflow_name
 from ..model.store import checked_run, log_recommender, register_champion
-from .metrics import PROTOCOL, catalog_coverage, intra_list_diversity_at, popularity_metrics, ranking_metrics_by
+from .metrics import PROTOCOL, beyond_accuracy, ranking_metrics_by
 from .models import Candidate, hybrid_run, make_candidate, timed_fit
 from .slices import SLICE_DOCS, cold_item_candidates, sliced_truth
 
@@ -64,19 +64,6 @@ def metric_rows(values: dict[str, float], slice_name: str) -> list[tuple[str, st
         metric, _, k = name.partition("@")
         rows.append((slice_name, metric, int(k) if k else None, float(value), n_users))
     return rows
-
-
-def beyond_accuracy(recs: DataFrame, split: DataFrame, ks: list[int], n_items: int,
-                    item_vectors: DataFrame | None) -> dict[str, float]:
-    """Coverage, novelty, popularity bias and text-embedding intra-list diversity at each K."""
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"coverage@{k}"] = catalog_coverage(recs, n_items, k)
-    for name, per_k in popularity_metrics(recs, split, ks).items():
-        out.update({f"{name}@{k}": v for k, v in per_k.items()})
-    if item_vectors is not None:
-        out.update({f"ild@{k}": v for k, v in intra_list_diversity_at(recs, item_vectors, ks).items()})
-    return out
 
 
 def judge(recs: DataFrame, truth: DataFrame, split: DataFrame, cfg: Config, n_items: int,

@@ -185,6 +185,20 @@ def rating_errors(pred: DataFrame, truth: DataFrame) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- all at once
+def beyond_accuracy(recs: DataFrame, train: DataFrame | None, ks: Sequence[int], n_items: int,
+                    item_vectors: DataFrame | None) -> dict[str, float]:
+    """Coverage at each K; novelty and popularity bias when ``train`` is given; text-embedding
+    intra-list diversity when ``item_vectors`` are. The evaluate stage and :func:`evaluate_all`
+    both call this, so the report and the library compute them one way."""
+    out = {f"coverage@{k}": catalog_coverage(recs, n_items, k) if n_items else math.nan for k in ks}
+    if train is not None:
+        for name, per_k in popularity_metrics(recs, train, ks).items():
+            out.update({f"{name}@{k}": v for k, v in per_k.items()})
+    if item_vectors is not None:
+        out.update({f"ild@{k}": v for k, v in intra_list_diversity_at(recs, item_vectors, ks).items()})
+    return out
+
+
 def evaluate_all(recs: DataFrame, truth: DataFrame, ks: Sequence[int], *, train: DataFrame | None = None,
                  n_items: int | None = None, item_vectors: DataFrame | None = None,
                  predictions: DataFrame | None = None, graded: bool = True,
@@ -205,14 +219,7 @@ def evaluate_all(recs: DataFrame, truth: DataFrame, ks: Sequence[int], *, train:
             if train is not None:
                 known = known.union(train_rows(train).select("item_idx"))
             n_items = known.distinct().count()
-        for k in ks:
-            out[f"coverage@{k}"] = catalog_coverage(recs, n_items, k) if n_items else math.nan
-        if train is not None:
-            for name, per_k in popularity_metrics(recs, train, ks).items():
-                out.update({f"{name}@{k}": v for k, v in per_k.items()})
-        if item_vectors is not None:
-            for k, v in intra_list_diversity_at(recs, item_vectors, ks).items():
-                out[f"ild@{k}"] = v
+        out.update(beyond_accuracy(recs, train, ks, n_items, item_vectors))
         if predictions is not None:
             out.update(rating_errors(predictions, truth))
         return out
