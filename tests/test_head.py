@@ -105,3 +105,12 @@ def test_search_prefers_the_head_when_the_towers_know_nothing():
     best = search.objective(trial)
     assert trial.attr < max(TOWER_WEIGHTS) and best > search.quality(None)[1.0]
     assert np.allclose(tower_scale(users, items, None, 3.0), users)  # no head: the towers as they are
+
+
+def test_early_stopping_stops_after_patience_epochs_not_one_more():
+    from sparkrec.model.validation import EarlyStopping
+
+    stopping = EarlyStopping(patience=2)
+    assert [stopping.update(v) for v in (0.10, 0.20, 0.15, 0.19)] == ["better", "better", "continue", "stop"]
+    assert stopping.best == 0.20
+    assert EarlyStopping(patience=1).update(-2.0) == "stop"  # no better than the start: stop at once

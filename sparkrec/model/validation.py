@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pyspark.sql import DataFrame
@@ -21,7 +22,8 @@ from ..ragged import csr
 from ..ranking import seen_items as seen_lists_of
 from ..selection import best_k
 
-__all__ = ["Holdout", "ValSet", "collect_eval_set", "holdout_for", "ranking_quality", "split_validation"]
+__all__ = ["EarlyStopping", "Holdout", "ValSet", "collect_eval_set", "holdout_for", "ranking_quality",
+           "split_validation"]
 
 @dataclass
 class ValSet:
@@ -104,3 +106,20 @@ def ranking_quality(scores: np.ndarray, val: ValSet, start: int, k: int) -> tupl
     ideal = np.cumsum(disc)[np.minimum(n_true, kk) - 1]
     recall = hit.sum(1) / n_true
     return recall, (hit * disc).sum(1) / ideal
+
+
+@dataclass
+class EarlyStopping:
+    """Stops after ``patience`` epochs in a row without a better validation value, not one more
+    (the training loop used to run patience + 1)."""
+
+    patience: int
+    best: float = -1.0
+    stale: int = 0
+
+    def update(self, value: float) -> Literal["better", "continue", "stop"]:
+        if value > self.best:
+            self.best, self.stale = value, 0
+            return "better"
+        self.stale += 1
+        return "stop" if self.stale >= self.patience else "continue"

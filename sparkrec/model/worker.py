@@ -23,7 +23,7 @@ from .build import all_item_vectors, build_model
 from .data import Catalog
 from .distributed import Dist, make_dist
 from .towers import ModelSpec, TwoTower
-from .validation import ValSet, ranking_quality
+from .validation import EarlyStopping, ValSet, ranking_quality
 
 BATCH_KEYS = ("user", "hist", "gaps", "target", "weight")
 
@@ -120,7 +120,7 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
         checkpoints.mkdir(parents=True, exist_ok=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     history: list[dict[str, float]] = []
-    best, best_state, stale = -1.0, None, 0
+    stopping, best_state = EarlyStopping(tc.patience), None
     try:
         for epoch in range(1, tc.epochs + 1):
             fwd.train()
@@ -150,18 +150,16 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
             if dist.is_main:
                 print(f"epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"),
                       flush=True)
-            if recall > best:
-                best, stale = recall, 0
+            verdict = stopping.update(recall)
+            if verdict == "better":
                 best_state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
                 if dist.is_main:
                     save_file(best_state, str(checkpoints / "best.safetensors"))
-            else:
-                stale += 1
-                if stale >= tc.patience:  # patience epochs without a better one, not one more
-                    break
+            elif verdict == "stop":
+                break
     finally:
         if ctx is not None:
             ctx.__exit__(None, None, None)
         dist.close()
     assert best_state is not None
-    return {"history": history, "best": best, "state": save(best_state), "world": dist.world}
+    return {"history": history, "best": stopping.best, "state": save(best_state), "world": dist.world}
