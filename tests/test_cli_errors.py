@@ -71,3 +71,25 @@ def test_debug_adds_the_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "PreflightError" in err
     assert err.strip().splitlines()[-1].startswith("sparkrec: lake.root")
+
+
+@pytest.mark.parametrize(("model", "split"), [("hybrid", None), ("hybrid", "temporal_loo"), ("ease", "stratified")])
+def test_the_command_a_missing_model_error_suggests_is_one_the_cli_accepts(tmp_path, model, split):
+    """An error that tells users what to run must name a command that exists (one once said
+    ``--set``, which the CLI never had)."""
+    import re
+    import shlex
+
+    from sparkrec.cli import _parser
+    from sparkrec.config import load_config
+    from sparkrec.errors import ModelNotFoundError
+    from sparkrec.model.registry import latest_run_id, mlflow_setup
+
+    mlflow_setup(str(tmp_path / "ml"), "sparkrec")
+    with pytest.raises(ModelNotFoundError) as err:
+        latest_run_id(str(tmp_path / "ml"), "sparkrec", split=split, model=model)
+    (command,) = re.findall(r"run `([^`]+)` first", str(err.value))
+    words = shlex.split(command)
+    assert words[0] == "sparkrec"
+    args = _parser().parse_args(words[1:])
+    load_config(None, args.overrides)  # every override it names is a real config key
