@@ -31,10 +31,9 @@ from ..model.store import ServedRun
 from ..ragged import csr
 from ..recommend.baseline import recent_positives
 from ..recommend.job import allowed_items
-from ..recommend.llm import catalogue_vocabulary
 from .explain import explain_row
 from .scoring import RequestError, eligible_for
-from .state import Catalogue, load_catalogue
+from .state import Catalogue, load_catalogue, served_vocabulary
 
 log = get_logger("serve.baseline")
 
@@ -188,7 +187,7 @@ def load_baseline_state(cfg: Config, spark: SparkSession, lake: Lake, served: Se
         run_id=served.run_id, model_name=served.model, model=model, score_block=score_block, space=space,
         eligible=base_eligibility(cfg, lake, n_items), catalogue=load_catalogue(lake, n_items, has_id),
         users=load_users(cfg, spark, lake), evidence=load_evidence(lake),
-        vocabulary=tuple(catalogue_vocabulary(lake.read("item_features"))) if cfg.explain.llm.enabled else ())
+        vocabulary=served_vocabulary(cfg, lake))
     state.stats.update(model=served.model, items=len(space), users=len(state.users.rows), index="exact",
                        seconds=round(time.perf_counter() - started, 2))
     log_fields(log, "baseline serving state loaded", run_id=served.run_id, **state.stats)

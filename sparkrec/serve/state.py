@@ -134,6 +134,11 @@ def load_catalogue(lake: Lake, n_items: int, has_id: np.ndarray) -> Catalogue:
                      has_id=np.asarray(has_id, bool))
 
 
+def served_vocabulary(cfg: Config, lake: Lake) -> tuple[str, ...]:
+    """The catalogue's genres for the LLM explanations' verifier; nothing when they are off."""
+    return tuple(catalogue_vocabulary(lake.read("item_features"))) if cfg.explain.llm.enabled else ()
+
+
 def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
     """The model ``recommend.model`` names (the hybrid: the one kind that scores a request
     without Spark), its item matrix and index, the catalogue and every user's history."""
@@ -156,8 +161,7 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
                          users=load_users(spark, lake, loaded),
                          text_payload=text_payload, has_text=has_text, blend_index=blend_index,
                          text_index=text_index,
-                         vocabulary=tuple(catalogue_vocabulary(lake.read("item_features")))
-                         if cfg.explain.llm.enabled else ())
+                         vocabulary=served_vocabulary(cfg, lake))
     state.stats.update(items=int(payload.items.shape[0] - 1), users=len(state.users.rows),
                        text_only_users=len(state.users.text_only), index=index.kind,
                        seconds=round(time.perf_counter() - started, 2))
