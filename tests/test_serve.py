@@ -55,7 +55,9 @@ def _post(client, body, status=200):
 
 def test_health_ready_and_docs(server, trained):
     client, app, _ = server
-    assert client.get("/health").json() == {"status": "ok"}
+    health = client.get("/health")
+    assert health.json() == {"status": "ok"}
+    assert len(health.headers["x-request-id"]) == 12 and float(health.headers["x-latency-ms"]) >= 0
     ready = client.get("/ready").json()
     assert ready["status"] == "ready" and ready["index"] == "exact" and ready["text"] is True
     assert ready["users"] > 100 and ready["model_run_id"] == app.state.holder.current.run_id

@@ -42,6 +42,7 @@ class Query:
     weights: np.ndarray
     basis: str  # "history" | "interests"
     text: np.ndarray | None = None  # (1, D) interest text vector: blended scoring
+    vector: np.ndarray | None = None  # (1, d) the snapshot's query vector of a known user
 
 
 def eligible_for(base: np.ndarray, cat: Catalogue, filters: RecommendFilters | None) -> np.ndarray:
@@ -81,7 +82,7 @@ def known_user(state: ServingState, user_id: str) -> Query:
     s_lo, s_hi = users.seen[0][row], users.seen[0][row + 1]
     return Query(user=idx + 1 if 0 <= idx < spec.n_users else 0, hist=users.hist[row:row + 1],
                  gaps=users.gaps[row:row + 1], seen=users.seen[1][s_lo:s_hi], items=users.items[1][lo:hi],
-                 weights=users.weights[lo:hi], basis="history")
+                 weights=users.weights[lo:hi], basis="history", vector=users.vectors[row:row + 1])
 
 
 def text_query(state: ServingState, vector: np.ndarray) -> Query:
@@ -127,14 +128,11 @@ def head_extra(head: LinearHead, rows: np.ndarray, weights: np.ndarray) -> tuple
     """
     cols, known = head.columns(rows)
     w = np.ones(len(rows), np.float32) if head.binary else np.asarray(weights, np.float32)
-    x: dict[int, float] = {}
-    for c, v in zip(cols[known].tolist(), w[known].tolist(), strict=True):
-        x[c] = max(x.get(c, v), v)
-    if x:
-        picked = np.fromiter(x.keys(), np.int64, len(x))
-        s = np.fromiter(x.values(), np.float32, len(x)) @ head.weights[picked]
-    else:
-        s = np.zeros(len(head.rows), np.float32)
+    cols, w = cols[known], w[known]
+    order = np.lexsort((w, cols))  # by column, then weight: the last of each column is its largest
+    cols, w = cols[order], w[order]
+    last = np.append(cols[1:] != cols[:-1], True) if len(cols) else np.zeros(0, bool)
+    s = w[last] @ head.weights[cols[last]] if len(cols) else np.zeros(len(head.rows), np.float32)
     s = s[None, :]
     return head.rows, s / np.maximum(s.std(axis=1, keepdims=True), 1e-6)
 
@@ -142,6 +140,8 @@ def head_extra(head: LinearHead, rows: np.ndarray, weights: np.ndarray) -> tuple
 def vector_for(state: ServingState, q: Query) -> tuple[np.ndarray, Any, Any]:
     """(user vector, index to search, head extra) exactly as the batch stage scores this kind of user."""
     p = state.payload
+    if q.vector is not None:  # a known user: the tower ran when the snapshot was built
+        return q.vector, state.index, None if p.head is None else head_extra(p.head, q.items, q.weights)
     u = user_vectors(p, np.array([q.user], np.int64), q.hist, q.gaps)
     if q.text is not None:
         assert state.text_payload is not None and state.blend_index is not None

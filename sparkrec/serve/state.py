@@ -21,12 +21,13 @@ from pyspark.sql import functions as F
 from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
+from ..model.blend import tower_scale
 from ..model.registry import LoadedModel
 from ..ragged import csr
 from ..recommend.explain import item_facts
 from ..recommend.job import current_states, eligibility, make_payload, resolve_model
 from ..recommend.llm import catalogue_vocabulary
-from ..recommend.score import Payload
+from ..recommend.score import Payload, user_vectors
 from .explain import ItemFacts
 from .index import Index, make_index
 
@@ -44,6 +45,7 @@ class Users:
     seen: tuple[np.ndarray, np.ndarray]  # CSR of model rows of every event (seen items)
     items: tuple[np.ndarray, np.ndarray]  # CSR of model rows of every positive (the head's input)
     weights: np.ndarray  # flat, aligned with items[1]
+    vectors: np.ndarray  # (U, d) float32: each user's query vector (user tower, rescaled for the head)
     text_only: dict[str, np.ndarray]  # user_id -> interest text vector, users with no positive event
     events_version: int
 
@@ -84,8 +86,26 @@ class ServingState:
         return self.index.kind
 
 
-def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel) -> Users:
-    """Current histories from the events table (what ingest, features and the stream have MERGEd)."""
+def query_vectors(payload: Payload, user_idx: np.ndarray, hist: np.ndarray, gaps: np.ndarray,
+                  batch: int = 4096) -> np.ndarray:
+    """Every known user's query vector, once per snapshot, in batches as the batch stage does.
+
+    Why: a known user's vector depends only on their history, which a snapshot fixes; running
+    the user tower and the head's rescaling per request was most of a request's CPU. A reload
+    that brings new events builds new vectors with the new histories.
+    """
+    n_users = int(payload.spec["n_users"])
+    model_users = np.where((user_idx >= 0) & (user_idx < n_users), user_idx + 1, 0).astype(np.int64)
+    out = [np.zeros((0, payload.items.shape[1]), np.float32)]
+    for s in range(0, len(hist), batch):
+        u = user_vectors(payload, model_users[s:s + batch], hist[s:s + batch], gaps[s:s + batch])
+        out.append(tower_scale(u, payload.items, payload.head, payload.tower_weight).astype(np.float32))
+    return np.concatenate(out)
+
+
+def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel, payload: Payload) -> Users:
+    """Current histories from the events table (what ingest, features and the stream have MERGEd)
+    and the query vectors they give under ``payload``'s model."""
     version = lake.version("events")
     pdf = current_states(lake, loaded, None).drop("basis").toPandas()
     n = int(loaded.meta.get("history", loaded.spec.history))
@@ -100,9 +120,10 @@ def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel) -> Users:
         known = set(pdf["user_id"])
         text_only = {u: np.asarray(v, np.float32) for u, v in zip(texts["user_id"], texts["vector"], strict=True)
                      if u not in known and v is not None and len(v)}
-    return Users(rows={u: i for i, u in enumerate(pdf["user_id"])}, user_idx=pdf["user_idx"].to_numpy(np.int64),
+    user_idx = pdf["user_idx"].to_numpy(np.int64)
+    return Users(rows={u: i for i, u in enumerate(pdf["user_id"])}, user_idx=user_idx,
                  hist=hist, gaps=gaps, seen=csr(pdf["seen"].to_list(), np.int64), items=items, weights=weights,
-                 text_only=text_only, events_version=version)
+                 vectors=query_vectors(payload, user_idx, hist, gaps), text_only=text_only, events_version=version)
 
 
 def load_catalogue(lake: Lake, n_items: int, has_id: np.ndarray) -> Catalogue:
@@ -158,7 +179,7 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
         text_index = make_index(text, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
     state = ServingState(run_id=loaded.version, model=loaded, payload=payload, index=index,
                          catalogue=load_catalogue(lake, loaded.spec.n_items, loaded.catalog.has_id),
-                         users=load_users(spark, lake, loaded),
+                         users=load_users(spark, lake, loaded, payload),
                          text_payload=text_payload, has_text=has_text, blend_index=blend_index,
                          text_index=text_index,
                          vocabulary=served_vocabulary(cfg, lake))
@@ -171,7 +192,7 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
 
 def with_new_users(state: ServingState, spark: SparkSession, lake: Lake) -> ServingState:
     """The same model and index over the histories the events table holds now."""
-    users = load_users(spark, lake, state.model)
+    users = load_users(spark, lake, state.model, state.payload)
     log_fields(log, "user histories reloaded", run_id=state.run_id, users=len(users.rows),
                events_version=users.events_version)
     return dataclasses.replace(state, users=users, loaded_at=time.time(),
