@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--faiss-kind", choices=["hnsw", "ivf"], default="ivf")
+    ap.add_argument("--faiss-codec", choices=["flat", "sq8"], default="flat", help="serve.faiss.ivf_codec")
     ap.add_argument("--recall-users", type=int, default=300)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -174,7 +175,7 @@ def main() -> None:
     from sparkrec.logs import setup_logging
     from sparkrec.model.job import run_train
     from sparkrec.serve import StateHolder, create_app, start_in_thread
-    from sparkrec.serve.scoring import known_user, recommend
+    from sparkrec.serve.scoring import known_user, recommend, text_query
     from sparkrec.serve.server import limit_threads, text_encoder
     from sparkrec.serve.state import load_state
     from sparkrec.session import get_spark
@@ -186,6 +187,7 @@ def main() -> None:
         f"lake.root={root / 'lake'}", f"train.workdir={root / 'work'}", f"train.mlflow_uri={root / 'ml'}",
         "train.backend=local", "train.epochs=1", "train.progress=false", "train.blend_trials=4", "model.history=20",
         "features.history_length=20", "serve.reload_seconds=0", f"serve.faiss.kind={args.faiss_kind}",
+        f"serve.faiss.ivf_codec={args.faiss_codec}",
         "logging.level=WARNING"])
     t0 = time.perf_counter()
     spark = get_spark(cfg.spark)
@@ -249,6 +251,14 @@ def main() -> None:
                 got = {r["item_id"] for r in recommend(kstate, q, args.k, None, 3)}
                 rec.append(len(want & got) / max(len(want), 1))
             print(f"faiss recall@{args.k} vs exact over {len(rec)} known users: {np.mean(rec):.4f}")
+            rec = []
+            for s in SENTENCES:
+                want = {r["item_id"] for r in recommend(exact_state, text_query(exact_state, vectors[s][None, :]),
+                                                        args.k, None, 3)}
+                got = {r["item_id"] for r in recommend(kstate, text_query(kstate, vectors[s][None, :]), args.k,
+                                                       None, 3)}
+                rec.append(len(want & got) / max(len(want), 1))
+            print(f"faiss recall@{args.k} vs exact over {len(rec)} text-only users: {np.mean(rec):.4f}")
 
 
 if __name__ == "__main__":
