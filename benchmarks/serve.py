@@ -158,7 +158,6 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--faiss-kind", choices=["hnsw", "ivf"], default="ivf")
-    ap.add_argument("--faiss-codec", choices=["flat", "sq8"], default="flat", help="serve.faiss.ivf_codec")
     ap.add_argument("--recall-users", type=int, default=300)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -187,7 +186,6 @@ def main() -> None:
         f"lake.root={root / 'lake'}", f"train.workdir={root / 'work'}", f"train.mlflow_uri={root / 'ml'}",
         "train.backend=local", "train.epochs=1", "train.progress=false", "train.blend_trials=4", "model.history=20",
         "features.history_length=20", "serve.reload_seconds=0", f"serve.faiss.kind={args.faiss_kind}",
-        f"serve.faiss.ivf_codec={args.faiss_codec}",
         "logging.level=WARNING"])
     t0 = time.perf_counter()
     spark = get_spark(cfg.spark)

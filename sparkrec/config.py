@@ -559,9 +559,6 @@ class FaissIndexConfig(StrictModel):
     ef_search: int = Field(128, gt=0)  # candidates explored per query: recall vs latency
     ivf_lists: int | None = Field(None, gt=0)  # None: sqrt(items), at least 1
     nprobe: int = Field(16, gt=0)  # lists scanned per query
-    # How ivf stores vectors: flat (float32) or sq8 (8 bits per dimension, 4x less memory to
-    # scan per query). Candidates are re-scored exactly either way, so sq8 only risks recall.
-    ivf_codec: Literal["flat", "sq8"] = "flat"
     # Candidates asked of the index per request: overfetch x k + the user's seen items, so
     # exclusions (seen, filters) still leave k; fewer left falls back to the exact search.
     overfetch: int = Field(4, ge=1, le=100)

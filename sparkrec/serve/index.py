@@ -62,11 +62,7 @@ def build_faiss(matrix: np.ndarray, cfg: FaissIndexConfig, threads: int = 1):  #
     else:
         lists = cfg.ivf_lists or max(1, int(math.sqrt(n)))
         lists = min(lists, max(1, n // 39))  # faiss wants ~39 training points per list
-        if cfg.ivf_codec == "sq8":
-            index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, lists, faiss.ScalarQuantizer.QT_8bit,
-                                                  faiss.METRIC_INNER_PRODUCT)
-        else:
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
         # k-means on a seeded sample of 64 points per list: on all 270k rows it costs minutes
         sample = np.random.default_rng(0).choice(n, min(n, 64 * lists), replace=False)
         index.train(x[np.sort(sample)])
