@@ -265,3 +265,37 @@ def test_text_neighbours_through_an_index_equal_pseudo_history():
     has_text = np.abs(text).sum(axis=1) > 0
     near, _ = ExactIndex(text).search(q / np.linalg.norm(q, axis=1, keepdims=True), 4, has_text)
     assert (neighbours_as_history(near, 6) == pseudo_history(q, text, 4, 6)).all()
+
+
+def test_the_champion_moving_between_the_hybrid_and_a_baseline_is_reloaded(trained, spark):
+    """``recommend.model=champion``: the alias moves hybrid -> baseline -> hybrid and the hot
+    reload swaps the kind of snapshot each time, answering from the model the alias names."""
+    from sparkrec.baselines import MostPopular
+    from sparkrec.model.store import log_recommender, register_champion, resolve_run
+    from sparkrec.serve import build, start_in_thread
+
+    cfg, lake, batch = trained
+    champion = cfg.model_copy(deep=True)
+    champion.recommend.model = "champion"
+    hybrid = resolve_run(cfg, lake).run_id  # the latest hybrid run of this lake
+    register_champion(champion, lake, hybrid, "hybrid", 0.0)
+    model = MostPopular().fit(lake.read("events"))
+    popular = log_recommender(model, champion, lake, "none")
+    model.release()
+    user = sorted(batch["user_id"].dropna().loc[batch["user_idx"].notna()].unique())[0]
+    app, poller = build(champion, spark, lake, load_in_background=False)
+    running = start_in_thread(app)
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            assert client.get("/ready").json()["model"] == "hybrid"
+            for run_id, name in ((popular, "most_popular"), (hybrid, "hybrid")):
+                register_champion(champion, lake, run_id, name, 0.0)
+                deadline = time.monotonic() + 120
+                while client.get("/ready").json()["model_run_id"] != run_id:
+                    assert time.monotonic() < deadline, f"the champion moving to {name} was never loaded"
+                    time.sleep(0.2)
+                body = _post(client, {"user_id": user, "k": K})
+                assert body["model"] == name and body["model_run_id"] == run_id and len(body["items"]) == K
+    finally:
+        poller.stop()
+        running.stop()
