@@ -133,9 +133,9 @@ def with_index(state: Any, kind: str, cfg: Any) -> tuple[Any, dict[str, float]]:
     t = time.perf_counter()
     blend = text = None
     if state.text_payload is not None:
-        blend = make_index(state.text_payload.blend_items, kind, cfg.serve.faiss, cfg.serve.threads,
+        blend = make_index(state.text_payload.blend_items, kind, cfg.serve.faiss.for_text(), cfg.serve.threads,
                            cfg.recommend.item_block_rows)
-        text = make_index(state.text_payload.text, kind, cfg.serve.faiss, cfg.serve.threads,
+        text = make_index(state.text_payload.text, kind, cfg.serve.faiss.for_text(), cfg.serve.threads,
                           cfg.recommend.item_block_rows)
     return dataclasses.replace(state, index=index, blend_index=blend, text_index=text), {
         "build_items_s": t_items, "build_text_s": time.perf_counter() - t}
@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--faiss-kind", choices=["hnsw", "ivf"], default="ivf")
+    ap.add_argument("--text-nprobe", type=int, default=None, help="serve.faiss.text_nprobe (ivf lists for text)")
     ap.add_argument("--recall-users", type=int, default=300)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -186,7 +187,7 @@ def main() -> None:
         f"lake.root={root / 'lake'}", f"train.workdir={root / 'work'}", f"train.mlflow_uri={root / 'ml'}",
         "train.backend=local", "train.epochs=1", "train.progress=false", "train.blend_trials=4", "model.history=20",
         "features.history_length=20", "serve.reload_seconds=0", f"serve.faiss.kind={args.faiss_kind}",
-        "logging.level=WARNING"])
+        *([f"serve.faiss.text_nprobe={args.text_nprobe}"] if args.text_nprobe else []), "logging.level=WARNING"])
     t0 = time.perf_counter()
     spark = get_spark(cfg.spark)
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))

@@ -559,15 +559,24 @@ class FaissIndexConfig(StrictModel):
     ef_search: int = Field(128, gt=0)  # candidates explored per query: recall vs latency
     ivf_lists: int | None = Field(None, gt=0)  # None: sqrt(items), at least 1
     nprobe: int = Field(16, gt=0)  # lists scanned per query
+    # Lists scanned by the two text indexes (a text's neighbours, the [item, text] blend); None:
+    # nprobe. Text-only users' recall@20 vs exact on 270k items was 0.775 / 0.931 / 0.981 at
+    # 16 / 48 / 128 lists (benchmarks/serve.py, 2026-12-02), each list costing throughput.
+    text_nprobe: int | None = Field(None, gt=0)
     # Candidates asked of the index per request: overfetch x k + the user's seen items, so
     # exclusions (seen, filters) still leave k; fewer left falls back to the exact search.
     overfetch: int = Field(4, ge=1, le=100)
 
     @model_validator(mode="after")
     def _probe_within_lists(self) -> FaissIndexConfig:
-        if self.ivf_lists is not None and self.nprobe > self.ivf_lists:
-            raise ValueError(f"nprobe = {self.nprobe} exceeds ivf_lists = {self.ivf_lists}")
+        for name, probe in (("nprobe", self.nprobe), ("text_nprobe", self.text_nprobe)):
+            if self.ivf_lists is not None and probe is not None and probe > self.ivf_lists:
+                raise ValueError(f"{name} = {probe} exceeds ivf_lists = {self.ivf_lists}")
         return self
+
+    def for_text(self) -> FaissIndexConfig:
+        """This configuration as the text indexes use it (``text_nprobe`` lists scanned)."""
+        return self if self.text_nprobe is None else self.model_copy(update={"nprobe": self.text_nprobe})
 
 
 class ServeConfig(StrictModel):

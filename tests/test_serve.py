@@ -254,6 +254,20 @@ def test_one_users_head_scores_equal_the_batch_heads():
         assert (got[0] == want[0]).all() and np.allclose(got[1], want[1], atol=1e-5)
 
 
+def test_text_indexes_scan_text_nprobe_lists():
+    from pydantic import ValidationError
+
+    from sparkrec.config import FaissIndexConfig
+    from sparkrec.serve.index import FaissIndex
+
+    cfg = FaissIndexConfig(nprobe=4, text_nprobe=12)
+    x = np.random.default_rng(3).normal(size=(4000, 8)).astype(np.float32)
+    assert FaissIndex(x, cfg).index.nprobe == 4 and FaissIndex(x, cfg.for_text()).index.nprobe == 12
+    assert FaissIndexConfig(nprobe=4).for_text().nprobe == 4
+    with pytest.raises(ValidationError, match="text_nprobe = 12 exceeds ivf_lists = 8"):
+        FaissIndexConfig(ivf_lists=8, nprobe=4, text_nprobe=12)
+
+
 def test_text_neighbours_through_an_index_equal_pseudo_history():
     from sparkrec.recommend.score import neighbours_as_history, pseudo_history
     from sparkrec.serve.index import ExactIndex

@@ -175,8 +175,8 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
         has_text[0] = False
         blend = np.hstack([payload.items, text]).astype(np.float32)
         text_payload = dataclasses.replace(payload, text=text, blend_items=blend)
-        blend_index = make_index(blend, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
-        text_index = make_index(text, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
+        blend_index = make_index(blend, sc.index, sc.faiss.for_text(), sc.threads, cfg.recommend.item_block_rows)
+        text_index = make_index(text, sc.index, sc.faiss.for_text(), sc.threads, cfg.recommend.item_block_rows)
     state = ServingState(run_id=loaded.version, model=loaded, payload=payload, index=index,
                          catalogue=load_catalogue(lake, loaded.spec.n_items, loaded.catalog.has_id),
                          users=load_users(spark, lake, loaded, payload),
