@@ -430,7 +430,7 @@ def new_item(cfg: Config, spark: Any, lake: Any, description: str, genres: Seque
     (``similar``) and the users whose current taste (the user tower over their history) scores
     it highest (``audience``), with the cosine each."""
     from .recommend.job import current_states, eligibility, make_payload, resolve_model
-    from .recommend.score import user_vectors
+    from .recommend.score import model_user_rows, user_vectors
 
     loaded = resolve_model(cfg, lake)
     vec = new_item_vector(loaded, encode_texts(cfg, spark, [description])[0], genres)
@@ -452,7 +452,7 @@ def new_item(cfg: Config, spark: Any, lake: Any, description: str, genres: Seque
         hist = np.stack(states["hist"].to_numpy()).astype(np.int64)
         gaps = np.stack(states["gaps"].to_numpy()).astype(np.float32)
         idx = states["user_idx"].to_numpy().astype(np.int64)
-        users = np.where((idx >= 0) & (idx < loaded.spec.n_users), idx + 1, 0)  # as score_batch maps them
+        users = model_user_rows(idx, loaded.spec.n_users)  # as score_batch maps them
         u = user_vectors(payload, users, hist, gaps)
         scores = u @ vec
         order = np.argsort(-scores)[:k]

@@ -47,6 +47,14 @@ def server(spark, trained):
     running.stop()
 
 
+def _wait_until_served(client, run_id, what):
+    """Polls /ready until the service answers from ``run_id`` (a hot reload), at most 120 s."""
+    deadline = time.monotonic() + 120
+    while client.get("/ready").json()["model_run_id"] != run_id:
+        assert time.monotonic() < deadline, f"{what} was never loaded"
+        time.sleep(0.2)
+
+
 def _post(client, body, status=200):
     r = client.post("/recommend", json=body)
     assert r.status_code == status, r.text
@@ -225,10 +233,7 @@ def test_hot_reload_to_a_new_model_drops_no_request(server, trained, spark):
         retrain = cfg.model_copy(deep=True)
         retrain.train.epochs, retrain.train.steps_per_epoch, retrain.train.blend_trials = 1, 20, 1  # quick
         new = run_train(retrain, spark, lake)["run_id"]
-        deadline = time.monotonic() + 120
-        while client.get("/ready").json()["model_run_id"] != new:
-            assert time.monotonic() < deadline, "the new model was never loaded"
-            time.sleep(0.2)
+        _wait_until_served(client, new, "the new model")
         time.sleep(0.5)
     finally:
         stop.set()
@@ -304,10 +309,7 @@ def test_the_champion_moving_between_the_hybrid_and_a_baseline_is_reloaded(train
             assert client.get("/ready").json()["model"] == "hybrid"
             for run_id, name in ((popular, "most_popular"), (hybrid, "hybrid")):
                 register_champion(champion, lake, run_id, name, 0.0)
-                deadline = time.monotonic() + 120
-                while client.get("/ready").json()["model_run_id"] != run_id:
-                    assert time.monotonic() < deadline, f"the champion moving to {name} was never loaded"
-                    time.sleep(0.2)
+                _wait_until_served(client, run_id, f"the champion moving to {name}")
                 body = _post(client, {"user_id": user, "k": K})
                 assert body["model"] == name and body["model_run_id"] == run_id and len(body["items"]) == K
     finally:

@@ -79,6 +79,13 @@ def user_tower(payload: Payload) -> Any:
     return tower
 
 
+def model_user_rows(user_idx: np.ndarray, n_users: int) -> np.ndarray:
+    """user_idx -> rows of the user tower's id embedding; 0 (no id) for users the model was
+    not trained with (new since training, or missing), who are served from history alone."""
+    user_idx = np.asarray(user_idx, dtype=np.int64)
+    return np.where((user_idx >= 0) & (user_idx < n_users), user_idx + 1, 0)
+
+
 def user_vectors(payload: Payload, users: np.ndarray, hist: np.ndarray, gaps: np.ndarray) -> np.ndarray:
     """The user tower over item-matrix rows: equal to ``TwoTower.user_vectors`` in eval mode."""
     import torch
@@ -106,7 +113,7 @@ def score_batch(payload: Payload, batch: pa.RecordBatch) -> pa.RecordBatch:
     n_hist = payload.spec["history"]
     user_idx = batch.column("user_idx")
     idx = pc.fill_null(user_idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    model_users = np.where((idx >= 0) & (idx < payload.spec["n_users"]), idx + 1, 0)
+    model_users = model_user_rows(idx, payload.spec["n_users"])
     hist = _fixed(batch.column("hist"), n_hist, np.int64)
     u = user_vectors(payload, model_users, hist, _fixed(batch.column("gaps"), n_hist, np.float32))
     seen = arrow_csr(batch.column("seen")) if payload.exclude_seen else None

@@ -27,7 +27,7 @@ from ..ragged import csr
 from ..recommend.explain import item_facts
 from ..recommend.job import current_states, eligibility, make_payload, resolve_model
 from ..recommend.llm import catalogue_vocabulary
-from ..recommend.score import Payload, user_vectors
+from ..recommend.score import Payload, model_user_rows, user_vectors
 from .explain import ItemFacts
 from .index import Index, make_index
 
@@ -94,8 +94,7 @@ def query_vectors(payload: Payload, user_idx: np.ndarray, hist: np.ndarray, gaps
     the user tower and the head's rescaling per request was most of a request's CPU. A reload
     that brings new events builds new vectors with the new histories.
     """
-    n_users = int(payload.spec["n_users"])
-    model_users = np.where((user_idx >= 0) & (user_idx < n_users), user_idx + 1, 0).astype(np.int64)
+    model_users = model_user_rows(user_idx, int(payload.spec["n_users"]))
     out = [np.zeros((0, payload.items.shape[1]), np.float32)]
     for s in range(0, len(hist), batch):
         u = user_vectors(payload, model_users[s:s + batch], hist[s:s + batch], gaps[s:s + batch])
@@ -175,8 +174,9 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
         has_text[0] = False
         blend = np.hstack([payload.items, text]).astype(np.float32)
         text_payload = dataclasses.replace(payload, text=text, blend_items=blend)
-        blend_index = make_index(blend, sc.index, sc.faiss.for_text(), sc.threads, cfg.recommend.item_block_rows)
-        text_index = make_index(text, sc.index, sc.faiss.for_text(), sc.threads, cfg.recommend.item_block_rows)
+        text_faiss = sc.faiss.for_text()
+        blend_index = make_index(blend, sc.index, text_faiss, sc.threads, cfg.recommend.item_block_rows)
+        text_index = make_index(text, sc.index, text_faiss, sc.threads, cfg.recommend.item_block_rows)
     state = ServingState(run_id=loaded.version, model=loaded, payload=payload, index=index,
                          catalogue=load_catalogue(lake, loaded.spec.n_items, loaded.catalog.has_id),
                          users=load_users(spark, lake, loaded, payload),
