@@ -8,9 +8,18 @@ from deltalake import DeltaTable
 from pyspark.sql import Row
 from pyspark.sql import functions as F
 
-from sparkrec.lake import LakeError, SchemaMismatchError, delta_jars_available
+from sparkrec.lake import DeltaRsLake, LakeError, RunContext, SchemaMismatchError, delta_jars_available, deltars
 
 UTC = dt.UTC
+
+
+@pytest.fixture(params=["driver", "spark"])
+def merge_path(request, monkeypatch):
+    """Every MERGE test runs twice: planned in the driver with Arrow (small sources, the
+    default here) and planned in Spark (what larger sources take)."""
+    if request.param == "spark":
+        monkeypatch.setattr(deltars, "DRIVER_MERGE_ROWS", -1)
+    return request.param
 
 
 def _rows(spark, keys, tag):
@@ -27,6 +36,7 @@ def test_overwrite_read_and_real_delta_log(spark, lake):
     assert [f.name for f in dt_.schema().fields] == ["k", "v", "ts", "vec", "attrs"]
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_upsert_rewrites_only_changed_keys_and_time_travels(spark, lake):
     lake.overwrite("t", _rows(spark, range(10), "x"))
     result = lake.upsert("t", _rows(spark, range(8, 13), "y"), ["k"])
@@ -43,6 +53,7 @@ def test_upsert_rewrites_only_changed_keys_and_time_travels(spark, lake):
     assert all(h["sparkrec.stage"] == "test" for h in history)
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_upsert_rejects_duplicate_source_keys(spark, lake):
     lake.overwrite("t", _rows(spark, range(3), "x"))
     with pytest.raises(LakeError, match="one row per key"):
@@ -53,6 +64,7 @@ def _ranked(spark, lists, tag):
     return spark.createDataFrame([Row(g=g, r=r, v=f"{tag}{g}{r}") for g, n in lists.items() for r in range(1, n + 1)])
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_upsert_replace_within_deletes_ranks_a_group_no_longer_has(spark, lake):
     lake.overwrite("ranked", _ranked(spark, {"a": 5, "b": 5}, "x"))
     result = lake.upsert("ranked", _ranked(spark, {"a": 3, "c": 2}, "y"), ["g", "r"], replace_within=["g"])
@@ -64,6 +76,43 @@ def test_upsert_replace_within_deletes_ranks_a_group_no_longer_has(spark, lake):
     assert lake.history("ranked")[0]["sparkrec.deleted"] == "2"
     with pytest.raises(LakeError, match="must be columns of the MERGE keys"):
         lake.upsert("ranked", _ranked(spark, {"a": 1}, "z"), ["g", "r"], replace_within=["v"])
+
+
+def _mixed(spark, groups, tag, changed=()):
+    """Rows of every column kind a MERGE must compare: nulls, NaN, lists and maps."""
+    return spark.createDataFrame([
+        Row(g=g, r=r, v=None if r == 2 else f"{tag if g in changed else 'x'}{g}{r}",
+            x=float("nan") if r == 3 else r / 2, vec=[float(g), float(r)], attrs={"g": str(g)})
+        for g, n in groups.items() for r in range(1, n + 1)])
+
+
+def test_driver_and_spark_merges_agree_and_the_driver_rewrites_only_matching_files(spark, tmp_path, monkeypatch):
+    lakes = {p: DeltaRsLake(spark, str(tmp_path / p), "test", context=RunContext(stage="test"))
+             for p in ("driver", "spark")}
+    base = _mixed(spark, {g: 4 for g in range(20)}, "x").repartitionByRange(4, "g")
+    for lk in lakes.values():
+        lk.overwrite("t", base)
+    # groups 6-7: identical; 8: one rank fewer; 9: changed text; 30: new
+    source = _mixed(spark, {6: 4, 7: 4, 8: 3, 9: 4, 30: 2}, "y", changed=(9,))
+    # file statistics leave the driver one of the four files (groups 5-9) to read
+    candidates = lakes["driver"]._files_for(DeltaTable(lakes["driver"].location("t")),
+                                             deltars.collect_arrow(source, source.schema), ["g"])
+    assert len(candidates) == 1
+    results = {}
+    for path, lk in lakes.items():
+        monkeypatch.setattr(deltars, "DRIVER_MERGE_ROWS", 100_000 if path == "driver" else -1)
+        before = set(DeltaTable(lk.location("t")).file_uris())
+        results[path] = lk.upsert("t", source, ["g", "r"], replace_within=["g"])
+        assert len(before - set(DeltaTable(lk.location("t")).file_uris())) == 1  # only that file is rewritten
+    counts = {p: (r.inserted, r.updated, r.unchanged, r.deleted) for p, r in results.items()}
+    assert counts["driver"] == counts["spark"] == (2, 3, 12, 1)
+
+    def rows(lk):
+        return sorted((r.g, r.r, r.v, None if r.x != r.x else r.x, tuple(r.vec), tuple(r.attrs.items()))
+                      for r in lk.read("t").collect())
+
+    assert rows(lakes["driver"]) == rows(lakes["spark"])
+    assert len(rows(lakes["driver"])) == 80 - 1 + 2
 
 
 def test_schema_is_enforced(spark, lake):

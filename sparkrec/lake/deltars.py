@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -44,9 +45,10 @@ from deltalake.transaction import AddAction, CommitProperties, RemoveAction, cre
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from ..logs import get_logger
-from . import storage
+from . import arrowmerge, storage
 from .base import (
     NO_TABLE,
     CommitResult,
@@ -59,6 +61,11 @@ from .base import (
 )
 
 log = get_logger("lake.delta-rs")
+
+# MERGEs of sources up to this many rows, into files holding up to this many rows that may
+# match them, are planned and written on the driver (see :mod:`.arrowmerge`).
+DRIVER_MERGE_ROWS = 100_000
+DRIVER_MERGE_TARGET_ROWS = 2_000_000
 
 _FILE_META = T.StructType([
     T.StructField("path", T.StringType()),
@@ -236,9 +243,14 @@ class DeltaRsLake(Lake):
     def _write_files(self, table: str, df: DataFrame, attempt: _Attempt) -> list[AddAction]:
         fn = partial(_write_parquet_files, self.location(table), self.target_file_rows,
                      self.storage_options, attempt.write_id)
-        metas = df.mapInArrow(fn, _FILE_META).collect()  # one small row per file
-        now = int(time.time() * 1000)
-        return [AddAction(m["path"], m["size"], {}, now, True, m["stats"]) for m in metas]
+        return _add_actions(df.mapInArrow(fn, _FILE_META).collect())  # one small row per file
+
+    def _write_arrow(self, table: str, data: pa.Table, attempt: _Attempt) -> list[AddAction]:
+        """The driver's own rows (a small MERGE's) written as :meth:`_write_files` writes a
+        DataFrame's, without a Spark job."""
+        metas = _write_parquet_files(self.location(table), self.target_file_rows, self.storage_options,
+                                     attempt.write_id, iter(data.to_batches()))
+        return _add_actions([row for batch in metas for row in batch.to_pylist()])
 
     def _props(self, operation: str, read_version: int, write_id: str, **counts: int) -> CommitProperties:
         meta = self.context.metadata(operation)
@@ -347,6 +359,70 @@ class DeltaRsLake(Lake):
         dt_ = self._open(table, read_version)
         schema = self._spark_schema(dt_)
         check_schema(table, schema, df.schema)
+        source = df.select(*schema.names).persist()
+        try:
+            small = self._small_upsert(table, dt_, schema, source, keys, replace_within, read_version)
+            if small is not None:
+                return small
+            return self._spark_upsert(table, dt_, schema, source, keys, replace_within, read_version)
+        finally:
+            source.unpersist()
+
+    def _small_upsert(self, table: str, dt_: DeltaTable, schema: T.StructType, df: DataFrame, keys: list[str],
+                      replace_within: list[str] | None, read_version: int) -> CommitResult | None:
+        """The MERGE planned and written in this process (:mod:`.arrowmerge`) when the source
+        has at most :data:`DRIVER_MERGE_ROWS` rows and the files that can hold its keys at most
+        :data:`DRIVER_MERGE_TARGET_ROWS`; None (nothing done) otherwise."""
+        source = collect_arrow(df.limit(DRIVER_MERGE_ROWS + 1), schema)
+        if source.num_rows > DRIVER_MERGE_ROWS:
+            return None
+        files = self._files_for(dt_, source, replace_within or keys)
+        if files is None:
+            return None
+        # Spark's nullability flags are hints (a column it calls non-null may hold nulls in the table)
+        nullable = pa.schema([f.with_nullable(True) for f in source.schema])
+        source = source.cast(nullable)
+        filesystem = storage.table_filesystem(self.location(table), self.storage_options)
+        targets = [pq.read_table(path, filesystem=filesystem).select(schema.names).cast(nullable)
+                   for path in files]
+        plan = arrowmerge.plan_merge(table, source, targets, keys, replace_within)
+        with self._attempt(table) as attempt:
+            actions: list[AddAction | RemoveAction] = []
+            if plan.dropped:
+                now = int(time.time() * 1000)
+                actions.extend(RemoveAction(files[i], True, now) for i in plan.dropped)
+                kept = [targets[i].filter(pa.array(~np.isin(np.arange(targets[i].num_rows), rows)))
+                        for i, rows in plan.dropped.items()]
+                actions.extend(self._write_arrow(table, pa.concat_tables([*kept, plan.changed]), attempt))
+            elif plan.changed.num_rows:
+                actions.extend(self._write_arrow(table, plan.changed, attempt))
+            rows = sum(_records(a) for a in actions if isinstance(a, AddAction))
+            version = self._commit_merge(table, schema, actions, read_version, attempt, rows=rows, **plan.counts)
+        self._log_commit(table, version, "merge", rows=rows, driver=1, **plan.counts)
+        return CommitResult(table, version, rows_written=rows, **plan.counts)
+
+    @staticmethod
+    def _files_for(dt_: DeltaTable, source: pa.Table, columns: list[str]) -> list[str] | None:
+        """The table's files (paths relative to its root) whose statistics allow a row with the
+        source's values in ``columns``; None when they hold over :data:`DRIVER_MERGE_TARGET_ROWS`."""
+        actions = dt_.get_add_actions(flatten=True)
+        names = set(actions.column_names)
+
+        def column(name: str) -> list[Any]:
+            return actions.column(name).to_pylist() if name in names else [None] * actions.num_rows
+
+        values = arrowmerge.sorted_values(source, columns)
+        keep = arrowmerge.overlapping_files(values, {c: column(f"min.{c}") for c in values},
+                                           {c: column(f"max.{c}") for c in values}, actions.num_rows)
+        # a file without a record count (statistics are optional in Delta) counts a row per 8 bytes
+        rows = [n if n is not None else size // 8 for n, size in zip(column("num_records"), column("size_bytes"),
+                                                                     strict=True)]
+        if sum(n for n, k in zip(rows, keep, strict=True) if k) > DRIVER_MERGE_TARGET_ROWS:
+            return None
+        return [p for p, k in zip(column("path"), keep, strict=True) if k]
+
+    def _spark_upsert(self, table: str, dt_: DeltaTable, schema: T.StructType, df: DataFrame, keys: list[str],
+                      replace_within: list[str] | None, read_version: int) -> CommitResult:
         with self.merge_plan(table, df, keys, schema, replace_within, read_version) as plan, \
                 self._attempt(table) as attempt:
             actions: list[AddAction | RemoveAction] = []
@@ -414,6 +490,19 @@ class DeltaRsLake(Lake):
         for info in doomed:
             filesystem.delete_file(info.path)
         return [i.base_name for i in doomed]
+
+
+def collect_arrow(df: DataFrame, schema: T.StructType) -> pa.Table:
+    """A (small) DataFrame's rows on the driver as Arrow, with ``schema``'s columns even when empty."""
+    batches = df._collect_as_arrow()  # pyspark 3.5 has no public toArrow()
+    if batches:
+        return pa.Table.from_batches(batches)
+    return to_arrow_schema(schema).empty_table()
+
+
+def _add_actions(metas: list[Any]) -> list[AddAction]:
+    now = int(time.time() * 1000)
+    return [AddAction(m["path"], m["size"], {}, now, True, m["stats"]) for m in metas]
 
 
 @dataclass
