@@ -93,7 +93,8 @@ def main() -> None:
         stage(batch_cfg, spark, lake)
     print(f"setup {time.perf_counter() - t:.0f} s")
 
-    stream = threading.Thread(target=run_stream, args=(cfg, spark, lake), daemon=True)
+    ran: list[dict[str, Any]] = []
+    stream = threading.Thread(target=lambda: ran.append(run_stream(cfg, spark, lake)), daemon=True)
     stream.start()
     replayed = run_replay(cfg, spark, args.rate, args.events)
     while not (lake.exists(BATCHES) and
@@ -111,7 +112,8 @@ def main() -> None:
         "latency_p50_s": round(float(np.percentile(lag, 50)), 2),
         "latency_p95_s": round(float(np.percentile(lag, 95)), 2),
         "sustained_events_per_s": round(float(rows["read"].sum()) / max(busy, 1e-9), 1),
-        **prequential(lake, cfg.recommend.k)}
+        **prequential(lake, cfg.recommend.k),
+        "mean_step_seconds": ran[0]["mean_step_seconds"] if ran else None}
     print(json.dumps(result, indent=2))
 
 

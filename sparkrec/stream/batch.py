@@ -57,6 +57,9 @@ class BatchReport:
     skipped: list[str] = field(default_factory=list)  # tables this (replayed) batch had committed
     seconds: float = 0.0
     lag_seconds: float | None = None  # the oldest file's landing -> the batch's last commit
+    # seconds per step (each table's commit, and "read" for reading and validating the files):
+    # where a batch's latency goes, in the structured log
+    steps: dict[str, float] = field(default_factory=dict)
 
 
 def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str], fmt: str, txn: BatchTxn,
@@ -78,12 +81,14 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
             raise
 
     read_ok, unreadable = read_what_reads(files, read, lambda done: done[0].rows.unpersist())
+    read_seconds = time.perf_counter() - started
     v, counts = read_ok if read_ok else (None, TableReport("interactions", f"{len(files)} files", 0, 0, 0))
     if unreadable:
         counts.read += len(unreadable)
         counts.quarantined += len(unreadable)
         counts.reasons = {**counts.reasons, UNREADABLE: len(unreadable)}
     report = BatchReport(txn.batch_id, len(files), counts.read, counts.accepted, counts.quarantined, counts.reasons)
+    report.steps["read"] = round(read_seconds, 3)
     landed = None
     try:
         rejected = [quarantine_rows(spark, unreadable, "interactions")] if unreadable else []
@@ -116,8 +121,10 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
 
 
 def _commit(txn: BatchTxn, lake: Lake, table: str, report: BatchReport, write: Any) -> None:
+    started = time.perf_counter()
     if not txn.write(lake, table, write):
         report.skipped.append(table)
+    report.steps[table] = round(time.perf_counter() - started, 3)
 
 
 def _quarantine(lake: Lake, rejected: DataFrame) -> Any:
@@ -128,8 +135,10 @@ def _quarantine(lake: Lake, rejected: DataFrame) -> Any:
 def _fold_events(cfg: Config, lake: Lake, txn: BatchTxn, accepted: DataFrame, report: BatchReport) -> DataFrame:
     """Indices for new users and items, the events MERGEd by (user, item, time), and the
     affected users' histories; returns the affected (user_id) rows."""
+    started = time.perf_counter()
     for table, id_col, idx_col in (("user_index", "user_id", "user_idx"), ("item_index", "item_id", "item_idx")):
         extend_index(lake, table, accepted.select(id_col), id_col, idx_col)  # idempotent: only new ids
+    report.steps["indexes"] = round(time.perf_counter() - started, 3)
     user_index = lake.read("user_index")
     events = build_events(accepted, user_index, lake.read("item_index"), cfg.features.weights,
                           resolve_source(cfg.data)).dropDuplicates(EVENT_KEYS)

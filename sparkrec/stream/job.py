@@ -72,4 +72,12 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
         if query.isActive:
             query.stop()
     return {"query_id": query_id["id"], "batches": len(reports), "read": sum(r.read for r in reports),
-            "accepted": sum(r.accepted for r in reports), "quarantined": sum(r.quarantined for r in reports)}
+            "accepted": sum(r.accepted for r in reports), "quarantined": sum(r.quarantined for r in reports),
+            "mean_step_seconds": _mean_steps(reports)}
+
+
+def _mean_steps(reports: list[BatchReport]) -> dict[str, float]:
+    """Each step's mean seconds over the batches that ran it: where the latency goes."""
+    steps = sorted({s for r in reports for s in r.steps})
+    return {s: round(sum(r.steps[s] for r in reports if s in r.steps) / sum(s in r.steps for r in reports), 3)
+            for s in steps}
