@@ -8,6 +8,7 @@ from deltalake import DeltaTable
 from pyspark.sql import Row
 from pyspark.sql import functions as F
 
+from sparkrec.arrowframes import collect_arrow
 from sparkrec.lake import DeltaRsLake, LakeError, RunContext, SchemaMismatchError, delta_jars_available, deltars
 
 UTC = dt.UTC
@@ -96,7 +97,7 @@ def test_driver_and_spark_merges_agree_and_the_driver_rewrites_only_matching_fil
     source = _mixed(spark, {6: 4, 7: 4, 8: 3, 9: 4, 30: 2}, "y", changed=(9,))
     # file statistics leave the driver one of the four files (groups 5-9) to read
     candidates = lakes["driver"]._files_for(DeltaTable(lakes["driver"].location("t")),
-                                             deltars.collect_arrow(source, source.schema), ["g"])
+                                             collect_arrow(source), ["g"])
     assert len(candidates) == 1
     results = {}
     for path, lk in lakes.items():

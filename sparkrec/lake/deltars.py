@@ -45,8 +45,8 @@ from deltalake.transaction import AddAction, CommitProperties, RemoveAction, cre
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.sql.pandas.types import to_arrow_schema
 
+from ..arrowframes import collect_arrow
 from ..logs import get_logger
 from . import arrowmerge, storage
 from .base import (
@@ -490,14 +490,6 @@ class DeltaRsLake(Lake):
         for info in doomed:
             filesystem.delete_file(info.path)
         return [i.base_name for i in doomed]
-
-
-def collect_arrow(df: DataFrame, schema: T.StructType) -> pa.Table:
-    """A (small) DataFrame's rows on the driver as Arrow, with ``schema``'s columns even when empty."""
-    batches = df._collect_as_arrow()  # pyspark 3.5 has no public toArrow()
-    if batches:
-        return pa.Table.from_batches(batches)
-    return to_arrow_schema(schema).empty_table()
 
 
 def _add_actions(metas: list[Any]) -> list[AddAction]:

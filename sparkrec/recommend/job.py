@@ -130,7 +130,8 @@ def current_states(lake: Lake, loaded: LoadedModel, users: DataFrame | None) -> 
 
 
 def text_only_scores(spark: SparkSession, lake: Lake, payload: Payload, loaded: LoadedModel,
-                     states: DataFrame, users: DataFrame | None, partitions: int) -> DataFrame | None:
+                     states: DataFrame, users: DataFrame | None, partitions: int,
+                     in_driver: bool = False) -> DataFrame | None:
     """Users known only by interest text: a pseudo-history of text-nearest items through the
     user tower, blended with the text cosine (see ``score.blend``); scored apart from the
     others so only their tasks carry the item text matrix."""
@@ -143,10 +144,10 @@ def text_only_scores(spark: SparkSession, lake: Lake, payload: Payload, loaded: 
     if texts.limit(1).count() == 0:
         return None
     with_text = dataclasses.replace(payload, text=loaded.catalog.text.astype(np.float16))
-    pseudo = pseudo_states(spark, texts, with_text)
+    pseudo = pseudo_states(spark, texts, with_text, in_driver)
     pseudo = pseudo.select("user_idx", "user_id", "hist", "gaps", F.array().cast("array<int>").alias("seen"),
                            F.lit("interests").alias("basis"), "query")
-    return score_users(spark, pseudo, with_text, partitions)
+    return score_users(spark, pseudo, with_text, partitions, in_driver)
 
 
 def finish(explained: DataFrame, version: str) -> DataFrame:
@@ -154,6 +155,9 @@ def finish(explained: DataFrame, version: str) -> DataFrame:
         "user_idx", "user_id", "rank", "item_idx", "item_id", "score", "explanation", "explanation_source",
         F.col("evidence").cast(EVIDENCE).alias("evidence"), F.lit(version).alias("model_version"),
         F.current_timestamp().alias("generated_at"))
+
+
+DRIVER_SCORED_USERS = 5_000
 
 
 def run_recommend(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame | None = None) -> dict[str, Any]:
@@ -168,8 +172,10 @@ def run_recommend(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame
         payload = make_payload(cfg, loaded, eligibility(cfg, lake, loaded))
         states = current_states(lake, loaded, users)
         parts = scoring_partitions(spark, rc.partitions)
-        scored = score_users(spark, states, payload, parts)
-        text_scored = text_only_scores(spark, lake, payload, loaded, states, users, parts)
+        # a partial refresh of a few users (a streaming batch's) is scored in this process
+        in_driver = users is not None and users.count() <= DRIVER_SCORED_USERS
+        scored = score_users(spark, states, payload, parts, in_driver)
+        text_scored = text_only_scores(spark, lake, payload, loaded, states, users, parts, in_driver)
         if text_scored is not None:
             scored = scored.unionByName(text_scored)
     else:  # a saved baseline: users without positive events (text-only) get no list from it

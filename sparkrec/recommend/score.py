@@ -10,8 +10,9 @@ attention layer per user. Users never come to the driver.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from ..arrowframes import map_in_driver
 from ..model.blend import head_scores, tower_scale
 from ..model.head import LinearHead
 from ..ragged import arrow_csr
@@ -200,22 +202,33 @@ def pseudo_batches(payload: Payload, batches: Iterator[pa.RecordBatch]) -> Itera
                 pa.list_(pa.float32())), batch.column("vector")], names=PSEUDO.names)
 
 
-def score_users(spark: SparkSession, states: DataFrame, payload: Payload, partitions: int) -> DataFrame:
+def score_users(spark: SparkSession, states: DataFrame, payload: Payload, partitions: int,
+                in_driver: bool = False) -> DataFrame:
     """``states`` (user_idx, user_id, hist, gaps, seen, basis[, items, weights]) -> SCORED rows;
-    ``items``/``weights`` (every positive, for the linear head) are what makes a list hybrid."""
-    bc = spark.sparkContext.broadcast(payload)
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from score_batches(bc.value, batches)
-
-    return states.repartition(partitions).mapInArrow(run, SCORED)
+    ``items``/``weights`` (every positive, for the linear head) are what makes a list hybrid.
+    ``in_driver``: a few users, scored here (see :func:`_with_payload`)."""
+    source = states if in_driver else states.repartition(partitions)
+    return _with_payload(spark, source, payload, score_batches, SCORED, in_driver)
 
 
-def pseudo_states(spark: SparkSession, texts: DataFrame, payload: Payload) -> DataFrame:
+def pseudo_states(spark: SparkSession, texts: DataFrame, payload: Payload, in_driver: bool = False) -> DataFrame:
     """(user_idx, user_id, vector) of interest texts -> (user_idx, user_id, hist, gaps, query)."""
+    return _with_payload(spark, texts.select("user_idx", "user_id", "vector"), payload, pseudo_batches, PSEUDO,
+                         in_driver)
+
+
+def _with_payload(spark: SparkSession, df: DataFrame, payload: Payload,
+                  fn: Callable[[Payload, Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+                  schema: T.StructType, in_driver: bool) -> DataFrame:
+    """``fn(payload, batches)`` over ``df``'s rows: on the executors with the payload broadcast,
+    or (``in_driver``) here, where the payload already is: broadcasting the item vectors and
+    the head's m x m weights (117 MB on ml-latest-small) costs seconds, scoring a streaming
+    batch's few users milliseconds."""
+    if in_driver:
+        return map_in_driver(spark, df, partial(fn, payload), schema)
     bc = spark.sparkContext.broadcast(payload)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from pseudo_batches(bc.value, batches)
+        yield from fn(bc.value, batches)
 
-    return texts.select("user_idx", "user_id", "vector").mapInArrow(run, PSEUDO)
+    return df.mapInArrow(run, schema)
