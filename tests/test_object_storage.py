@@ -98,9 +98,12 @@ def _pipeline(spark, cfg, lake):
 COMPARED = ("interactions", "items", "quarantine", "item_features", "user_index", "item_index",
             "user_histories", "item_embeddings", "item_vectors", "recommendations")
 RUN_COLUMNS = ["updated_at", "generated_at", "model_version"]
-# The towers' vectors (and the explanations citing the history items nearest by them) differ between
-# any two training runs on the same tables, local or not; the served items, ranks and scores do not.
-TRAINED = {"item_vectors": ["vector"], "recommendations": ["explanation", "evidence"]}
+# What a training run decides differs between any two runs on the same tables, local or not: hybrid
+# training is not deterministic (issue 11; seen here as epoch-1 losses 7.0946 vs 7.0161 on one
+# machine), so the towers' vectors and the items, scores and explanations served from them are
+# left out; who gets a list, and how long it is, are compared.
+TRAINED = {"item_vectors": ["vector"],
+           "recommendations": ["item_idx", "item_id", "score", "explanation", "evidence"]}
 
 
 @pytest.mark.slow
