@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .base import LakeError
+from .base import check_replace_within, duplicate_key_error
 
 _SRC, _ROW = "__sparkrec_src", "__sparkrec_row"
 
@@ -42,9 +42,7 @@ def check_unique(table: str, source: pa.Table, keys: list[str]) -> None:
     dup = per_key.filter(pc.greater(per_key["count_all"], 1))
     if dup.num_rows:
         first = dup.slice(0, 1).to_pylist()[0]
-        example = {k: first[k] for k in keys}
-        raise LakeError(f"MERGE into {table!r}: the source has {first['count_all']} rows for key "
-                        f"{example}; a MERGE source must have one row per key")
+        raise duplicate_key_error(table, {k: first[k] for k in keys}, first["count_all"])
 
 
 def overlapping_files(values: dict[str, np.ndarray], mins: dict[str, Sequence], maxs: dict[str, Sequence],
@@ -79,8 +77,8 @@ def plan_merge(table: str, source: pa.Table, targets: list[pa.Table], keys: list
     """Plans the MERGE of ``source`` into the rows of ``targets`` (every target file that can
     hold one of its keys, cast to the source's schema)."""
     check_unique(table, source, keys)
-    if replace_within and not set(replace_within) <= set(keys):
-        raise LakeError(f"replace_within {replace_within} must be columns of the MERGE keys {keys}")
+    if replace_within:
+        check_replace_within(replace_within, keys)
     sizes = [t.num_rows for t in targets]
     target = pa.concat_tables(targets) if targets else source.schema.empty_table()
     source_keys = source.select(keys).append_column(_SRC, pa.array(np.arange(source.num_rows)))

@@ -139,9 +139,18 @@ def _same_type(a: T.DataType, b: T.DataType) -> bool:
 def check_unique_keys(table: str, df: DataFrame, keys: list[str]) -> None:
     dup = df.groupBy(*keys).count().filter(F.col("count") > 1).limit(1).collect()
     if dup:
-        example = {k: dup[0][k] for k in keys}
-        raise LakeError(f"MERGE into {table!r}: the source has {dup[0]['count']} rows for key "
-                        f"{example}; a MERGE source must have one row per key")
+        raise duplicate_key_error(table, {k: dup[0][k] for k in keys}, dup[0]["count"])
+
+
+def duplicate_key_error(table: str, key: dict[str, Any], rows: int) -> LakeError:
+    """What both MERGE planners (Spark's, the driver's) say of a source with a repeated key."""
+    return LakeError(f"MERGE into {table!r}: the source has {rows} rows for key {key}; a MERGE source "
+                     f"must have one row per key")
+
+
+def check_replace_within(within: list[str], keys: list[str]) -> None:
+    if not set(within) <= set(keys):
+        raise LakeError(f"replace_within {within} must be columns of the MERGE keys {keys}")
 
 
 class Lake(abc.ABC):
@@ -298,8 +307,7 @@ class Lake(abc.ABC):
                    version: int | None = None, small: bool = False) -> DataFrame:
         """Keys of the table's rows in the groups ``df`` mentions that ``df`` no longer has
         (``small``: ``df`` is small enough to broadcast, as in :meth:`count_changes`)."""
-        if not set(within) <= set(keys):
-            raise LakeError(f"replace_within {within} must be columns of the MERGE keys {keys}")
+        check_replace_within(within, keys)
         groups, mine = df.select(*within).distinct(), df.select(*keys)
         if small:
             groups, mine = F.broadcast(groups), F.broadcast(mine)
