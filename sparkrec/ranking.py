@@ -10,8 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .listmetrics import METRICS, list_metrics
+from .ragged import arrow_csr
 
 Gain = Literal["linear", "exponential"]
 
@@ -75,13 +81,18 @@ def _first_per_item(structs: Column) -> Column:
     return F.filter(structs, lambda x, i: (i == 0) | (F.element_at(structs, i)["item"] != x["item"]))
 
 
-def _within(k: int):
-    # A factory, not ``lambda x, k=k``: PySpark reads a 2-argument lambda as (element, index).
-    return lambda x: x["rank"] <= k
-
-
-def _sum(values: Column) -> Column:
-    return F.aggregate(values, F.lit(0.0), lambda acc, v: acc + v)
+def _per_user_metrics(ks: list[int], names: list[str]):
+    """mapInArrow function: each user's hits and ideal gains through :func:`list_metrics`."""
+    def run(batches):
+        for batch in batches:
+            hit_ptr, hit_rank = arrow_csr(batch.column("hit_rank"))
+            _, hit_gain = arrow_csr(batch.column("hit_gain"), np.float64)
+            ideal_ptr, ideal = arrow_csr(batch.column("ideal"), np.float64)
+            n_rel = batch.column("n_rel").to_numpy(zero_copy_only=False)
+            values = list_metrics(n_rel, hit_ptr, hit_rank, hit_gain, ideal_ptr, ideal, ks)
+            yield pa.RecordBatch.from_arrays([batch.column("grp")] + [pa.array(values[n]) for n in names],
+                                             ["grp", *names])
+    return run
 
 
 def ranking_metrics(recs: DataFrame, truth: DataFrame, ks: Sequence[int], graded: bool = True,
@@ -89,7 +100,8 @@ def ranking_metrics(recs: DataFrame, truth: DataFrame, ks: Sequence[int], graded
     """Precision/Recall/NDCG/MAP/HitRate at each K and MRR; see :data:`PROTOCOL`.
 
     Recommendations and relevant items meet in ONE shuffle by user: each user's list and
-    truth become two arrays, and every metric is array arithmetic on them. A join on
+    truth become arrays, and :func:`sparkrec.listmetrics.list_metrics` (the formulas the
+    trainer's validation uses too) computes every metric per user in numpy. A join on
     (user, item) followed by windows would shuffle the recommendations three times.
     Returns ``{"precision@10": ..., "mrr": ..., "n_users": ...}``.
     """
@@ -99,7 +111,7 @@ def ranking_metrics(recs: DataFrame, truth: DataFrame, ks: Sequence[int], graded
 
 
 def _empty_ranking(ks: list[int]) -> dict[str, float]:
-    names = ["n_users", "mrr"] + [f"{m}@{k}" for k in ks for m in ("precision", "recall", "ndcg", "map", "hitrate")]
+    names = ["n_users", "mrr"] + [f"{m}@{k}" for k in ks for m in METRICS]
     return dict.fromkeys(names, 0.0)
 
 
@@ -142,33 +154,18 @@ def ranking_metrics_by(recs: DataFrame, truth: DataFrame, ks: Sequence[int], by:
         F.sort_array(F.transform("rel", lambda x: -x["neg"]), asc=False).alias("ideal"),
         F.sort_array(F.transform("recs", lambda x: F.struct(x["rank"].alias("rank"), x["item"].alias("item"))))
         .alias("ranked"))
-    steps = steps.select(
-        "grp", "n_rel", "gain_of", F.transform("ideal", lambda g, i: g / F.log2(i + 2.0)).alias("ideal"),
-        F.filter("ranked", lambda x: F.element_at(F.col("gain_of"), x["item"]).isNotNull()).alias("hits"))
-    stats = steps.select(
-        "grp", "n_rel", "ideal", F.transform("hits", lambda x, i: F.struct(
-            x["rank"].alias("rank"), F.element_at(F.col("gain_of"), x["item"]).alias("gain"),
-            (i + 1).alias("no"))).alias("hits"))
-
-    h, zero = F.col("hits"), F.lit(0.0)
-    per_metric: list[Column] = [
-        F.count(F.lit(1)).alias("n_users"),
-        F.avg(F.when(F.size(h) > 0, 1.0 / F.element_at(h, 1)["rank"]).otherwise(zero)).alias("mrr")]
-    for k in ks:
-        in_k = F.filter(h, _within(k))
-        n_hits = F.size(in_k).cast("double")
-        dcg = _sum(F.transform(in_k, lambda x: x["gain"] / F.log2(x["rank"] + 1.0)))
-        idcg = _sum(F.slice("ideal", 1, k))
-        ap = _sum(F.transform(in_k, lambda x: x["no"] / x["rank"]))
-        per_metric += [
-            F.avg(n_hits / k).alias(f"precision@{k}"),
-            F.avg(n_hits / F.col("n_rel")).alias(f"recall@{k}"),
-            F.avg(F.when(idcg > 0, dcg / idcg).otherwise(zero)).alias(f"ndcg@{k}"),
-            F.avg(ap / F.least(F.col("n_rel"), F.lit(k))).alias(f"map@{k}"),
-            F.avg(F.when(n_hits > 0, 1.0).otherwise(zero)).alias(f"hitrate@{k}"),
-        ]
+    hits = F.filter("ranked", lambda x: F.element_at(F.col("gain_of"), x["item"]).isNotNull())
+    lists = steps.select("grp", "n_rel", "gain_of", "ideal", hits.alias("hits")).select(
+        "grp", "n_rel", "ideal", F.transform("hits", lambda x: x["rank"]).alias("hit_rank"),
+        F.transform("hits", lambda x: F.element_at(F.col("gain_of"), x["item"])).alias("hit_gain"))
+    names = ["mrr"] + [f"{m}@{k}" for k in ks for m in METRICS]
+    schema = T.StructType([T.StructField("grp", T.StringType())]
+                          + [T.StructField(name, T.DoubleType()) for name in names])
+    per_user = lists.mapInArrow(_per_user_metrics(ks, names), schema)
+    per_metric = [F.count(F.lit(1)).alias("n_users")] + [F.avg(F.col(f"`{n}`")).alias(n) for n in names]
+    stats = per_user.groupBy("grp").agg(*per_metric)
     out: dict[str, dict[str, float]] = {}
-    for row in stats.groupBy("grp").agg(*per_metric).collect():  # one row per group
+    for row in stats.collect():  # one row per group
         values = row.asDict()
         group = values.pop("grp")
         out[group] = {name: float(value) if value is not None else 0.0 for name, value in values.items()}

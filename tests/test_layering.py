@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1] / "sparkrec"
 
 # Lower numbers sit below higher ones. Same number: independent of each other.
 LAYERS: dict[str, int] = {
-    "errors": 0, "logs": 0, "ragged": 0, "ranking": 0, "selection": 0, "cooccurrence": 0,
-    "config": 1, "schemas": 2, "session": 2, "arrowframes": 2,
+    "errors": 0, "logs": 0, "ragged": 0, "listmetrics": 0, "selection": 0, "cooccurrence": 0,
+    "ranking": 1, "config": 1, "schemas": 2, "session": 2, "arrowframes": 2,
     "lake": 3, "ingest": 4, "preflight": 5, "features": 5, "holdout": 6, "text": 6,
     "model": 7, "baselines": 8, "recommend": 9,
     "stream": 10, "serve": 10, "evaluation": 11,
@@ -94,3 +94,20 @@ def test_serving_code_does_not_import_the_training_loop(prefix):
     bad = sorted(f"{p.relative_to(ROOT.parent)} imports {m}" for p in files for m in _imports(p)
                  if m in TRAINING_ONLY)
     assert bad == []
+
+
+def _calls_of(path: Path, name: str) -> int:
+    return sum(1 for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)
+               and getattr(node.func, "attr", getattr(node.func, "id", None)) == name)
+
+
+def test_list_ranking_formulas_live_in_one_module():
+    """A list's NDCG/MAP discount is written once (listmetrics); the evaluator and the trainer's
+    validation both call it. The per-event metrics (prequential hit rank, novelty) are not list
+    metrics and keep their own log2."""
+    event_level = {"evaluation/metrics.py", "stream/prequential.py"}
+    writers = sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
+                     if _calls_of(p, "log2") and str(p.relative_to(ROOT)) not in event_level)
+    assert writers == ["listmetrics.py"]
+    callers = sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if _calls_of(p, "list_metrics"))
+    assert callers == ["model/validation.py", "ranking.py"]

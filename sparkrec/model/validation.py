@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..holdout import Holdout, holdout_for, split_validation
+from ..listmetrics import list_metrics
 from ..ragged import csr
 from ..ranking import seen_items as seen_lists_of
 from ..selection import best_k
@@ -85,8 +86,8 @@ def ranking_quality(scores: np.ndarray, val: ValSet, start: int, k: int) -> tupl
     ``scores`` is (rows, n_items + 1) for users ``start .. start + rows``; column 0 (padding)
     and each user's seen items are excluded here, so callers pass raw scores. The list is cut
     by the platform's one top-K (:func:`sparkrec.selection.best_k`) and the metrics are the
-    binary ones of :data:`sparkrec.ranking.PROTOCOL` (tests hold the two to the same numbers),
-    in numpy because training workers run without Spark.
+    evaluator's own formulas (:func:`sparkrec.listmetrics.list_metrics`, binary gains), in numpy
+    because training workers run without Spark.
     """
     b = len(scores)
     scores = scores.copy()
@@ -101,11 +102,12 @@ def ranking_quality(scores: np.ndarray, val: ValSet, start: int, k: int) -> tupl
     truth = np.zeros(scores.shape, dtype=bool)
     truth[t_rows, val.targets[t_lo:t_hi]] = True
     hit = np.take_along_axis(truth, top, 1) & np.isfinite(top_scores)  # a masked item is not listed
-    n_true = np.diff(val.target_indptr[start:start + b + 1])
-    disc = 1.0 / np.log2(np.arange(2, kk + 2))
-    ideal = np.cumsum(disc)[np.minimum(n_true, kk) - 1]
-    recall = hit.sum(1) / n_true
-    return recall, (hit * disc).sum(1) / ideal
+    _, positions = np.nonzero(hit)  # row-major: each user's hits in rank order
+    hit_indptr = np.concatenate([[0], np.cumsum(hit.sum(1))])
+    target_indptr = val.target_indptr[start:start + b + 1] - t_lo
+    metrics = list_metrics(np.diff(target_indptr), hit_indptr, positions + 1, np.ones(len(positions)),
+                           target_indptr, np.ones(t_hi - t_lo), [kk])
+    return metrics[f"recall@{kk}"], metrics[f"ndcg@{kk}"]
 
 
 @dataclass
