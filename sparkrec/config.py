@@ -485,6 +485,9 @@ class TrainConfig(StrictModel):
     patience: int = Field(2, ge=0)  # epochs without a better validation Recall@K before stopping
     max_val_users: int = Field(2000, gt=0)
     seed: int = 42
+    # Same data + seed -> same weights (torch's deterministic kernels; the Petastorm feed is
+    # ordered either way). Off trades repeatability for speed on a GPU.
+    deterministic: bool = True
     workdir: str = "work/train"  # petastorm cache + checkpoints; shared storage on clusters
     mlflow_uri: str = "mlruns"  # a local file store by default; a tracking server URL on clusters
     experiment: str = "sparkrec"

@@ -137,7 +137,11 @@ def petastorm_converter(spark: SparkSession, examples: DataFrame, workdir: Path,
     cache.mkdir(parents=True, exist_ok=True)
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache.as_uri())
     # A few large files: petastorm reads row groups, and many small files starve the loader.
-    return make_spark_converter(examples.repartition(partitions))
+    converter = make_spark_converter(examples.repartition(partitions))
+    # The files come in directory-listing order, which varies between runs; readers shuffle
+    # row groups from that order by seed, so a fixed order makes a training run repeatable.
+    converter.file_urls = sorted(converter.file_urls)
+    return converter
 
 
 def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:

@@ -9,6 +9,7 @@ mode keeps whichever rank's result file was written last.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -58,12 +59,24 @@ def ranking_at_k(model: TwoTower, val: ValSet, k: int, chunk: int = 256) -> dict
     return {f"recall@{k}": float(np.concatenate(recall).mean()), f"ndcg@{k}": float(np.concatenate(ndcg).mean())}
 
 
-def _petastorm_batches(converter: Any, batch_size: int, dist: Dist, seed: int) -> tuple[Any, Iterator[dict]]:
-    ctx = converter.make_torch_dataloader(batch_size=batch_size, num_epochs=None, cur_shard=dist.rank,
-                                          shard_count=dist.world, shuffling_queue_capacity=batch_size * 8,
-                                          seed=seed, workers_count=2)
-    loader = ctx.__enter__()
-    return ctx, iter(loader)
+def _petastorm_batches(converter: Any, batch_size: int, dist: Dist, seed: int) -> Iterator[dict]:
+    """Full batches from one Petastorm reader per pass over the examples, pass ``p`` seeded
+    ``seed + p``, read by one reader thread.
+
+    Both choices make a run repeatable: with two reader threads row groups arrive in whichever
+    order they finish, and an endless reader (``num_epochs=None``) reshuffles its row groups
+    each time its ventilator polls a full queue at a pass boundary, a timing-dependent number
+    of times. Same data and seed now give the same weights (tests/test_model.py).
+    """
+    for n_pass in itertools.count():
+        with converter.make_torch_dataloader(batch_size=batch_size, num_epochs=1, cur_shard=dist.rank,
+                                             shard_count=dist.world, shuffling_queue_capacity=batch_size * 8,
+                                             seed=seed + n_pass, workers_count=1) as loader:
+            full = 0
+            for batch in loader:  # a pass's short last batch is dropped, unless it is the whole pass
+                if len(batch["target"]) == batch_size or not full:
+                    full += len(batch["target"]) == batch_size
+                    yield batch
 
 
 def _memory_batches(path: str, batch_size: int, dist: Dist, seed: int) -> Iterator[dict]:
@@ -96,6 +109,9 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
 
     tc = TrainConfig.model_validate(params["train"])
     spec = ModelSpec.from_dict(params["spec"])
+    if tc.deterministic:  # cuBLAS reads this when CUDA starts; repeatable GEMMs need it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(tc.deterministic, warn_only=True)
     device = pick_device(tc.use_gpu)
     dist = make_dist(params["backend"], device)
     if device.type == "cpu":  # share the machine's cores between local workers, never oversubscribe
@@ -109,9 +125,8 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(tc.seed + 1000 * (dist.rank + 1))  # different dropout / negatives per rank
     val = ValSet.load(params["val_path"]) if dist.is_main else None
 
-    ctx = None
     if params.get("converter") is not None:
-        ctx, batches = _petastorm_batches(params["converter"], tc.batch_size, dist, tc.seed)
+        batches = _petastorm_batches(params["converter"], tc.batch_size, dist, tc.seed)
     else:
         batches = _memory_batches(params["memory_path"], tc.batch_size, dist, tc.seed)
     steps = tc.steps_per_epoch or max(1, math.ceil(params["n_examples"] / (tc.batch_size * dist.world)))
@@ -158,8 +173,7 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
             elif verdict == "stop":
                 break
     finally:
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
+        batches.close()  # a Petastorm reader's threads stop with its generator
         dist.close()
     assert best_state is not None
     return {"history": history, "best": stopping.best, "state": save(best_state), "world": dist.world}
