@@ -488,6 +488,11 @@ class TrainConfig(StrictModel):
     # Same data + seed -> same weights (torch's deterministic kernels; the Petastorm feed is
     # ordered either way). Off trades repeatability for speed on a GPU.
     deterministic: bool = True
+    # After early stopping picks the epoch count on validation (and the head's blend is searched
+    # there), retrain the towers on every train row, validation targets included, for that many
+    # epochs: the baselines are refitted on all rows after tuning; the towers otherwise never see
+    # the held-out share (20% of every sampled user's positives on a random holdout).
+    refit: bool = False
     workdir: str = "work/train"  # petastorm cache + checkpoints; shared storage on clusters
     mlflow_uri: str = "mlruns"  # a local file store by default; a tracking server URL on clusters
     experiment: str = "sparkrec"

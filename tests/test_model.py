@@ -194,6 +194,36 @@ def test_training_is_reproducible(spark, trained):
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
+def test_best_epoch_is_the_first_with_the_top_validation_value():
+    from sparkrec.model.job import best_epoch
+
+    history = [{"recall@20": v} for v in (0.1, 0.3, 0.2, 0.3, 0.25)]
+    assert best_epoch(history, "recall@20") == 2
+
+
+def test_refit_retrains_the_towers_for_the_chosen_epochs(spark, trained):
+    """train.refit: a second training on every train row, as many epochs as validation kept,
+    whose towers are the ones saved (not the first run's)."""
+    import mlflow
+
+    from sparkrec.model.job import run_train
+    from sparkrec.model.registry import load_model
+
+    cfg, lake, runs = trained
+    run_cfg = cfg.model_copy(deep=True)
+    run_cfg.train.backend, run_cfg.train.num_workers, run_cfg.train.epochs = "local", 1, 2
+    run_cfg.model.history, run_cfg.train.split, run_cfg.train.refit = 10, "temporal_loo", True
+    refit = run_train(run_cfg, spark, lake)
+    run = mlflow.get_run(refit["run_id"])
+    steps = mlflow.MlflowClient().get_metric_history(refit["run_id"], "recall_at_20")
+    best = max(steps, key=lambda m: (m.value, -m.step)).step
+    assert run.data.metrics["refit_epochs"] == best
+    assert refit["best_val_recall"] == runs["local"]["best_val_recall"]  # the same first run, repeatably
+    first = load_model(runs["local"]["run_id"], cfg.train.mlflow_uri).model.state_dict()
+    second = load_model(refit["run_id"], cfg.train.mlflow_uri).model.state_dict()
+    assert any(not torch.equal(first[name], second[name]) for name in first)
+
+
 def test_horovod_backend_trained_too(trained):
     if not _horovod_built():
         pytest.skip("Horovod not built (scripts/build_horovod.sh)")

@@ -161,6 +161,8 @@ def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
         converter.delete()
         converter = None
         head, blend = fit_head(cfg, prep, result["state"])
+        if tc.refit:
+            result = refit_towers(cfg, spark, prep, workdir, result)
     finally:
         if converter is not None:
             converter.delete()
@@ -175,6 +177,7 @@ def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
         for row in result["history"]:
             mlflow.log_metrics({mlflow_name(k): v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
         mlflow.log_metrics({"best_val_recall": result["best"], "train_seconds": seconds,
+                            **({"refit_epochs": result["refit_epochs"]} if "refit_epochs" in result else {}),
                             "n_examples": params["n_examples"],
                             **{f"blend_{k}": v for k, v in blend.items() if isinstance(v, float)}})
         if blend.get("trials"):
@@ -193,6 +196,30 @@ def run_train(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     log_fields(log, "model trained", **summary)
     print(f"trained model: MLflow run {run_id} (val recall@{tc.recall_k} = {result['best']:.4f})")
     return summary
+
+
+def best_epoch(history: list[dict[str, float]], key: str) -> int:
+    """The 1-based epoch early stopping kept: the first with the highest validation ``key``."""
+    return 1 + max(range(len(history)), key=lambda i: (history[i][key], -i))
+
+
+def refit_towers(cfg: Config, spark: SparkSession, prep: dict[str, Any], workdir: Path,
+                 first: dict[str, Any]) -> dict[str, Any]:
+    """``train.refit``: the towers retrained from scratch on every train row (the validation
+    targets back in) for the epochs validation chose; same seed, catalogue and spec, so the
+    head and blend searched with the first towers still apply."""
+    tc = cfg.train
+    epochs = best_epoch(first["history"], f"recall@{tc.recall_k}")
+    examples = training_examples(prep["train_pos"], cfg.model.history, prep["gap_scale"], tc.masked_share, tc.seed)
+    converter = petastorm_converter(spark, examples, workdir / "refit", max(2, tc.num_workers * 2))
+    params = {**prep["params"], "train": {**prep["params"]["train"], "epochs": epochs}, "converter": converter,
+              "n_examples": len(converter), "refit": True, "workdir": str(workdir / "refit")}
+    log_fields(log, "refitting the towers on every train row", epochs=epochs, examples=params["n_examples"])
+    try:
+        again = run_distributed(tc.backend, tc.num_workers, worker_main, params, tc.use_gpu, tc.local_mode)
+    finally:
+        converter.delete()
+    return {**first, "state": again["state"], "refit_epochs": epochs}
 
 
 def fit_head(cfg: Config, prep: dict[str, Any], state: bytes) -> tuple[LinearHead | None, dict[str, Any]]:

@@ -123,7 +123,8 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     fwd, opt = dist.wrap(model, opt)
     torch.manual_seed(tc.seed + 1000 * (dist.rank + 1))  # different dropout / negatives per rank
-    val = ValSet.load(params["val_path"]) if dist.is_main else None
+    refit = bool(params.get("refit"))  # a fixed number of epochs on every row: no validation, keep the last
+    val = ValSet.load(params["val_path"]) if dist.is_main and not refit else None
 
     if params.get("converter") is not None:
         batches = _petastorm_batches(params["converter"], tc.batch_size, dist, tc.seed)
@@ -165,7 +166,7 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
             if dist.is_main:
                 print(f"epoch {epoch}: " + " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"),
                       flush=True)
-            verdict = stopping.update(recall)
+            verdict = "better" if refit else stopping.update(recall)
             if verdict == "better":
                 best_state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
                 if dist.is_main:
