@@ -151,6 +151,18 @@ class CachedEncoder:
         return np.stack([self.vectors[t] for t in texts])
 
 
+def text_recall(exact_state: Any, state: Any, queries: np.ndarray, k: int) -> float:
+    """Mean recall@k of ``state``'s text-only lists against ``exact_state``'s, one query per row."""
+    from sparkrec.serve.scoring import recommend, text_query
+
+    rec = []
+    for qv in queries:
+        want = {r["item_id"] for r in recommend(exact_state, text_query(exact_state, qv[None, :]), k, None, 3)}
+        got = {r["item_id"] for r in recommend(state, text_query(state, qv[None, :]), k, None, 3)}
+        rec.append(len(want & got) / max(len(want), 1))
+    return float(np.mean(rec))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=270_947, help="catalogue size to synthesise")
@@ -175,7 +187,7 @@ def main() -> None:
     from sparkrec.logs import setup_logging
     from sparkrec.model.job import run_train
     from sparkrec.serve import StateHolder, create_app, start_in_thread
-    from sparkrec.serve.scoring import known_user, recommend, text_query
+    from sparkrec.serve.scoring import known_user, recommend
     from sparkrec.serve.server import limit_threads, text_encoder
     from sparkrec.serve.state import load_state
     from sparkrec.session import get_spark
@@ -250,26 +262,15 @@ def main() -> None:
                 got = {r["item_id"] for r in recommend(kstate, q, args.k, None, 3)}
                 rec.append(len(want & got) / max(len(want), 1))
             print(f"faiss recall@{args.k} vs exact over {len(rec)} known users: {np.mean(rec):.4f}")
-            rec = []
-            for s in SENTENCES:
-                want = {r["item_id"] for r in recommend(exact_state, text_query(exact_state, vectors[s][None, :]),
-                                                        args.k, None, 3)}
-                got = {r["item_id"] for r in recommend(kstate, text_query(kstate, vectors[s][None, :]), args.k,
-                                                       None, 3)}
-                rec.append(len(want & got) / max(len(want), 1))
-            print(f"faiss recall@{args.k} vs exact over {len(rec)} text-only users: {np.mean(rec):.4f}")
+            print(f"faiss recall@{args.k} vs exact over {len(SENTENCES)} text-only users: "
+                  f"{text_recall(exact_state, kstate, np.stack([vectors[s] for s in SENTENCES]), args.k):.4f}")
             # Eight sentences are a small sample: also users who describe a catalogue item (its text
             # vector plus noise), as many as --recall-users.
             rng, text = np.random.default_rng(1), kstate.text_payload.text
             rows = rng.choice(np.flatnonzero(kstate.has_text), size=args.recall_users, replace=False)
             queries = text[rows] + rng.normal(scale=0.5 * float(text[rows].std()), size=text[rows].shape)
-            rec = []
-            for qv in queries.astype(np.float32):
-                want = {r["item_id"] for r in recommend(exact_state, text_query(exact_state, qv[None, :]),
-                                                        args.k, None, 3)}
-                got = {r["item_id"] for r in recommend(kstate, text_query(kstate, qv[None, :]), args.k, None, 3)}
-                rec.append(len(want & got) / max(len(want), 1))
-            print(f"faiss recall@{args.k} vs exact over {len(rec)} item-description users: {np.mean(rec):.4f}")
+            print(f"faiss recall@{args.k} vs exact over {len(rows)} item-description users: "
+                  f"{text_recall(exact_state, kstate, queries.astype(np.float32), args.k):.4f}")
 
 
 if __name__ == "__main__":

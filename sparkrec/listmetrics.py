@@ -17,10 +17,11 @@ METRICS = ("precision", "recall", "ndcg", "map", "hitrate")
 
 
 def _segment_positions(indptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(owner row, 0-based position within the row) of every flat element of a CSR layout."""
+    """(owner row, 0-based position within the row) of every flat element of a CSR layout
+    whose ``indptr`` starts at 0."""
     lengths = np.diff(indptr)
     owner = np.repeat(np.arange(len(lengths)), lengths)
-    return owner, np.arange(int(indptr[-1]) - int(indptr[0])) - (indptr[owner] - indptr[0])
+    return owner, np.arange(int(indptr[-1])) - indptr[owner]
 
 
 def list_metrics(n_rel: np.ndarray, hit_indptr: np.ndarray, hit_rank: np.ndarray, hit_gain: np.ndarray,
@@ -30,6 +31,7 @@ def list_metrics(n_rel: np.ndarray, hit_indptr: np.ndarray, hit_rank: np.ndarray
     A user is described by ``n_rel`` (distinct relevant items, > 0), the listed relevant items
     as (rank, gain) pairs in increasing rank order (``hit_*``, CSR rows; ranks are 1-based and
     need not be contiguous) and the relevant items' gains sorted best first (``ideal_*``).
+    Both indptr arrays start at 0.
     """
     n = len(n_rel)
     n_rel = n_rel.astype(np.float64)
@@ -40,8 +42,9 @@ def list_metrics(n_rel: np.ndarray, hit_indptr: np.ndarray, hit_rank: np.ndarray
     ideal_owner, ideal_position = _segment_positions(ideal_indptr)
     ideal_discounted = ideal_gain.astype(np.float64) / np.log2(ideal_position + 2.0)
     has_hit = np.diff(hit_indptr) > 0
-    first = rank[np.minimum(hit_indptr[:-1] - hit_indptr[0], max(len(rank) - 1, 0))] if len(rank) else np.ones(n)
-    out = {"mrr": np.where(has_hit, 1.0 / first, 0.0)}
+    mrr = np.zeros(n)
+    mrr[has_hit] = 1.0 / rank[hit_indptr[:-1][has_hit]]  # a user's first hit is the best ranked
+    out = {"mrr": mrr}
     for k in ks:
         within = rank <= k
         hits = np.bincount(owner, weights=within, minlength=n)
