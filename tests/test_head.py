@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparkrec.model.blend import TOWER_WEIGHTS, BlendSearch, tower_scale
+from sparkrec.model.blend import LAM_BAND, TOWER_WEIGHTS, BlendSearch, plain_grid, search_blend, tower_scale
 from sparkrec.model.data import Catalog
-from sparkrec.model.head import LinearHead, side_grams, solve_head
+from sparkrec.model.head import LAM_RANGE, LinearHead, side_grams, solve_head
 from sparkrec.model.validation import ValSet, ranking_quality
 from sparkrec.ragged import csr
 
@@ -70,8 +70,9 @@ def test_ranking_quality_matches_hand_computed_values():
     assert recall[1] == 0.5 and np.isclose(ndcg[1], (1 / np.log2(3)) / (1 + 1 / np.log2(3)))
 
 
-def test_search_prefers_the_head_when_the_towers_know_nothing():
-    """Towers with random vectors, a head that has the answer: the search must weight the head."""
+def _two_group_search(sides: dict[str, np.ndarray] | None = None) -> tuple[BlendSearch, np.ndarray, np.ndarray]:
+    """Towers with random vectors, a head that has the answer: two taste groups, each user
+    holding most of their own half, two of them held out."""
     rng = np.random.default_rng(1)
     n_items, n_users = 30, 60
     x = np.zeros((n_users, n_items))
@@ -89,7 +90,13 @@ def test_search_prefers_the_head_when_the_towers_know_nothing():
         fit[u, np.array(targets[u]) - 1] = 0
     items = rng.normal(size=(n_items + 1, 8)).astype(np.float32)
     users = rng.normal(size=(n_users, 8)).astype(np.float32)
-    search = BlendSearch(val, users, items, {False: _gram(fit), True: _gram(fit)}, {}, np.arange(1, n_items + 1))
+    search = BlendSearch(val, users, items, {False: _gram(fit), True: _gram(fit)}, sides or {},
+                         np.arange(1, n_items + 1))
+    return search, users, items
+
+
+def test_search_prefers_the_head_when_the_towers_know_nothing():
+    search, users, items = _two_group_search()
 
     class Trial:
         def suggest_float(self, name, low, high, log=False):
@@ -99,12 +106,30 @@ def test_search_prefers_the_head_when_the_towers_know_nothing():
             return choices[-1]
 
         def set_user_attr(self, key, value):
-            self.attr = value
+            self.attrs = {**getattr(self, "attrs", {}), key: value}
 
     trial = Trial()
     best = search.objective(trial)
-    assert trial.attr < max(TOWER_WEIGHTS) and best > search.quality(None)[1.0]
+    assert trial.attrs["w_tower"] < max(TOWER_WEIGHTS) and best > search.quality(None)[1.0]
     assert np.allclose(tower_scale(users, items, None, 3.0), users)  # no head: the towers as they are
+
+
+def test_search_fixes_lam_on_plain_ease_before_side_information():
+    """Stage one is the plain-EASE log grid (every beta 0); stage two searches the betas with
+    lam held near stage one's best, so heavy lam cannot stand in for heavy side information."""
+    noise = np.abs(np.random.default_rng(2).normal(size=(30, 30)))
+    search, _, _ = _two_group_search({"text": (noise + noise.T) / 2})
+    params, w_tower, ndcg = search_blend(search, 10, seed=0)
+    plain, sided = search.trials[:4], search.trials[4:]
+    assert [(t["lam"], t["binary"]) for t in plain] == [(lam, float(b)) for lam, b in plain_grid(4)]
+    assert all(t["beta_text"] == 0.0 for t in plain) and len(sided) == 6
+    best_plain = max(plain, key=lambda t: t["ndcg@10"])["lam"]
+    low, high = max(LAM_RANGE[0], best_plain * LAM_BAND[0]), min(LAM_RANGE[1], best_plain * LAM_BAND[1])
+    assert all(low <= t["lam"] <= high for t in sided)
+    assert ndcg == max(t["ndcg@10"] for t in search.trials) and 0 <= w_tower <= max(TOWER_WEIGHTS)
+    assert set(params) == {"binary", "lam", "beta_text"}
+    only, _, _ = search_blend(_two_group_search({"text": noise})[0], 1, seed=0)  # one trial: plain EASE
+    assert only["beta_text"] == 0.0
 
 
 def test_early_stopping_stops_after_patience_epochs_not_one_more():

@@ -162,10 +162,15 @@ def solve_head(gram_matrix: np.ndarray, sides: dict[str, np.ndarray], rows: np.n
     return LinearHead(rows, b.astype(np.float32), {k: float(v) for k, v in params.items()})
 
 
-def head_params(trial: Any, sides: dict[str, np.ndarray]) -> dict[str, float]:
-    """The head's search space, relative to the data's scale (see the module docstring)."""
+LAM_RANGE = (0.3, 300.0)
+
+
+def head_params(trial: Any, sides: dict[str, np.ndarray], lam_range: tuple[float, float] = LAM_RANGE
+                ) -> dict[str, float]:
+    """The head's search space, relative to the data's scale (see the module docstring).
+    ``sides`` empty: plain EASE (every beta 0), the first stage of ``blend.search_blend``."""
     params = {"binary": float(trial.suggest_categorical("binary", [0, 1])),
-              "lam": trial.suggest_float("lam", 0.3, 300.0, log=True)}
+              "lam": trial.suggest_float("lam", *lam_range, log=True)}
     for name in sides:
         params[f"beta_{name}"] = trial.suggest_float(f"beta_{name}", 0.0, 2.0)
     return params
