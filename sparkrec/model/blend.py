@@ -4,7 +4,7 @@ score(user, item) = w * cos(user tower, item tower) / s_user + head(user, item),
 scores scaled to unit standard deviation per user (``LinearHead.scores``) and ``s_user`` the
 standard deviation of the user's tower cosines over the head's items. Per-user scaling is why
 one weight ``w`` holds for light and heavy users alike. The head's regularisation, its side
-information weights and ``w`` are chosen by an Optuna (TPE) search on the validation set carved
+information weights and ``w`` are chosen by an Optuna search on the validation set carved
 out of train (:mod:`sparkrec.model.validation`), never on test; ``w`` is optimised exactly
 inside each trial on a grid (it costs no refit), so every trial pays one head solve.
 
@@ -117,9 +117,10 @@ def plain_grid(n: int) -> list[tuple[float, int]]:
 
 
 def search_blend(search: BlendSearch, n_trials: int, seed: int) -> tuple[dict[str, float], float, float]:
-    """(head params, tower weight, validation NDCG) of the best of ``n_trials`` TPE trials over
-    the two stages (module docstring); the towers alone are scored too and reported, so the gain
-    of the head is on record."""
+    """(head params, tower weight, validation NDCG) of the best of ``n_trials`` trials: stage
+    one's fixed ``plain_grid``, then stage two's TPE (module docstring; without side information
+    every trial is on the grid). The towers alone are scored too and reported, so the gain of the
+    head is on record."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
