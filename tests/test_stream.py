@@ -111,10 +111,14 @@ def test_a_burst_in_another_genre_moves_the_list_without_retraining(served):
     cfg, lake, root = served
     served_run = resolve_run(cfg, lake).run_id
     before = genre_share(lake, "u3", HORROR)  # a comedy-only user
+    quarantine = lake.version("quarantine") if lake.exists("quarantine") else None
     path = root / "burst.csv"
     path.write_text(HEADER + "".join(event("u3", i, 100 + n) for n, i in enumerate(range(61, 73))))
     report = process_batch(cfg, lake.spark, lake, [str(path)], "csv", BatchTxn("test-burst", 0))
     assert report.accepted == 12 and report.users_refreshed == 1
+    # a clean batch commits nothing to the quarantine (an empty MERGE would cost a commit)
+    assert "quarantine" not in report.steps
+    assert (lake.version("quarantine") if lake.exists("quarantine") else None) == quarantine
     after = genre_share(lake, "u3", HORROR)
     assert after > before, (before, after)
     assert resolve_run(cfg, lake).run_id == served_run  # no retraining

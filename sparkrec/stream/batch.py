@@ -94,7 +94,8 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
         rejected = [quarantine_rows(spark, unreadable, "interactions")] if unreadable else []
         if v is not None:
             landed = v.rows.agg(F.min(FILE_TIME)).collect()[0][0]
-            rejected.append(v.quarantine())
+            if counts.quarantined > len(unreadable):  # a clean batch skips the MERGE: a commit's cost
+                rejected.append(v.quarantine())
         if rejected:
             every = reduce(DataFrame.unionByName, rejected)
             _commit(txn, lake, "quarantine", report, lambda lk: _quarantine(lk, every))
