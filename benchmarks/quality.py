@@ -228,7 +228,8 @@ def run_dataset(dataset: str, args: argparse.Namespace, work: Path, results: dic
     writing ``--json`` after each one."""
     overrides = [f"lake.root={work / 'lake'}", f"data.dataset={dataset}", "logging.level=WARNING",
                  f"train.workdir={work / 'train'}", f"train.mlflow_uri={work / 'mlruns'}",
-                 "train.progress=false", f"train.epochs={args.epochs}", f"train.refit={str(args.refit).lower()}"]
+                 "train.progress=false", f"train.epochs={args.epochs}", f"train.refit={str(args.refit).lower()}",
+                 *args.set]
     if dataset == "bookcrossing":
         core = bookcrossing_core(args.shared / "book-crossing", work / f"bx-core{args.bx_core}", args.bx_core)
         print(f"Book-Crossing {args.bx_core}-core: {core['ratings']:,} ratings, {core['users']:,} users, "
@@ -303,6 +304,9 @@ def main() -> None:
     parser.add_argument("--refit", action="store_true",
                         help="train.refit: retrain the towers on all train rows for the epochs validation chose")
     parser.add_argument("--epochs", type=int, default=8, help="max hybrid epochs (early stopping on validation)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run (e.g. embed.runtime=onnx embed.quantize=int8: "
+                             "the same protocols with another text encoder)")
     parser.add_argument("--bx-core", type=int, default=20, help="Book-Crossing k-core")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "quality")
