@@ -23,6 +23,10 @@ import numpy as np
 import pandas as pd
 from deltalake import DeltaTable
 
+from sparkrec.model.head import solve_head
+from sparkrec.model.validation import ValSet, ranking_quality
+from sparkrec.ragged import csr
+
 LAMBDAS = (2, 5, 10, 20, 40, 80)
 DROPOUTS = (0.0, 0.1, 0.2, 0.33, 0.5)
 RP3 = list(product((0.5, 0.8, 1.0), (0.0, 0.3, 0.5, 0.7)))  # (alpha, beta)
@@ -36,26 +40,26 @@ def dense(rows: pd.DataFrame, users: dict[int, int], items: dict[int, int]) -> n
     return x
 
 
-def ndcg_at(scores: np.ndarray, seen: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
-    """Mean NDCG@k over users with a validation item, seen items excluded."""
-    s = np.where(seen > 0, -np.inf, scores)
-    top = np.argpartition(-s, k, axis=1)[:, :k]
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1), 1)
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (np.take_along_axis(truth, top, 1) * disc).sum(1)
-    n = truth.sum(1).astype(int)
-    ideal = np.cumsum(disc)[np.clip(n, 1, k) - 1]
-    return float((dcg[n > 0] / ideal[n > 0]).mean())
+def ndcg_at(scores: np.ndarray, fit: np.ndarray, val: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k over users with a validation item, fit items excluded: the trainer's own
+    validation metric (:func:`sparkrec.model.validation.ranking_quality`) on dense matrices."""
+    users = np.flatnonzero(val.sum(1) > 0)
+    seen_indptr, seen = csr([np.flatnonzero(row) + 1 for row in fit[users]])
+    target_indptr, targets = csr([np.flatnonzero(row) + 1 for row in val[users]])
+    empty = np.zeros(0, np.int64)
+    held = ValSet(users=users + 1, hist=empty, gaps=empty, target_indptr=target_indptr, targets=targets,
+                  seen_indptr=seen_indptr, seen_items=seen, items_indptr=empty, items=empty, item_weights=empty)
+    padded = np.hstack([np.zeros((len(users), 1), np.float32), scores[users]])  # column 0: padding row
+    return float(ranking_quality(padded, held, 0, k)[1].mean())
 
 
 def edlae(x: np.ndarray, lam: float, p: float) -> np.ndarray:
-    """EASE's closed form with EDLAE's emphasis on the diagonal (p = 0: plain EASE)."""
+    """The head's closed form with EDLAE's emphasis as a side matrix: ``diag(G) / d`` weighted by
+    ``p / (1 - p)`` adds exactly ``p / (1 - p) * diag(G)`` to the diagonal (p = 0: plain EASE)."""
     g = (x.T @ x).astype(np.float64)
-    g[np.diag_indices_from(g)] += lam * float(np.mean(np.diag(g))) + p / (1 - p) * np.diag(g)
-    inv = np.linalg.inv(g.astype(np.float32))
-    b = -inv / np.diag(inv)[None, :]
-    np.fill_diagonal(b, 0.0)
-    return b
+    emphasis = np.diag(np.diag(g)) / (float(np.mean(np.diag(g))) or 1.0)
+    params = {"lam": lam, "beta_drop": p / (1 - p)}
+    return solve_head(g, {"drop": emphasis}, np.arange(len(g)), params).weights
 
 
 def rp3beta(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
