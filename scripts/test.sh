@@ -11,4 +11,4 @@ else bash scripts/install_chromium.sh || echo "no chromium: the report's browser
 if [ "${CI:-}" = "true" ]; then bash scripts/setup_airflow.sh >/dev/null
 else bash scripts/setup_airflow.sh >/dev/null || echo "no .venv-airflow: the Airflow DAG test will skip" >&2; fi
 ruff check sparkrec tests jobs benchmarks scripts notebooks deploy
-python -m pytest -q --durations=15 "$@"
+python -m pytest -q --durations=40 "$@"

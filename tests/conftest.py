@@ -65,28 +65,55 @@ def sample_lake(spark, tmp_path_factory):
     return cfg, lake
 
 
-@pytest.fixture(scope="session")
-def sample_copy(spark, sample_lake, tmp_path_factory):
-    """A factory of private copies of the sample lake, each with its own work dir and MLflow
-    store, for modules that write tables or models the others must not see."""
+def _private_copy(spark, base_cfg, root: Path):
+    """A copy of a sample lake under ``root`` with its own work dir and MLflow store."""
     import shutil
 
     from sparkrec.lake import DeltaRsLake, RunContext
 
+    shutil.copytree(base_cfg.lake.root, root / "lake", ignore=shutil.ignore_patterns("work", "mlruns"))
+    cfg = base_cfg.model_copy(deep=True)
+    cfg.lake.root, cfg.train.workdir = str(root / "lake"), str(root / "work")
+    cfg.train.mlflow_uri = str(root / "ml")
+    return cfg, DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="test"))
+
+
+@pytest.fixture(scope="session")
+def embedded_sample(spark, sample_lake, tmp_path_factory):
+    """The sample with its item text embedded (the all-data table and every split's), once per
+    run: the modules that need text start from a copy of it instead of encoding 6,003 items each."""
+    from sparkrec.text import run_embed
+
+    cfg, lake = _private_copy(spark, sample_lake[0], tmp_path_factory.mktemp("sample-embedded"))
+    run_embed(cfg, spark, lake)
+    return cfg, lake
+
+
+@pytest.fixture(scope="session")
+def sample_copy(spark, sample_lake, tmp_path_factory):
+    """A factory of private copies of the sample lake, each with its own work dir and MLflow
+    store, for modules that write tables or models the others must not see."""
+
     def make(name: str):
-        base_cfg, _ = sample_lake
         root = tmp_path_factory.mktemp(name)
-        shutil.copytree(base_cfg.lake.root, root / "lake", ignore=shutil.ignore_patterns("work", "mlruns"))
-        cfg = base_cfg.model_copy(deep=True)
-        cfg.lake.root, cfg.train.workdir = str(root / "lake"), str(root / "work")
-        cfg.train.mlflow_uri = str(root / "ml")
-        return cfg, DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="test")), root
+        return (*_private_copy(spark, sample_lake[0], root), root)
 
     return make
 
 
 @pytest.fixture(scope="session")
-def trained_sample(spark, sample_copy):
+def embedded_copy(spark, embedded_sample, tmp_path_factory):
+    """Like ``sample_copy``, from the sample whose item text is already embedded."""
+
+    def make(name: str):
+        root = tmp_path_factory.mktemp(name)
+        return (*_private_copy(spark, embedded_sample[0], root), root)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_sample(spark, embedded_copy):
     """A factory: a private sample copy with item text, one user known only by ``interest``
     (``kid_fan``), a small hybrid (local, 2 epochs) and its batch lists (k=10); ``tweak(cfg)``
     adjusts the config before anything runs. Returns (cfg, lake, recommend summary)."""
@@ -96,7 +123,7 @@ def trained_sample(spark, sample_copy):
         from sparkrec.recommend import run_recommend
         from sparkrec.text import run_embed
 
-        cfg, lake, root = sample_copy(name)
+        cfg, lake, root = embedded_copy(name)
         interests = root / "interests.csv"
         interests.write_text(f'user_id,text\nkid_fan,"{interest}"\n')
         cfg.embed.user_text_path = str(interests)

@@ -38,13 +38,13 @@ def test_slices_tag_each_test_row_by_what_train_knew(spark):
 
 
 @pytest.fixture(scope="module")
-def evaluated(spark, sample_copy):
+def evaluated(spark, embedded_copy):
     """The sample with item text and a small model trained on temporal_loo, then evaluated."""
     from sparkrec.evaluation.job import run_evaluate
     from sparkrec.model.job import run_train
     from sparkrec.text import run_embed
 
-    cfg, lake, root = sample_copy("evaluate")
+    cfg, lake, root = embedded_copy("evaluate")
     cfg.train.backend, cfg.train.epochs, cfg.model.history = "local", 2, 10
     cfg.train.split = "temporal_loo"  # the evaluated split: the default (none) trains on its test rows too
     ec = cfg.evaluation
