@@ -11,6 +11,8 @@ import urllib.request
 
 import pytest
 
+from sparkrec.notebook import SPLIT_SWITCHES
+
 BUCKET = "sparkrec-test"
 
 
@@ -96,9 +98,8 @@ def _pipeline(spark, cfg, lake):
 # The evaluation splits are the same code on either store and cost most of features and embed:
 # one (temporal leave-last-one, which the features stage always writes) stands for them; shorter
 # texts (64 tokens, as the cluster test uses) make the encoder's share smaller still.
-FAST = ["embed.splits=[temporal_loo]", "embed.max_length=64", "features.splits.global_time_cut_quantile=null",
-        "features.splits.random_ratio=null", "features.splits.stratified_ratio=null",
-        "features.splits.cold_items_fraction=null", "features.splits.cold_users_fraction=null"]
+FAST = ["embed.splits=[temporal_loo]", "embed.max_length=64",
+        *(f"features.splits.{key}=null" for key in SPLIT_SWITCHES.values())]
 # The sample pipeline's tables; ingest_runs (times, durations) differs between any two runs, and so
 # do the columns that record when a row was made and by which MLflow run.
 COMPARED = ("interactions", "items", "quarantine", "item_features", "user_index", "item_index",
