@@ -38,21 +38,16 @@ def test_slices_tag_each_test_row_by_what_train_knew(spark):
 
 
 @pytest.fixture(scope="module")
-def evaluated(spark, embedded_copy):
+def evaluated(spark, temporal_model):
     """The sample with item text and a small model trained on temporal_loo, then evaluated."""
     from sparkrec.evaluation.job import run_evaluate
-    from sparkrec.model.job import run_train
-    from sparkrec.text import run_embed
 
-    cfg, lake, root = embedded_copy("evaluate")
-    cfg.train.backend, cfg.train.epochs, cfg.model.history = "local", 2, 10
-    cfg.train.split = "temporal_loo"  # the evaluated split: the default (none) trains on its test rows too
+    cfg, lake, root, _ = temporal_model
+    cfg = cfg.model_copy(deep=True)  # test_model trains from the same config
     ec = cfg.evaluation
     ec.models, ec.ks = MODELS, [5, 10, 20]
     ec.als_ranks, ec.als_reg_params, ec.als_alphas, ec.als_max_iter = [16], [0.1], [1.0], 5
     ec.ease_lambdas = [250.0]  # grids are tested in test_baselines; one point keeps this fast
-    run_embed(cfg, spark, lake)
-    run_train(cfg, spark, lake)
     summary = run_evaluate(cfg, spark, lake, root / "report.html")
     return cfg, lake, summary
 

@@ -1,4 +1,4 @@
-"""kill -9 at several points of ingest and features, then a rerun (issue 15's acceptance): every
+"""kill -9 at several points of ingest and features, each followed by a rerun (issue 15's acceptance): every
 table holds exactly the input's rows, and after `sparkrec vacuum` no file older than the
 retention is left that no table version references.
 
@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from sparkrec.notebook import SPLIT_SWITCHES
+
 REPO = Path(__file__).resolve().parents[1]
+SPLITS_OFF = ", ".join(f"{key}: null" for key in SPLIT_SWITCHES.values())
 USERS, ITEMS = 300, 60
 pytestmark = pytest.mark.slow
 
@@ -42,8 +45,7 @@ data:
     rating_min: 1
     rating_max: 5
 features:
-  splits: {{global_time_cut_quantile: null, random_ratio: null, stratified_ratio: null,
-           cold_items_fraction: null, cold_users_fraction: null}}
+  splits: {{{SPLITS_OFF}}}
 """)
     return conf
 
@@ -107,22 +109,20 @@ def _vacuum_leaves_no_old_orphans(conf: Path, lake: Path) -> None:
         assert not orphans, f"{folder.name}: {sorted(orphans)[:3]}"
 
 
-@pytest.mark.parametrize("kill_point", ["first_data_file", "items_committed", "features_half_done"])
-def test_a_killed_run_then_a_rerun_leaves_exact_tables_and_no_orphans(tmp_path, kill_point):
+def test_killed_runs_then_reruns_leave_exact_tables_and_no_orphans(tmp_path):
+    """One lake through every kill point in turn, each rerun starting from what the last kill
+    left: ingest killed right after the items commit, its rerun killed at its first data file
+    of interactions (items already done), a full ingest, features killed half way, full
+    features; then the tables, then vacuum."""
     conf = _inputs(tmp_path)
     lake = tmp_path / "lake" / "generic"
-    if kill_point == "features_half_done":
-        _finish(conf, "ingest")
-        proc = _cli(conf, "features")
-        _kill_when(proc, lambda: (lake / "user_index" / "_delta_log").exists())
-        _finish(conf, "features")
-    else:
-        proc = _cli(conf, "ingest")
-        landed = ((lambda: any(_parquet_in(lake / "items")) or any(_parquet_in(lake / "interactions")))
-                  if kill_point == "first_data_file" else (lambda: (lake / "items" / "_delta_log").exists()))
-        _kill_when(proc, landed)
-        _finish(conf, "ingest")
-        _finish(conf, "features")
+    _kill_when(_cli(conf, "ingest"), lambda: (lake / "items" / "_delta_log").exists())
+    before = set(_parquet_in(lake / "interactions"))
+    _kill_when(_cli(conf, "ingest"), lambda: bool(set(_parquet_in(lake / "interactions")) - before))
+    _finish(conf, "ingest")
+    assert not (lake / "user_index" / "_delta_log").exists()  # features has not started yet
+    _kill_when(_cli(conf, "features"), lambda: (lake / "user_index" / "_delta_log").exists())
+    _finish(conf, "features")
     _check_tables(lake)
     runs = DeltaTable(str(lake / "ingest_runs")).to_pandas()
     assert not runs.duplicated(["run_id", "target_table"]).any()

@@ -141,18 +141,17 @@ def _horovod_built() -> bool:
 
 
 @pytest.fixture(scope="module")
-def trained(spark, sample_lake):
-    """One model per backend on the sample (temporal leave-last-one split); Horovod only
-    where it is built, so its absence skips its own test, not the other backends'."""
+def trained(spark, temporal_model):
+    """One model per backend on the sample with item text (temporal leave-last-one split): the
+    local one is the run test_evaluate judges; Horovod only where it is built, so its absence
+    skips its own test, not the other backends'."""
     from sparkrec.model.job import run_train
 
-    cfg, lake = sample_lake
-    runs = {}
-    backends = [("local", 1), ("torchdistributor", 2)] + ([("horovod", 2)] if _horovod_built() else [])
-    for backend, workers in backends:
+    cfg, lake, _, local = temporal_model
+    runs = {"local": local}
+    for backend in ["torchdistributor"] + (["horovod"] if _horovod_built() else []):
         run_cfg = cfg.model_copy(deep=True)
-        run_cfg.train.backend, run_cfg.train.num_workers, run_cfg.train.epochs = backend, workers, 2
-        run_cfg.model.history, run_cfg.train.split = 10, "temporal_loo"
+        run_cfg.train.backend, run_cfg.train.num_workers = backend, 2
         runs[backend] = run_train(run_cfg, spark, lake)
     return cfg, lake, runs
 
@@ -183,10 +182,7 @@ def test_training_is_reproducible(spark, trained):
     from sparkrec.model.registry import load_model
 
     cfg, lake, runs = trained
-    run_cfg = cfg.model_copy(deep=True)
-    run_cfg.train.backend, run_cfg.train.num_workers, run_cfg.train.epochs = "local", 1, 2
-    run_cfg.model.history, run_cfg.train.split = 10, "temporal_loo"
-    again = run_train(run_cfg, spark, lake)
+    again = run_train(cfg.model_copy(deep=True), spark, lake)  # the local run's config
     assert again["best_val_recall"] == runs["local"]["best_val_recall"]
     first = load_model(runs["local"]["run_id"], cfg.train.mlflow_uri).model.state_dict()
     second = load_model(again["run_id"], cfg.train.mlflow_uri).model.state_dict()
@@ -211,8 +207,7 @@ def test_refit_retrains_the_towers_for_the_chosen_epochs(spark, trained):
 
     cfg, lake, runs = trained
     run_cfg = cfg.model_copy(deep=True)
-    run_cfg.train.backend, run_cfg.train.num_workers, run_cfg.train.epochs = "local", 1, 2
-    run_cfg.model.history, run_cfg.train.split, run_cfg.train.refit = 10, "temporal_loo", True
+    run_cfg.train.refit = True
     refit = run_train(run_cfg, spark, lake)
     run = mlflow.get_run(refit["run_id"])
     steps = mlflow.MlflowClient().get_metric_history(refit["run_id"], "recall_at_20")

@@ -148,7 +148,11 @@ def executed(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("nb-work")
     out = work / "executed"
     env = {"SPARKREC_NB_WORK_DIR": str(work), "PYSPARK_PYTHON": sys.executable, "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+           "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+           # the widgets a user would turn down for a quicker look: 64-token texts, one epoch in 03,
+           # four of the six models in 04 (test_evaluate judges all six)
+           "SPARKREC_NB_OVERRIDES": "embed.max_length=64", "SPARKREC_NB_EPOCHS": "1",
+           "SPARKREC_NB_MODELS": "hybrid,most_popular,ease,content_only"}
     results = {}
     for path in NOTEBOOKS:
         started = time.perf_counter()

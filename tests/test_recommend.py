@@ -44,7 +44,7 @@ def served(trained_sample):
     def tweak(cfg):
         cfg.recommend.user_batch = 128
 
-    return trained_sample("recommend", KIDS, tweak)
+    return trained_sample("kids", KIDS, tweak)  # test_serve shares it
 
 
 def _rows(lake):

@@ -23,13 +23,14 @@ KIDS = "animated movie for kids, Pixar"
 
 
 @pytest.fixture(scope="module")
-def trained(trained_sample):
-    """A private copy of the sample lake + item text + interest text + a small model + batch lists."""
+def trained(spark, trained_sample):
+    """The sample lake + item text + interest text + a small model (shared with test_recommend),
+    and batch lists written afresh here, since test_recommend's partial refreshes change some."""
+    from sparkrec.recommend import run_recommend
 
-    def tweak(cfg):
-        cfg.serve.reload_seconds, cfg.serve.max_k = 1.0, 50
-
-    cfg, lake, _ = trained_sample("serve", KIDS, tweak)
+    cfg, lake, _ = trained_sample("kids", KIDS)
+    cfg.serve.reload_seconds, cfg.serve.max_k = 1.0, 50
+    run_recommend(cfg, spark, lake)
     return cfg, lake, lake.read("recommendations").toPandas()
 
 
