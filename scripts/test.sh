@@ -11,4 +11,9 @@ else bash scripts/install_chromium.sh || echo "no chromium: the report's browser
 if [ "${CI:-}" = "true" ]; then bash scripts/setup_airflow.sh >/dev/null
 else bash scripts/setup_airflow.sh >/dev/null || echo "no .venv-airflow: the Airflow DAG test will skip" >&2; fi
 ruff check sparkrec tests jobs benchmarks scripts notebooks deploy
-python -m pytest -q --durations=40 "$@"
+# Two workers (CI has two cores; much of a Spark test on the sample is JVM start-up, Python and
+# I/O): tests/conftest.py groups modules so shared fixtures are built once and orders the longest
+# first. SPARKREC_TEST_WORKERS=0 runs them in one process.
+workers="${SPARKREC_TEST_WORKERS:-2}"
+if [ "$workers" = "0" ]; then parallel=(); else parallel=(-n "$workers" --dist loadgroup --no-loadscope-reorder); fi
+python -m pytest -q --durations=40 "${parallel[@]}" "$@"
