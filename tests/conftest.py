@@ -18,27 +18,40 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-# CI runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`):
-# a module's tests stay on one worker (its module fixtures are built once); the modules that share
-# the sample's session fixtures (its lake, its embedded text, the models trained on it) form one
-# group, so each of those is built once too; and the longest groups go out first, so neither worker
-# is left with a long tail. Serial runs only see the order.
+# CI runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`),
+# scheduled by the groups below: a module's tests stay on one worker (its module fixtures are built
+# once); the modules that share the sample's session fixtures (its lake, its embedded text, the
+# models trained on it) form one group, so each of those is built once too; and the longest groups
+# go out first, so neither worker is left with a long tail. Serial runs only see the order.
+# (xdist's own `xdist_group` marks do not reach its scheduler under pytest 9.2: it renames
+# `item._nodeid`, which pytest no longer reads; hence the scheduler hook.)
 SAMPLE_MODULES = {"test_evaluate", "test_explain_llm", "test_features", "test_model", "test_recommend",
                   "test_serve", "test_serve_baseline", "test_serving"}
 LONGEST_FIRST = ["sample", "test_notebooks", "test_cluster", "test_object_storage", "test_stream",
                  "test_baselines", "test_kill_rerun", "test_bookcrossing_e2e", "test_report"]
 
 
-def _group(item: pytest.Item) -> str:
-    module = item.path.stem
+def _group(nodeid: str) -> str:
+    module = Path(nodeid.split("::", 1)[0]).stem
     return "sample" if module in SAMPLE_MODULES else module
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: module order kept within
+    items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))  # stable: module order kept within
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadgroup``: whole groups of ``_group`` to a worker, in collection order."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
