@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,12 @@ FAST_OVERRIDES: tuple[str, ...] = (
 SPLIT_SWITCHES = {"global_time": "global_time_cut_quantile", "random": "random_ratio",
                   "stratified": "stratified_ratio", "cold_items": "cold_items_fraction",
                   "cold_users": "cold_users_fraction"}
+
+
+def splits_off(keep: Iterable[str] = ()) -> list[str]:
+    """Overrides that switch off every optional evaluation split except those named in ``keep``
+    (temporal leave-last-one is always written): for runs that judge one split, or none."""
+    return [f"features.splits.{key}=null" for split, key in SPLIT_SWITCHES.items() if split not in keep]
 
 # The table each stage writes last: present means the stage ran on this lake.
 STAGE_OUTPUT = {"ingest": "ingest_runs", "features": "user_histories", "embed": "item_embeddings",
@@ -97,9 +103,8 @@ def notebook_config(params: Mapping[str, str], *extra: str) -> Config:
     cfg = load_config(conf, overrides)
     if truthy(params.get("fast", "false")):
         used = {cfg.evaluation.split, cfg.train.split, *cfg.embed.splits}
-        off = [f"features.splits.{key}=null" for split, key in SPLIT_SWITCHES.items()
-               if split not in used and getattr(cfg.features.splits, key) is not None]
-        cfg = load_config(conf, [*overrides[:len(FAST_OVERRIDES)], *off, *overrides[len(FAST_OVERRIDES):]])
+        cfg = load_config(conf, [*overrides[:len(FAST_OVERRIDES)], *splits_off(used),
+                                 *overrides[len(FAST_OVERRIDES):]])
     return cfg
 
 

@@ -148,17 +148,22 @@ def embedded_copy(spark, embedded_sample, tmp_path_factory):
     return make
 
 
+def _small_hybrid(cfg) -> None:
+    """The small hybrid the trained fixtures fit: local backend, 2 epochs, a 10-item history."""
+    cfg.train.backend, cfg.train.epochs, cfg.model.history = "local", 2, 10
+
+
 @pytest.fixture(scope="session")
 def trained_sample(spark, embedded_copy):
     """A factory: a private sample copy with item text, one user known only by ``interest``
-    (``kid_fan``), a small hybrid (local, 2 epochs) and its batch lists (k=10); ``tweak(cfg)``
-    adjusts the config before anything runs. Returns (a copy of its cfg, lake, recommend summary).
+    (``kid_fan``), a small hybrid and its batch lists (k=10, scored in 128-user batches, so
+    across several). Returns (a copy of its cfg, lake, recommend summary).
 
     Built once per ``name`` (a training and a recommend cost minutes): modules that ask for the
     same name share the lake and model, so each must leave them usable or rebuild what it reads."""
     built: dict[str, tuple] = {}
 
-    def make(name: str, interest: str, tweak=None):
+    def make(name: str, interest: str):
         from sparkrec.model.job import run_train
         from sparkrec.recommend import run_recommend
         from sparkrec.text import run_embed
@@ -168,10 +173,8 @@ def trained_sample(spark, embedded_copy):
             interests = root / "interests.csv"
             interests.write_text(f'user_id,text\nkid_fan,"{interest}"\n')
             cfg.embed.user_text_path = str(interests)
-            cfg.train.backend, cfg.train.epochs, cfg.model.history = "local", 2, 10
-            cfg.recommend.k, cfg.recommend.item_block_rows = 10, 2000
-            if tweak is not None:
-                tweak(cfg)
+            _small_hybrid(cfg)
+            cfg.recommend.k, cfg.recommend.item_block_rows, cfg.recommend.user_batch = 10, 2000, 128
             run_embed(cfg, spark, lake)
             run_train(cfg, spark, lake)
             built[name] = (cfg, lake, run_recommend(cfg, spark, lake), interest)
@@ -184,13 +187,13 @@ def trained_sample(spark, embedded_copy):
 
 @pytest.fixture(scope="session")
 def temporal_model(spark, embedded_copy):
-    """A private sample copy with item text and one small hybrid (local, 2 epochs, history 10)
-    fitted on temporal leave-last-one's train part: what test_evaluate judges and test_model's
-    local-backend run. Returns (a copy of its cfg, lake, root, the training summary)."""
+    """A private sample copy with item text and one small hybrid fitted on temporal
+    leave-last-one's train part: what test_evaluate judges and test_model's local-backend run.
+    Returns (a copy of its cfg, lake, root, the training summary)."""
     from sparkrec.model.job import run_train
 
     cfg, lake, root = embedded_copy("temporal-model")
-    cfg.train.backend, cfg.train.epochs, cfg.model.history = "local", 2, 10
+    _small_hybrid(cfg)
     cfg.train.split = "temporal_loo"  # an evaluated split: the default (none) trains on its test rows too
     run = run_train(cfg, spark, lake)
     return cfg.model_copy(deep=True), lake, root, run

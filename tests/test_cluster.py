@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from sparkrec.notebook import SPLIT_SWITCHES
+from sparkrec.notebook import splits_off
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_OVERLAP = 0.95
 K = 10
 FAST = ["features.history_length=20", "train.epochs=1", "train.blend_trials=3", "train.progress=false",
         "train.num_workers=2", "spark.shuffle_partitions=4", "embed.max_length=64", "train.seed=7",
-        "embed.splits=[temporal_loo]", *(f"features.splits.{key}=null" for key in SPLIT_SWITCHES.values())]
+        "embed.splits=[temporal_loo]", *splits_off()]
 
 # Slow (the whole pipeline on 1-core executors, then a local recommend) and part of the suite CI
 # runs. SPARKREC_CLUSTER_TEST=0 skips it locally.

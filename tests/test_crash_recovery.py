@@ -9,12 +9,12 @@ from sparkrec.config import load_config
 from sparkrec.features.job import run_features
 from sparkrec.ingest.job import run_ingest
 from sparkrec.lake import DeltaRsLake, LakeError, RunContext
-from sparkrec.notebook import SPLIT_SWITCHES
+from sparkrec.notebook import splits_off
 
 INTERACTIONS = "user,item,rating,ts\n" + "".join(
     f"u{u},{i},{1 + (u + i) % 5},{1500000000 + 100 * u + i}\n" for u in range(6) for i in range(10, 15))
 ITEMS = "id,title\n" + "".join(f"{i},Item {i}\n" for i in range(10, 15))
-ONLY_LOO = [f"features.splits.{key}=null" for key in SPLIT_SWITCHES.values()]
+ONLY_LOO = splits_off()
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from sparkrec.notebook import SPLIT_SWITCHES
+from sparkrec.notebook import splits_off
 
 BUCKET = "sparkrec-test"
 
@@ -100,7 +100,7 @@ def _stages(spark, cfg, lake, trained: bool) -> None:
 # one (temporal leave-last-one, which the features stage always writes) stands for them; shorter
 # texts (64 tokens, as the cluster test uses) make the encoder's share smaller still.
 FAST = ["embed.splits=[temporal_loo]", "embed.max_length=64",
-        *(f"features.splits.{key}=null" for key in SPLIT_SWITCHES.values())]
+        *splits_off()]
 # The tables ingest, features and embed write, compared row for row; ingest_runs (times,
 # durations) differs between any two runs, and so do the columns that record when a row was made.
 COMPARED = ("interactions", "items", "quarantine", "item_features", "user_index", "item_index",

@@ -40,11 +40,7 @@ def test_evidence_never_cites_the_item_itself_or_padding():
 @pytest.fixture(scope="module")
 def served(trained_sample):
     """A private copy of the sample lake + item text + interest text + a small trained model."""
-
-    def tweak(cfg):
-        cfg.recommend.user_batch = 128
-
-    return trained_sample("kids", KIDS, tweak)  # test_serve shares it
+    return trained_sample("kids", KIDS)  # test_serve shares it
 
 
 def _rows(lake):

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from sparkrec.config import load_config
 from sparkrec.lake import DeltaRsLake, RunContext
-from sparkrec.notebook import SPLIT_SWITCHES
+from sparkrec.notebook import splits_off
 
 HEADER = "user,item,rating,ts\n"
 COMEDY, HORROR = range(1, 61), range(61, 121)
@@ -26,7 +26,7 @@ ITEMS = "id,title,genres\n" + "".join(f"{i},Film {i},{'Comedy' if i in COMEDY el
 TRAIN = HEADER + "".join(
     f"u{u},{items[(u * 7 + j * 3) % 60]},{4 + j % 2},{1500000000 + 1000 * u + j}\n"
     for u in range(40) for items in [list(COMEDY) if u < 20 else list(HORROR)] for j in range(10))
-ONLY_LOO = [f"features.splits.{key}=null" for key in SPLIT_SWITCHES.values()]
+ONLY_LOO = splits_off()
 
 
 def overrides(root) -> list[str]:
