@@ -139,3 +139,25 @@ def test_early_stopping_stops_after_patience_epochs_not_one_more():
     assert [stopping.update(v) for v in (0.10, 0.20, 0.15, 0.19)] == ["better", "better", "continue", "stop"]
     assert stopping.best == 0.20
     assert EarlyStopping(patience=1).update(-2.0) == "stop"  # no better than the start: stop at once
+
+
+def test_the_gram_collected_in_bands_equals_x_transpose_x(spark):
+    """``weighted_gram`` brings X^T X to the driver in bands of head rows (one ``toPandas`` of
+    every entry exceeded ``spark.driver.maxResultSize`` on full Book-Crossing): any band size
+    gives the dense product, re-rated pairs counted once at their largest weight."""
+    from sparkrec.model.head import weighted_gram
+
+    rng = np.random.default_rng(5)
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, 40, 600), rng.integers(0, 60, 600), strict=True)}
+    rows = [(u, i, float(rng.integers(1, 6))) for u, i in sorted(pairs)]
+    rows += [(u, i, 0.5) for u, i in sorted(pairs)[:50]]  # re-rated lower: the largest weight stays
+    positives = spark.createDataFrame(rows, "user_idx int, item_idx int, weight double")
+    head = np.sort(rng.choice(np.arange(1, 61), 25, replace=False))  # model rows = item_idx + 1
+    x = np.zeros((40, 60))
+    for u, i, w in rows:
+        x[u, i] = max(x[u, i], w)
+    x = x[:, head - 1]
+    for binary in (False, True):
+        want = (x > 0).astype(float) if binary else x
+        for max_entries in (10_000, 100, 30):  # one band; four; 25 of one row each
+            assert np.allclose(weighted_gram(positives, head, binary, max_entries), want.T @ want)
