@@ -17,7 +17,12 @@ given the encoded vectors of the benchmark's sentences); the encoder's own time 
 measured apart and printed separately. faiss recall@20 against the exact lists is computed in
 process over ``--recall-users`` users.
 
+With ``--lake DIR`` (the ``--keep`` directory of benchmarks/pipeline.py) it serves that real lake
+instead: Book-Crossing's own 271k books, their real text vectors and a model trained on every
+event, no synthesis.
+
     python benchmarks/serve.py                       # ~5-10 min on 2 cores, most of it setup
+    python benchmarks/serve.py --lake /tmp/bx-lake   # the real Book-Crossing catalogue
     python benchmarks/serve.py --faiss-kind hnsw --seconds 20
 """
 
@@ -173,6 +178,9 @@ def main() -> None:
     ap.add_argument("--text-nprobe", type=int, default=None, help="serve.faiss.text_nprobe (ivf lists for text)")
     ap.add_argument("--recall-users", type=int, default=300)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--lake", default=None,
+                    help="serve a real lake instead: the --keep directory of benchmarks/pipeline.py (no synthesis)")
+    ap.add_argument("--dataset", default="bookcrossing", help="the namespace of --lake")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -194,9 +202,11 @@ def main() -> None:
     from sparkrec.text import run_embed
 
     setup_logging("WARNING")
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="sparkrec-bench-serve-"))
+    root = Path(args.lake or args.workdir or tempfile.mkdtemp(prefix="sparkrec-bench-serve-"))
+    where = ([f"train.workdir={root / 'train'}", f"train.mlflow_uri={root / 'mlruns'}", f"data.dataset={args.dataset}"]
+             if args.lake else [f"train.workdir={root / 'work'}", f"train.mlflow_uri={root / 'ml'}"])
     cfg = load_config(REPO / "conf" / "local.yaml", [
-        f"lake.root={root / 'lake'}", f"train.workdir={root / 'work'}", f"train.mlflow_uri={root / 'ml'}",
+        f"lake.root={root / 'lake'}", *where,
         "train.backend=local", "train.epochs=1", "train.progress=false", "train.blend_trials=4", "model.history=20",
         "features.history_length=20", "serve.reload_seconds=0", f"serve.faiss.kind={args.faiss_kind}",
         *([f"serve.faiss.text_nprobe={args.text_nprobe}"] if args.text_nprobe else []), "logging.level=WARNING"])
@@ -212,8 +222,10 @@ def main() -> None:
     spark.stop()  # nothing below touches Spark: the JVM would only compete for the two cores
     limit_threads(cfg.serve.threads)  # as `sparkrec serve` does
     setup_s = time.perf_counter() - t0
-    state = synthesise(state, args.items)
-    print(f"setup (sample lake, 1-epoch model, load) {setup_s:.0f} s; catalogue synthesised to "
+    if not args.lake:
+        state = synthesise(state, args.items)
+    print(f"setup ({'lake ' + args.lake if args.lake else 'sample lake, 1-epoch model'}, load) {setup_s:.0f} s; "
+          f"catalogue {'of' if args.lake else 'synthesised to'} "
           f"{state.payload.items.shape[0] - 1:,} items x {state.payload.items.shape[1]} dims "
           f"(text: {state.text_payload.text.shape[1] if state.text_payload else 0} dims); "
           f"{len(state.users.rows)} users; cpus {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
