@@ -14,7 +14,7 @@ Quality is not re-measured here: the production model trains on every event, so 
 held out to score. NDCG@10 of the same model against the same tuned ALS is benchmarks/quality.py's
 (Book-Crossing stratified: hybrid 0.1224 vs ALS 0.1082, 3 seeds).
 
-    python benchmarks/pipeline.py                                   # full Book-Crossing, ~45 min on 2 cores
+    python benchmarks/pipeline.py                                   # full Book-Crossing: over 70 min on 2 cores
     python benchmarks/pipeline.py --set embed.runtime=onnx embed.quantize=int8
     python benchmarks/pipeline.py --keep /tmp/bx-lake               # keep the lake (benchmarks/serve.py --lake)
 """
