@@ -27,7 +27,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,24 +70,18 @@ def als_end_to_end(spark: Any, ratings: Any, out: Path, rank: int, reg: float, a
 
 
 def ours(cfg: Any, spark: Any) -> dict[str, float]:
-    from sparkrec.features.job import run_features
-    from sparkrec.ingest.job import run_ingest
-    from sparkrec.lake import DeltaRsLake, RunContext
-    from sparkrec.model.job import run_train
-    from sparkrec.recommend.job import run_recommend
-    from sparkrec.text import run_embed
+    """``sparkrec pipeline``'s stages, each through the CLI's own ``run_stages`` (its input and
+    table checks included), timed one by one."""
+    from sparkrec.cli import PIPELINE, run_stages
+    from sparkrec.lake import open_lake
 
-    lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench-pipeline"))
-    stages: list[tuple[str, Callable[..., Any]]] = [("ingest", run_ingest), ("features", run_features),
-                                                    ("embed", run_embed), ("train", run_train),
-                                                    ("recommend", run_recommend)]
     times: dict[str, float] = {}
-    for name, stage in stages:
+    for name in PIPELINE:
         t = time.perf_counter()
-        stage(cfg, spark, lake.with_context(RunContext(stage=name)))
+        run_stages(cfg, [name])
         times[name] = time.perf_counter() - t
         print(f"  {name:<10} {times[name]:8.1f} s", flush=True)
-    recs = lake.read("recommendations")
+    recs = open_lake(spark, cfg).read("recommendations")
     print(f"recommendations: {recs.count():,} rows for {recs.select('user_id').distinct().count():,} users")
     return times
 

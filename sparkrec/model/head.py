@@ -105,14 +105,12 @@ def weighted_gram(positives: DataFrame, rows: np.ndarray, binary: bool = False,
          .join(F.broadcast(keep), "item_idx"))
     g = np.zeros((len(rows), len(rows)), dtype=np.float64)
     band = max(1, max_entries // max(len(rows), 1))
-    entries_df = gram(x)
-    if band < len(rows):
-        entries_df = entries_df.persist(StorageLevel.MEMORY_AND_DISK)
+    banded = band < len(rows)  # one band: no cache, no filter
+    entries_df = gram(x).persist(StorageLevel.MEMORY_AND_DISK) if banded else gram(x)
     try:
         for start in range(0, len(rows), band):
             lo, hi = int(rows[start]) - 1, int(rows[min(start + band, len(rows)) - 1]) - 1
-            entries = (entries_df if band >= len(rows) else
-                       entries_df.filter(F.col("i").between(lo, hi))).toPandas()
+            entries = (entries_df.filter(F.col("i").between(lo, hi)) if banded else entries_df).toPandas()
             i = np.searchsorted(rows, entries["i"].to_numpy() + 1)
             j = np.searchsorted(rows, entries["j"].to_numpy() + 1)
             np.add.at(g, (i, j), entries["value"].to_numpy(dtype=np.float64))
