@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -113,6 +115,21 @@ def test_masked_examples_draw_the_history_from_the_rest_of_the_set(spark):
     assert targets_first.hist != [0, 0, 0]  # unlike next-item, the first event is predicted from later ones
     mixed = training_examples(events, 3, 86400.0, masked_share=0.0).collect()
     assert {r.target: r.hist for r in mixed}[6] == [0, 0, 0]  # share 0: all next-item
+
+
+def test_masked_histories_are_drawn_per_user_without_the_target_item(spark):
+    """The draw is a cyclic window of one shuffle per user: every event of a large set is drawn
+    equally often, histories differ between targets, and a re-rated target item is never in
+    its own history."""
+    rows = [(0, i, i, 1.0) for i in range(40)] + [(0, 3, 50, 1.0)]  # item 3 rated twice
+    events = spark.createDataFrame(rows, "user_idx int, item_idx int, seq long, weight double")
+    out = training_examples(events, 5, 1.0, masked_share=1.0, seed=7).collect()
+    assert len(out) == 41 and all(sum(h > 0 for h in r.hist) == 5 for r in out)
+    assert all(r.target not in r.hist for r in out)
+    assert len({tuple(r.hist) for r in out}) > 30
+    drawn = Counter(h for r in out for h in r.hist)
+    assert set(drawn) == set(range(1, 41))
+    assert all(c == 5 for item, c in drawn.items() if item != 4)  # every event in exactly n histories
 
 
 def test_validation_holdout_follows_the_protocol(spark):
