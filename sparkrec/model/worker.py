@@ -120,7 +120,10 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
     np.random.seed(tc.seed + dist.rank)
     catalog = Catalog.load(params["catalog_path"])
     model = build_model(spec, catalog, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    # fused: one kernel per step instead of a dozen passes over every parameter. The ID tables
+    # grow with the catalogue (35M weights on Book-Crossing), and the unfused update took 55%
+    # of a CPU step there (0.21 s of 0.38 s; fused 0.02 s).
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
     fwd, opt = dist.wrap(model, opt)
     torch.manual_seed(tc.seed + 1000 * (dist.rank + 1))  # different dropout / negatives per rank
     refit = bool(params.get("refit"))  # a fixed number of epochs on every row: no validation, keep the last
