@@ -161,3 +161,16 @@ def test_the_gram_collected_in_bands_equals_x_transpose_x(spark):
         want = (x > 0).astype(float) if binary else x
         for max_entries in (10_000, 100, 30):  # one band; four; 25 of one row each
             assert np.allclose(weighted_gram(positives, head, binary, max_entries), want.T @ want)
+
+
+def test_head_size_is_capped_by_the_memory_its_matrices_need():
+    """A head whose m x m float32 matrices would not fit in the memory share is shrunk, never
+    grown; unknown memory leaves the configured size."""
+    from sparkrec.model.head import MATRICES_AT_PEAK, items_that_fit
+
+    gib = 2**30
+    assert items_that_fit(20_000, None) == 20_000
+    assert items_that_fit(20_000, 256 * gib) == 20_000
+    small = items_that_fit(20_000, 8 * gib)
+    assert 5_000 < small < 20_000
+    assert 4 * MATRICES_AT_PEAK * small**2 <= 0.6 * 8 * gib < 4 * MATRICES_AT_PEAK * (small + 1) ** 2

@@ -11,8 +11,10 @@ the betas do not depend on the dataset's scale. Side information is how two item
 has shared yet still lend each other weight.
 
 The head covers the ``max_items`` most popular items with at least ``min_count`` training
-interactions (a dense m x m inverse on the driver bounds it); every other item is scored by
-the towers alone.
+interactions (a dense m x m inverse on the driver bounds it, and so does the driver's memory:
+:func:`items_that_fit`); every other item is scored by the towers alone. Every m x m matrix
+is float32: the inverse is single precision anyway, and float64 Grams made a 20,000-item head
+need over 21 GB.
 """
 
 from __future__ import annotations
@@ -78,6 +80,33 @@ class LinearHead:
 
 
 # --------------------------------------------------------------------------- fitting
+# m x m float32 matrices alive at the peak of the blend search, as measured (tracemalloc): two
+# Grams (weighted, binary) and two side similarities held, and a solve's system, LAPACK's
+# copies and the inverse on top (9.1), plus the last trial's weights.
+MATRICES_AT_PEAK = 10
+
+
+def available_memory() -> int | None:
+    """Bytes the OS can still give this process (Linux MemAvailable; None where unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def items_that_fit(max_items: int, available: int | None, share: float = 0.6) -> int:
+    """The largest head (at most ``max_items``) whose matrices take at most ``share`` of the
+    available memory: the default 20,000 needs ~16 GB, which a laptop may not have, and an
+    out-of-memory kill loses the whole training run."""
+    if available is None:
+        return max_items
+    return max(2, min(max_items, int(np.sqrt(share * available / (4 * MATRICES_AT_PEAK)))))
+
+
 def head_rows(positives: DataFrame, max_items: int, min_count: int) -> np.ndarray:
     """The items the head covers: the most popular with at least ``min_count`` users (bounded
     by ``max_items``, so what comes to the driver is small by construction)."""
@@ -103,7 +132,7 @@ def weighted_gram(positives: DataFrame, rows: np.ndarray, binary: bool = False,
     value = F.lit(1.0).cast("double") if binary else F.max("weight").cast("double")
     x = (positives.groupBy("user_idx", "item_idx").agg(value.alias("value"))
          .join(F.broadcast(keep), "item_idx"))
-    g = np.zeros((len(rows), len(rows)), dtype=np.float64)
+    g = np.zeros((len(rows), len(rows)), dtype=np.float32)
     band = max(1, max_entries // max(len(rows), 1))
     banded = band < len(rows)  # one band: no cache, no filter
     entries_df = gram(x).persist(StorageLevel.MEMORY_AND_DISK) if banded else gram(x)
@@ -113,7 +142,7 @@ def weighted_gram(positives: DataFrame, rows: np.ndarray, binary: bool = False,
             entries = (entries_df.filter(F.col("i").between(lo, hi)) if banded else entries_df).toPandas()
             i = np.searchsorted(rows, entries["i"].to_numpy() + 1)
             j = np.searchsorted(rows, entries["j"].to_numpy() + 1)
-            np.add.at(g, (i, j), entries["value"].to_numpy(dtype=np.float64))
+            np.add.at(g, (i, j), entries["value"].to_numpy(dtype=np.float32))
     finally:
         entries_df.unpersist()
     return g
@@ -144,7 +173,7 @@ def side_grams(catalog: Catalog, rows: np.ndarray) -> dict[str, np.ndarray]:
         c[owner, member[owner, slot]] = 1.0
         c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-6)
         if c.any():
-            out["cat"] = (c @ c.T).astype(np.float64)
+            out["cat"] = c @ c.T
     return out
 
 
@@ -158,7 +187,7 @@ def nearest_only(sim: np.ndarray, k: int) -> np.ndarray:
         cut = np.partition(sim, m - k - 1, axis=1)[:, m - k - 1][:, None]
         sim = np.where(sim >= cut, sim, 0.0)
     sim = np.maximum(sim, sim.T)
-    return np.clip(sim, 0.0, None).astype(np.float64)
+    return np.clip(sim, 0.0, None, out=sim).astype(np.float32, copy=False)
 
 
 def solve_head(gram_matrix: np.ndarray, sides: dict[str, np.ndarray], rows: np.ndarray,
@@ -166,16 +195,17 @@ def solve_head(gram_matrix: np.ndarray, sides: dict[str, np.ndarray], rows: np.n
     """B = I - P diag(1/diag(P)), P = (G + sum_s beta_s d S_s + lam d I)^-1 (float32 LAPACK:
     the inverse dominates the cost, and single precision halves it at no loss of ranking)."""
     d = float(np.mean(np.diag(gram_matrix))) or 1.0
-    g = gram_matrix.copy()
+    g = gram_matrix.astype(np.float32)  # a copy: the search solves the same Gram many times
     for name, s in sides.items():
         beta = float(params.get(f"beta_{name}", 0.0))
         if beta > 0:
-            g += beta * d * s
-    g[np.diag_indices_from(g)] += float(params["lam"]) * d
-    p = np.linalg.inv(g.astype(np.float32))
-    b = -p / np.diag(p)[None, :]
-    np.fill_diagonal(b, 0.0)
-    return LinearHead(rows, b.astype(np.float32), {k: float(v) for k, v in params.items()})
+            g += np.float32(beta * d) * s
+    g[np.diag_indices_from(g)] += np.float32(float(params["lam"]) * d)
+    p = np.linalg.inv(g)
+    del g
+    p /= -np.diag(p).copy()[None, :]
+    np.fill_diagonal(p, 0.0)
+    return LinearHead(rows, p.astype(np.float32, copy=False), {k: float(v) for k, v in params.items()})
 
 
 LAM_RANGE = (0.3, 300.0)

@@ -30,7 +30,7 @@ from .blend import BlendSearch, search_blend
 from .build import all_item_vectors
 from .data import build_catalog, gap_scale_for, tower_inputs, training_examples
 from .distributed import run_distributed
-from .head import LinearHead, head_rows, side_grams, solve_head, weighted_gram
+from .head import LinearHead, available_memory, head_rows, items_that_fit, side_grams, solve_head, weighted_gram
 from .provenance import data_provenance
 from .registry import ITEM_VECTORS, load_weights, mlflow_name, mlflow_setup, save_model_dir
 from .store import model_tags
@@ -229,7 +229,11 @@ def fit_head(cfg: Config, prep: dict[str, Any], state: bytes) -> tuple[LinearHea
     mc, tc = cfg.model, cfg.train
     if not mc.head:
         return None, {}
-    rows = head_rows(prep["fit"], mc.head_max_items, mc.head_min_count)
+    max_items = items_that_fit(mc.head_max_items, available_memory())
+    if max_items < mc.head_max_items:
+        log_fields(log, "linear head capped to fit the driver's memory", head_max_items=mc.head_max_items,
+                   capped_to=max_items, available_gib=round((available_memory() or 0) / 2**30, 1))
+    rows = head_rows(prep["fit"], max_items, mc.head_min_count)
     if len(rows) < 2:
         log_fields(log, "no linear head: fewer than two items with enough interactions", items=len(rows))
         return None, {}
