@@ -174,3 +174,35 @@ def test_head_size_is_capped_by_the_memory_its_matrices_need():
     small = items_that_fit(20_000, 8 * gib)
     assert 5_000 < small < 20_000
     assert 4 * MATRICES_AT_PEAK * small**2 <= 0.6 * 8 * gib < 4 * MATRICES_AT_PEAK * (small + 1) ** 2
+
+
+def test_search_ranks_only_candidates_and_scores_as_the_whole_catalogue_would():
+    """The search ranks the head's rows plus each user's k best other items by tower score;
+    for every positive tower weight that is the same NDCG as ranking the whole catalogue."""
+    from sparkrec.model.blend import head_scores
+    from sparkrec.ragged import slice_csr
+
+    rng = np.random.default_rng(5)
+    n_items, n_users, head_items = 400, 70, 40
+    x = (rng.random((n_users, head_items)) < 0.2).astype(np.float64)
+    targets = [list(rng.choice(np.arange(1, n_items + 1), 3, replace=False)) for _ in range(n_users)]
+    seen = [[i for i in rng.choice(np.arange(1, n_items + 1), 6, replace=False) if i not in t] for t in targets]
+    val = _valset(targets, seen, n_items)
+    items = rng.normal(size=(n_items + 1, 8)).astype(np.float32)
+    users = rng.normal(size=(n_users, 8)).astype(np.float32)
+    rows = np.arange(1, head_items + 1)
+    search = BlendSearch(val, users, items, {False: _gram(x), True: _gram(x)}, {}, rows, chunk=32)
+    head = solve_head(_gram(x), {}, rows, {"lam": 1.0})
+    fast = search.quality(head)
+    assert all(len(search.candidates(s, min(s + 32, n_users))) <= head_items + 32 * 10 for s in (0, 32, 64))
+    for weight in TOWER_WEIGHTS[1:]:
+        total = 0.0
+        for start in range(0, n_users, 32):
+            stop = min(start + 32, n_users)
+            indptr, r = slice_csr(val.items_indptr, val.items, start, stop)
+            _, w = slice_csr(val.items_indptr, val.item_weights, start, stop)
+            scores = tower_scale(users[start:stop], items, head, weight) @ items.T
+            scores[:, rows] += head_scores(head, indptr, r, w)[1]
+            total += float(ranking_quality(scores, val, start, 10)[1].sum())
+        assert np.isclose(fast[weight], total / n_users, atol=1e-9), weight
+    assert np.isclose(search.quality(None)[1.0], np.mean(ranking_quality(users @ items.T, val, 0, 10)[1]))

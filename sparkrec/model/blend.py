@@ -28,6 +28,7 @@ import numpy as np
 
 from ..logs import get_logger, log_fields
 from ..ragged import slice_csr
+from ..selection import best_k
 from .head import LAM_RANGE, LinearHead, head_params, solve_head
 from .validation import ValSet, ranking_quality
 
@@ -66,6 +67,25 @@ class BlendSearch:
     chunk: int = 512
     trials: list[dict[str, Any]] = field(default_factory=list)
     tower_only: float = 0.0  # validation NDCG of the towers alone, for the record
+    _columns: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def candidates(self, start: int, stop: int) -> np.ndarray:
+        """The only items that can reach a top k of users ``start .. stop``, whatever the trial:
+        the head's rows, and each user's k best unseen other items by tower score. Off the
+        head, the blend is the tower cosine times a positive per-user weight, so that order
+        never changes. Ranking these instead of the whole catalogue is exact (ties at equal
+        scores aside) and makes a trial cost the head's size, not the catalogue's: on full
+        Book-Crossing (271k items) the whole-catalogue search took over 10 minutes."""
+        if start not in self._columns:
+            scores = self.users[start:stop] @ self.items.T
+            scores[:, 0] = -np.inf
+            scores[:, self.rows] = -np.inf
+            lo, hi = self.val.seen_indptr[start], self.val.seen_indptr[stop]
+            seen_rows = np.repeat(np.arange(stop - start), np.diff(self.val.seen_indptr[start:stop + 1]))
+            scores[seen_rows, self.val.seen_items[lo:hi]] = -np.inf
+            top, top_scores = best_k(scores, min(self.k, scores.shape[1]))
+            self._columns[start] = np.union1d(self.rows, top[np.isfinite(top_scores)])
+        return self._columns[start]
 
     def quality(self, head: LinearHead | None) -> dict[float, float]:
         """Mean validation NDCG@k for every tower weight on the grid (head None: tower only)."""
@@ -75,16 +95,19 @@ class BlendSearch:
         for start in range(0, n, self.chunk):
             stop = min(start + self.chunk, n)
             u = self.users[start:stop]
+            columns = self.candidates(start, stop)
+            items = self.items[columns]
             extra = None
             if head is not None:
                 indptr, rows = slice_csr(self.val.items_indptr, self.val.items, start, stop)
                 _, w = slice_csr(self.val.items_indptr, self.val.item_weights, start, stop)
-                extra = head_scores(head, indptr, rows, w)
+                _, head_part = head_scores(head, indptr, rows, w)
+                extra = np.searchsorted(columns, head.rows), head_part
             for weight in weights:
-                scores = tower_scale(u, self.items, head, weight) @ self.items.T
+                scores = tower_scale(u, self.items, head, weight) @ items.T
                 if extra is not None:
                     scores[:, extra[0]] += extra[1]
-                totals[weight] += float(ranking_quality(scores, self.val, start, self.k)[1].sum())
+                totals[weight] += float(ranking_quality(scores, self.val, start, self.k, columns)[1].sum())
         return {w: t / max(n, 1) for w, t in totals.items()}
 
     def objective(self, trial: Any, sides: dict[str, np.ndarray] | None = None,

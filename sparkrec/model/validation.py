@@ -80,27 +80,40 @@ def collect_eval_set(states: DataFrame, targets: DataFrame, fit: DataFrame) -> V
                   item_weights=weights)
 
 
-def ranking_quality(scores: np.ndarray, val: ValSet, start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _in_columns(columns: np.ndarray | None, rows: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, column positions) of the ``items`` that are among ``columns`` (None: all are)."""
+    if columns is None:
+        return rows, items
+    pos = np.minimum(np.searchsorted(columns, items), len(columns) - 1)
+    ok = columns[pos] == items
+    return rows[ok], pos[ok]
+
+
+def ranking_quality(scores: np.ndarray, val: ValSet, start: int, k: int,
+                    columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-user Recall@k and binary NDCG@k of a block of validation users' score rows.
 
-    ``scores`` is (rows, n_items + 1) for users ``start .. start + rows``; column 0 (padding)
-    and each user's seen items are excluded here, so callers pass raw scores. The list is cut
-    by the platform's one top-K (:func:`sparkrec.selection.best_k`) and the metrics are the
-    evaluator's own formulas (:func:`sparkrec.listmetrics.list_metrics`, binary gains), in numpy
-    because training workers run without Spark.
+    ``scores`` is (rows, n_items + 1) for users ``start .. start + rows``, or (rows, len(columns))
+    for the model rows ``columns`` (ascending, no padding row) when the caller knows every other
+    item ranks below the top k; column 0 (padding) and each user's seen items are excluded here,
+    so callers pass raw scores. The list is cut by the platform's one top-K
+    (:func:`sparkrec.selection.best_k`) and the metrics are the evaluator's own formulas
+    (:func:`sparkrec.listmetrics.list_metrics`, binary gains), in numpy because training workers
+    run without Spark.
     """
     b = len(scores)
     scores = scores.copy()
-    scores[:, 0] = -np.inf
+    if columns is None:
+        scores[:, 0] = -np.inf
     lo, hi = val.seen_indptr[start], val.seen_indptr[start + b]
     rows = np.repeat(np.arange(b), np.diff(val.seen_indptr[start:start + b + 1]))
-    scores[rows, val.seen_items[lo:hi]] = -np.inf
-    kk = min(k, scores.shape[1] - 1)
+    scores[_in_columns(columns, rows, val.seen_items[lo:hi])] = -np.inf
+    kk = min(k, scores.shape[1] - 1 if columns is None else scores.shape[1])
     top, top_scores = best_k(scores, kk)
     t_lo, t_hi = val.target_indptr[start], val.target_indptr[start + b]
     t_rows = np.repeat(np.arange(b), np.diff(val.target_indptr[start:start + b + 1]))
     truth = np.zeros(scores.shape, dtype=bool)
-    truth[t_rows, val.targets[t_lo:t_hi]] = True
+    truth[_in_columns(columns, t_rows, val.targets[t_lo:t_hi])] = True
     hit = np.take_along_axis(truth, top, 1) & np.isfinite(top_scores)  # a masked item is not listed
     _, positions = np.nonzero(hit)  # row-major: each user's hits in rank order
     hit_indptr = np.concatenate([[0], np.cumsum(hit.sum(1))])
