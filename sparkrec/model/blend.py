@@ -30,7 +30,7 @@ from ..logs import get_logger, log_fields
 from ..ragged import slice_csr
 from ..selection import best_k
 from .head import LAM_RANGE, LinearHead, head_params, solve_head
-from .validation import ValSet, ranking_quality
+from .validation import ValSet, mask_padding_and_seen, ranking_quality
 
 log = get_logger("train.blend")
 
@@ -77,12 +77,8 @@ class BlendSearch:
         scores aside) and makes a trial cost the head's size, not the catalogue's: on full
         Book-Crossing (271k items) the whole-catalogue search took over 10 minutes."""
         if start not in self._columns:
-            scores = self.users[start:stop] @ self.items.T
-            scores[:, 0] = -np.inf
+            scores = mask_padding_and_seen(self.users[start:stop] @ self.items.T, self.val, start)
             scores[:, self.rows] = -np.inf
-            lo, hi = self.val.seen_indptr[start], self.val.seen_indptr[stop]
-            seen_rows = np.repeat(np.arange(stop - start), np.diff(self.val.seen_indptr[start:stop + 1]))
-            scores[seen_rows, self.val.seen_items[lo:hi]] = -np.inf
             top, top_scores = best_k(scores, min(self.k, scores.shape[1]))
             self._columns[start] = np.union1d(self.rows, top[np.isfinite(top_scores)])
         return self._columns[start]

@@ -229,10 +229,11 @@ def fit_head(cfg: Config, prep: dict[str, Any], state: bytes) -> tuple[LinearHea
     mc, tc = cfg.model, cfg.train
     if not mc.head:
         return None, {}
-    max_items = items_that_fit(mc.head_max_items, available_memory())
+    available = available_memory()
+    max_items = items_that_fit(mc.head_max_items, available)
     if max_items < mc.head_max_items:
         log_fields(log, "linear head capped to fit the driver's memory", head_max_items=mc.head_max_items,
-                   capped_to=max_items, available_gib=round((available_memory() or 0) / 2**30, 1))
+                   capped_to=max_items, available_gib=round((available or 0) / 2**30, 1))
     rows = head_rows(prep["fit"], max_items, mc.head_min_count)
     if len(rows) < 2:
         log_fields(log, "no linear head: fewer than two items with enough interactions", items=len(rows))

@@ -89,6 +89,18 @@ def _in_columns(columns: np.ndarray | None, rows: np.ndarray, items: np.ndarray)
     return rows[ok], pos[ok]
 
 
+def mask_padding_and_seen(scores: np.ndarray, val: ValSet, start: int, columns: np.ndarray | None = None) -> np.ndarray:
+    """``scores`` (in place) with the padding column and each user's seen items at -inf: nothing
+    a user already has, nor the padding row, may be listed or become a candidate."""
+    b = len(scores)
+    if columns is None:
+        scores[:, 0] = -np.inf
+    lo, hi = val.seen_indptr[start], val.seen_indptr[start + b]
+    rows = np.repeat(np.arange(b), np.diff(val.seen_indptr[start:start + b + 1]))
+    scores[_in_columns(columns, rows, val.seen_items[lo:hi])] = -np.inf
+    return scores
+
+
 def ranking_quality(scores: np.ndarray, val: ValSet, start: int, k: int,
                     columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-user Recall@k and binary NDCG@k of a block of validation users' score rows.
@@ -102,12 +114,7 @@ def ranking_quality(scores: np.ndarray, val: ValSet, start: int, k: int,
     run without Spark.
     """
     b = len(scores)
-    scores = scores.copy()
-    if columns is None:
-        scores[:, 0] = -np.inf
-    lo, hi = val.seen_indptr[start], val.seen_indptr[start + b]
-    rows = np.repeat(np.arange(b), np.diff(val.seen_indptr[start:start + b + 1]))
-    scores[_in_columns(columns, rows, val.seen_items[lo:hi])] = -np.inf
+    scores = mask_padding_and_seen(scores.copy(), val, start, columns)
     kk = min(k, scores.shape[1] - 1 if columns is None else scores.shape[1])
     top, top_scores = best_k(scores, kk)
     t_lo, t_hi = val.target_indptr[start], val.target_indptr[start + b]
