@@ -175,6 +175,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--faiss-kind", choices=["hnsw", "ivf"], default="ivf")
+    ap.add_argument("--text-kind", choices=["hnsw", "ivf"], default=None,
+                    help="serve.faiss.text_kind (the text indexes'; default: the config's, hnsw)")
+    ap.add_argument("--text-ef-search", type=int, default=None, help="serve.faiss.text_ef_search (hnsw)")
     ap.add_argument("--text-nprobe", type=int, default=None, help="serve.faiss.text_nprobe (ivf lists for text)")
     ap.add_argument("--recall-users", type=int, default=300)
     ap.add_argument("--workdir", default=None)
@@ -209,7 +212,9 @@ def main() -> None:
         f"lake.root={root / 'lake'}", *where,
         "train.backend=local", "train.epochs=1", "train.progress=false", "train.blend_trials=4", "model.history=20",
         "features.history_length=20", "serve.reload_seconds=0", f"serve.faiss.kind={args.faiss_kind}",
-        *([f"serve.faiss.text_nprobe={args.text_nprobe}"] if args.text_nprobe else []), "logging.level=WARNING"])
+        *[f"serve.faiss.{key}={value}" for key, value in (("text_kind", args.text_kind),
+          ("text_ef_search", args.text_ef_search), ("text_nprobe", args.text_nprobe)) if value is not None],
+        "logging.level=WARNING"])
     t0 = time.perf_counter()
     spark = get_spark(cfg.spark)
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))
@@ -250,8 +255,10 @@ def main() -> None:
         if kind == "exact":
             exact_state = kstate
         else:
-            print(f"faiss {args.faiss_kind} build: items {build['build_items_s']:.1f} s, "
-                  f"[items, text] + text {build['build_text_s']:.1f} s")
+            text_cfg = cfg.serve.faiss.for_text()
+            print(f"faiss build: items ({args.faiss_kind}) {build['build_items_s']:.1f} s, [items, text] + text "
+                  f"({text_cfg.kind}, ef_search {text_cfg.ef_search}, nprobe {text_cfg.nprobe}) "
+                  f"{build['build_text_s']:.1f} s")
         holder = StateHolder()
         holder.swap(kstate)
         app = create_app(cfg, holder, CachedEncoder(vectors))

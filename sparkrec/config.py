@@ -567,10 +567,14 @@ class FaissIndexConfig(StrictModel):
     ef_search: int = Field(128, gt=0)  # candidates explored per query: recall vs latency
     ivf_lists: int | None = Field(None, gt=0)  # None: sqrt(items), at least 1
     nprobe: int = Field(16, gt=0)  # lists scanned per query
-    # Lists scanned by the two text indexes (a text's neighbours, the [item, text] blend); None:
-    # nprobe. Text-only users' recall@20 vs exact on 270k items was 0.775 / 0.931 / 0.981 at
-    # 16 / 48 / 128 lists (benchmarks/serve.py, 2026-12-02), each list costing throughput.
-    text_nprobe: int | None = Field(None, gt=0)
+    # The two text indexes (a text's neighbours, the [item, text] blend) answer queries that do not
+    # look like the rows they index (a sentence, not an item), so IVF's lists miss: on Book-Crossing's
+    # real vectors text-only recall@20 vs exact was 0.850 / 0.764 at 16 lists and 0.969 / 0.900 at
+    # 48 (7.3 ms), HNSW at efSearch 256 0.975 / 0.950 (4.5 ms; build 77 s + 101 s on 2 threads,
+    # benchmarks/results/2026-12-05/serve-text-hnsw-bookcrossing-real.txt). None: as the item index.
+    text_kind: Literal["hnsw", "ivf"] | None = "hnsw"
+    text_ef_search: int | None = Field(256, gt=0)  # None: ef_search
+    text_nprobe: int | None = Field(None, gt=0)  # ivf lists the text indexes scan; None: nprobe
     # Candidates asked of the index per request: overfetch x k + the user's seen items, so
     # exclusions (seen, filters) still leave k; fewer left falls back to the exact search.
     overfetch: int = Field(4, ge=1, le=100)
@@ -583,8 +587,10 @@ class FaissIndexConfig(StrictModel):
         return self
 
     def for_text(self) -> FaissIndexConfig:
-        """This configuration as the text indexes use it (``text_nprobe`` lists scanned)."""
-        return self if self.text_nprobe is None else self.model_copy(update={"nprobe": self.text_nprobe})
+        """This configuration as the text indexes use it (``text_kind``, ``text_ef_search``, ``text_nprobe``)."""
+        update = {name: value for name, value in (("kind", self.text_kind), ("ef_search", self.text_ef_search),
+                                                  ("nprobe", self.text_nprobe)) if value is not None}
+        return self.model_copy(update=update)
 
 
 class ServeConfig(StrictModel):

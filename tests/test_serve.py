@@ -171,9 +171,9 @@ def test_malformed_json_unknown_item_and_bad_k_on_similar(server):
     assert r.status_code == 422 and "max_k" in r.json()["error"]
 
 
-def test_faiss_agrees_with_exact(trained, spark, server):
+def test_faiss_agrees_with_exact_for_known_and_text_only_users(trained, spark, server):
     from sparkrec.serve.index import FaissIndex
-    from sparkrec.serve.scoring import known_user, recommend
+    from sparkrec.serve.scoring import known_user, recommend, text_query
 
     cfg, _, _ = trained
     _, app, _ = server
@@ -185,6 +185,20 @@ def test_faiss_agrees_with_exact(trained, spark, server):
         exact = [r["item_id"] for r in recommend(state, q, 20, None, 3)]
         approx = [r["item_id"] for r in recommend(faiss_state, q, 20, None, 3)]
         overlaps.append(len(set(exact) & set(approx)) / len(exact))
+    assert np.mean(overlaps) >= 0.95, np.mean(overlaps)
+    # text-only users through the text indexes (HNSW by default): queries near catalogue texts
+    text_cfg = cfg.serve.faiss.for_text()
+    tp = state.text_payload
+    text_state = dataclasses.replace(state, blend_index=FaissIndex(tp.blend_items, text_cfg),
+                                     text_index=FaissIndex(tp.text, text_cfg))
+    rng = np.random.default_rng(5)
+    rows = rng.choice(np.flatnonzero(state.has_text), size=30, replace=False)
+    queries = tp.text[rows] + rng.normal(scale=0.5 * float(tp.text[rows].std()), size=tp.text[rows].shape)
+    overlaps = []
+    for qv in queries.astype(np.float32):
+        exact = {r["item_id"] for r in recommend(state, text_query(state, qv[None, :]), 20, None, 3)}
+        approx = {r["item_id"] for r in recommend(text_state, text_query(text_state, qv[None, :]), 20, None, 3)}
+        overlaps.append(len(exact & approx) / len(exact))
     assert np.mean(overlaps) >= 0.95, np.mean(overlaps)
 
 
@@ -260,16 +274,22 @@ def test_one_users_head_scores_equal_the_batch_heads():
         assert (got[0] == want[0]).all() and np.allclose(got[1], want[1], atol=1e-5)
 
 
-def test_text_indexes_scan_text_nprobe_lists():
+def test_text_indexes_have_their_own_kind_and_search_width():
+    import faiss
     from pydantic import ValidationError
 
     from sparkrec.config import FaissIndexConfig
     from sparkrec.serve.index import FaissIndex
 
-    cfg = FaissIndexConfig(nprobe=4, text_nprobe=12)
     x = np.random.default_rng(3).normal(size=(4000, 8)).astype(np.float32)
+    default = FaissIndexConfig(nprobe=4)  # items through IVF, text through HNSW at efSearch 256
+    assert isinstance(FaissIndex(x, default).index, faiss.IndexIVFFlat)
+    text = FaissIndex(x, default.for_text()).index
+    assert isinstance(text, faiss.IndexHNSWFlat) and text.hnsw.efSearch == 256
+    cfg = FaissIndexConfig(nprobe=4, text_kind="ivf", text_nprobe=12)
     assert FaissIndex(x, cfg).index.nprobe == 4 and FaissIndex(x, cfg.for_text()).index.nprobe == 12
-    assert FaissIndexConfig(nprobe=4).for_text().nprobe == 4
+    assert FaissIndexConfig(nprobe=4, text_kind=None).for_text().kind == "ivf"
+    assert FaissIndexConfig(kind="hnsw", ef_search=64, text_ef_search=None).for_text().ef_search == 64
     with pytest.raises(ValidationError, match="text_nprobe = 12 exceeds ivf_lists = 8"):
         FaissIndexConfig(ivf_lists=8, nprobe=4, text_nprobe=12)
 
