@@ -119,7 +119,7 @@ def synthesise(state: Any, n_items: int, seed: int = 0) -> Any:
         text = grow(state.text_payload.text)
         has_text = np.abs(text).sum(axis=1) > 0
         has_text[0] = False
-        text_payload = dataclasses.replace(payload, text=text, blend_items=np.hstack([items, text]))
+        text_payload = dataclasses.replace(payload, text=text)
     ids = [*cat.ids, *[f"syn{r}" for r in range(n0 + 1, len(rows))]]
     facts = ItemFacts([cat.facts.titles[r] for r in rows], [cat.facts.attrs[r] for r in rows],
                       [cat.facts.notes[r] for r in rows])
@@ -129,21 +129,16 @@ def synthesise(state: Any, n_items: int, seed: int = 0) -> Any:
                                catalogue=catalogue)
 
 
-def with_index(state: Any, kind: str, cfg: Any) -> tuple[Any, dict[str, float]]:
-    from sparkrec.serve.index import make_index
+def with_index(state: Any, kind: str, cfg: Any) -> tuple[Any, float]:
+    """The state with ``kind`` indexes, built as `sparkrec serve` builds them; and the build's seconds."""
+    from sparkrec.serve.index import make_indexes
 
     t = time.perf_counter()
-    index = make_index(state.payload.items, kind, cfg.serve.faiss, cfg.serve.threads, cfg.recommend.item_block_rows)
-    t_items = time.perf_counter() - t
-    t = time.perf_counter()
-    blend = text = None
-    if state.text_payload is not None:
-        blend = make_index(state.text_payload.blend_items, kind, cfg.serve.faiss.for_text(), cfg.serve.threads,
-                           cfg.recommend.item_block_rows)
-        text = make_index(state.text_payload.text, kind, cfg.serve.faiss.for_text(), cfg.serve.threads,
-                          cfg.recommend.item_block_rows)
-    return dataclasses.replace(state, index=index, blend_index=blend, text_index=text), {
-        "build_items_s": t_items, "build_text_s": time.perf_counter() - t}
+    text = None if state.text_payload is None else state.text_payload.text
+    index, text_index, blend = make_indexes(state.payload.items, text, kind, cfg.serve.faiss, cfg.serve.threads,
+                                            cfg.recommend.item_block_rows)
+    return dataclasses.replace(state, index=index, blend_index=blend, text_index=text_index), \
+        time.perf_counter() - t
 
 
 class CachedEncoder:
@@ -256,9 +251,8 @@ def main() -> None:
             exact_state = kstate
         else:
             text_cfg = cfg.serve.faiss.for_text()
-            print(f"faiss build: items ({args.faiss_kind}) {build['build_items_s']:.1f} s, [items, text] + text "
-                  f"({text_cfg.kind}, ef_search {text_cfg.ef_search}, nprobe {text_cfg.nprobe}) "
-                  f"{build['build_text_s']:.1f} s")
+            print(f"faiss build: items ({args.faiss_kind}) + text ({text_cfg.kind}, ef_search "
+                  f"{text_cfg.ef_search}, nprobe {text_cfg.nprobe}; the blend searches both) {build:.1f} s")
         holder = StateHolder()
         holder.swap(kstate)
         app = create_app(cfg, holder, CachedEncoder(vectors))

@@ -172,7 +172,7 @@ def test_malformed_json_unknown_item_and_bad_k_on_similar(server):
 
 
 def test_faiss_agrees_with_exact_for_known_and_text_only_users(trained, spark, server):
-    from sparkrec.serve.index import FaissIndex
+    from sparkrec.serve.index import BlendIndex, FaissIndex
     from sparkrec.serve.scoring import known_user, recommend, text_query
 
     cfg, _, _ = trained
@@ -187,10 +187,11 @@ def test_faiss_agrees_with_exact_for_known_and_text_only_users(trained, spark, s
         overlaps.append(len(set(exact) & set(approx)) / len(exact))
     assert np.mean(overlaps) >= 0.95, np.mean(overlaps)
     # text-only users through the text indexes (HNSW by default): queries near catalogue texts
-    text_cfg = cfg.serve.faiss.for_text()
     tp = state.text_payload
-    text_state = dataclasses.replace(state, blend_index=FaissIndex(tp.blend_items, text_cfg),
-                                     text_index=FaissIndex(tp.text, text_cfg))
+    text_index = FaissIndex(tp.text, cfg.serve.faiss.for_text())
+    text_state = dataclasses.replace(state, blend_index=BlendIndex(faiss_state.index, text_index,
+                                                                   cfg.serve.faiss.blend_candidates),
+                                     text_index=text_index)
     rng = np.random.default_rng(5)
     rows = rng.choice(np.flatnonzero(state.has_text), size=30, replace=False)
     queries = tp.text[rows] + rng.normal(scale=0.5 * float(tp.text[rows].std()), size=tp.text[rows].shape)
@@ -305,6 +306,31 @@ def test_text_neighbours_through_an_index_equal_pseudo_history():
     has_text = np.abs(text).sum(axis=1) > 0
     near, _ = ExactIndex(text).search(q / np.linalg.norm(q, axis=1, keepdims=True), 4, has_text)
     assert (neighbours_as_history(near, 6) == pseudo_history(q, text, 4, 6)).all()
+
+
+def test_blend_index_finds_the_exact_blend_from_two_searches():
+    """Text-only users' ``u.v + w q.t`` from the item and text indexes' candidates equals the
+    exact search over [items, text] when the candidates hold it, and falls back to it when a
+    filter leaves too few of them; seen items stay out either way."""
+    from sparkrec.config import FaissIndexConfig
+    from sparkrec.serve.index import BlendIndex, ExactIndex, FaissIndex
+
+    rng = np.random.default_rng(4)
+    items, text = (rng.normal(size=(3000, d)).astype(np.float32) for d in (8, 12))
+    cfg = FaissIndexConfig(kind="hnsw", text_kind="hnsw", ef_search=256)
+    blend = BlendIndex(FaissIndex(items, cfg), FaissIndex(text, cfg.for_text()), 300)
+    exact = ExactIndex(np.hstack([items, text]))
+    users = rng.normal(size=(5, 20)).astype(np.float32)
+    users[:, 8:] *= 0.5  # the text weight
+    everything = np.ones(3000, bool)
+    seen = (np.array([0, 2, 2, 2, 2, 2]), np.array([int(exact.search(users[:1], 1, everything)[0][0, 0]), 7]))
+    got, want = blend.search(users, 10, everything, seen), exact.search(users, 10, everything, seen)
+    assert (got[0] == want[0]).all() and np.allclose(got[1], want[1], atol=1e-4)
+    assert seen[1][0] not in got[0][0]
+    narrow = np.zeros(3000, bool)
+    narrow[rng.choice(3000, 12, replace=False)] = True  # far fewer than the candidates hold
+    got, want = blend.search(users, 10, narrow), exact.search(users, 10, narrow)
+    assert (got[0] == want[0]).all() and narrow[got[0]].all()
 
 
 def test_the_champion_moving_between_the_hybrid_and_a_baseline_is_reloaded(trained, spark):

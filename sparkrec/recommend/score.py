@@ -153,10 +153,15 @@ def blend(payload: Payload, u: np.ndarray, query: np.ndarray) -> tuple[np.ndarra
     "animated movie for kids"), while the text cosine keeps the list on topic.
     """
     assert payload.text is not None
-    q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
     if payload.blend_items is None:
         payload.blend_items = np.hstack([payload.items, payload.text.astype(np.float32)])
-    return np.hstack([u, payload.text_weight * q]).astype(np.float32), payload.blend_items
+    return blended_query(payload.text_weight, u, query), payload.blend_items
+
+
+def blended_query(text_weight: float, u: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``blend``'s user side, [u, w q / |q|], for a search that holds the item side itself."""
+    q = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+    return np.hstack([u, text_weight * q]).astype(np.float32)
 
 
 def score_batches(payload: Payload, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -35,10 +36,27 @@ class Index(Protocol):
         ...
 
 
+class PoolIndex(Index, Protocol):
+    """An index whose candidate pool can be taken once and ranked for more than one purpose
+    (a text's pseudo-history and its blend share one search of the text index)."""
+
+    width: int  # a pool as wide as the search explores anyway
+
+    def pool(self, users: np.ndarray, width: int) -> np.ndarray:
+        """(B, width) rows nearest to each user by inner product, unfiltered (-1: none)."""
+        ...
+
+    def search_among(self, users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray,
+                     seen: Seen | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``search``, its candidates given."""
+        ...
+
+
 class ExactIndex:
     """Every item scored: the reference answer, and fast enough for a few hundred thousand items."""
 
     kind = "exact"
+    width = 256
 
     def __init__(self, matrix: np.ndarray, block_rows: int = 65_536) -> None:
         self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
@@ -47,6 +65,14 @@ class ExactIndex:
     def search(self, users: np.ndarray, k: int, eligible: np.ndarray, seen: Seen | None = None,
                extra: Extra | None = None) -> tuple[np.ndarray, np.ndarray]:
         return top_k(users.astype(np.float32), self.matrix, k, eligible, seen, self.block_rows, extra)
+
+    def pool(self, users: np.ndarray, width: int) -> np.ndarray:
+        return top_k(users.astype(np.float32), self.matrix, width, None, None, self.block_rows)[0]
+
+    def search_among(self, users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray,
+                     seen: Seen | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return rescore(users, cand, min(k, self.matrix.shape[0]), eligible, seen, None,
+                       lambda rows, u: self.matrix[rows] @ users[u], self)
 
 
 def build_faiss(matrix: np.ndarray, cfg: FaissIndexConfig, threads: int = 1):  # type: ignore[no-untyped-def]
@@ -97,6 +123,7 @@ class FaissIndex:
         self.exact = ExactIndex(matrix, block_rows)
         self.matrix = self.exact.matrix
         self.overfetch = cfg.overfetch
+        self.width = cfg.ef_search  # HNSW explores this many candidates whatever k is
         self.index = build_faiss(self.matrix, cfg, threads)
         self.build_seconds = round(time.perf_counter() - started, 2)
         log_fields(log, "faiss index built", kind=cfg.kind, items=self.matrix.shape[0], dim=self.matrix.shape[1],
@@ -105,34 +132,127 @@ class FaissIndex:
     def search(self, users: np.ndarray, k: int, eligible: np.ndarray, seen: Seen | None = None,
                extra: Extra | None = None) -> tuple[np.ndarray, np.ndarray]:
         users = np.ascontiguousarray(users, dtype=np.float32)
-        b = users.shape[0]
         k_eff = min(k, self.matrix.shape[0])
-        n_seen = np.diff(seen[0]) if seen is not None else np.zeros(b, np.int64)
-        want = int(min(self.matrix.shape[0], self.overfetch * k_eff + (n_seen.max() if b else 0)))
-        _, cand = self.index.search(users, max(want, 1))
-        out_i = np.full((b, k_eff), -1, dtype=np.int64)
-        out_s = np.full((b, k_eff), NEG, dtype=np.float32)
-        for u in range(b):
-            rows = cand[u][cand[u] >= 0]
-            rows = np.union1d(rows, extra[0]) if extra is not None else np.unique(rows)  # the head's items always
-            scores = self.matrix[rows] @ users[u]
-            if extra is not None:
-                scores[np.searchsorted(rows, extra[0])] += extra[1][u]
-            scores[~eligible[rows]] = NEG
-            if seen is not None:
-                scores[np.isin(rows, seen[1][seen[0][u]:seen[0][u + 1]])] = NEG
-            if np.isfinite(scores).sum() < k_eff:  # exclusions ate the candidates: ask the exact search
-                one_seen = None if seen is None else (np.array([0, n_seen[u]]), seen[1][seen[0][u]:seen[0][u + 1]])
-                one_extra = None if extra is None else (extra[0], extra[1][u:u + 1])
-                i, s = self.exact.search(users[u:u + 1], k_eff, eligible, one_seen, one_extra)
-                out_i[u], out_s[u] = i[0], s[0]
-                continue
-            cols, vals = best_k(scores[None, :], k_eff, rows[None, :])
-            out_i[u], out_s[u] = rows[cols[0]], vals[0]
-        out_i[~np.isfinite(out_s)] = -1
-        return out_i, out_s
+        cand = self.pool(users, candidates_wanted(users.shape[0], k_eff, self.matrix.shape[0], self.overfetch, seen))
+        return rescore(users, cand, k_eff, eligible, seen, extra, lambda rows, u: self.matrix[rows] @ users[u],
+                       self.exact)
+
+    def pool(self, users: np.ndarray, width: int) -> np.ndarray:
+        return self.index.search(np.ascontiguousarray(users, dtype=np.float32),
+                                 max(1, min(width, self.matrix.shape[0])))[1]
+
+    def search_among(self, users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray,
+                     seen: Seen | None = None) -> tuple[np.ndarray, np.ndarray]:
+        users = np.ascontiguousarray(users, dtype=np.float32)
+        return rescore(users, cand, min(k, self.matrix.shape[0]), eligible, seen, None,
+                       lambda rows, u: self.matrix[rows] @ users[u], self.exact)
+
+
+def candidates_wanted(b: int, k: int, n: int, overfetch: int, seen: Seen | None) -> int:
+    """Candidates to ask an index for: ``overfetch`` x k + the most items a user has seen."""
+    most_seen = int(np.diff(seen[0]).max()) if seen is not None and b else 0
+    return max(1, int(min(n, overfetch * k + most_seen)))
+
+
+def rescore(users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray, seen: Seen | None,
+            extra: Extra | None, score: Callable[[np.ndarray, int], np.ndarray],
+            exact: Index) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's candidate rows (-1: none) scored exactly by ``score(rows, user)``, the head's
+    rows added, exclusions applied; ``exact`` answers a user whose exclusions ate the candidates."""
+    b = users.shape[0]
+    out_i = np.full((b, k), -1, dtype=np.int64)
+    out_s = np.full((b, k), NEG, dtype=np.float32)
+    for u in range(b):
+        rows = cand[u][cand[u] >= 0]
+        rows = np.union1d(rows, extra[0]) if extra is not None else np.unique(rows)  # the head's items always
+        scores = score(rows, u)
+        if extra is not None:
+            scores[np.searchsorted(rows, extra[0])] += extra[1][u]
+        scores[~eligible[rows]] = NEG
+        mine = None if seen is None else seen[1][seen[0][u]:seen[0][u + 1]]
+        if mine is not None:
+            scores[np.isin(rows, mine)] = NEG
+        if np.isfinite(scores).sum() < k:  # exclusions ate the candidates: ask the exact search
+            one_seen = None if mine is None else (np.array([0, len(mine)]), mine)
+            one_extra = None if extra is None else (extra[0], extra[1][u:u + 1])
+            i, s = exact.search(users[u:u + 1], k, eligible, one_seen, one_extra)
+            out_i[u], out_s[u] = i[0], s[0]
+            continue
+        cols, vals = best_k(scores[None, :], k, rows[None, :])
+        out_i[u], out_s[u] = rows[cols[0]], vals[0]
+    out_i[~np.isfinite(out_s)] = -1
+    return out_i, out_s
+
+
+class ExactBlend:
+    """The exact top-K of ``[u, w q] . [v, t] = u.v + w q.t`` as :class:`BlendIndex`'s fallback:
+    its (items x (d + D)) matrix is made on the first search, which only a filter that empties
+    the candidates asks for."""
+
+    kind = "exact"
+
+    def __init__(self, items: np.ndarray, text: np.ndarray, block_rows: int = 65_536) -> None:
+        self.parts, self.block_rows = (items, text), block_rows
+        self.index: ExactIndex | None = None
+
+    def search(self, users: np.ndarray, k: int, eligible: np.ndarray, seen: Seen | None = None,
+               extra: Extra | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.index is None:
+            self.index = ExactIndex(np.hstack(self.parts), self.block_rows)
+        return self.index.search(users, k, eligible, seen, extra)
+
+
+class BlendIndex:
+    """Text-only users' blended score ``u.v + w q.t`` over faiss, with no index of its own:
+    candidates from the item index (by ``u.v``, ``tower_width`` of them) and the text index (by
+    ``q.t``: the pool the text's pseudo-history was taken from), re-scored exactly as the blend.
+
+    Why not an index over the ``[item, text]`` matrix: on Book-Crossing's 271k books that was a
+    third, 448-d HNSW graph (~100 s to build on 2 cores, ~0.5 GB) searched on every text request
+    beside the text index. Why these widths: of the exact blend's top 20 for 200 item-description
+    users on that catalogue, 86% were in the text term's top 240 and every one in the top 1,000
+    of either term; the cheap side (IVF over 64-d tower vectors) takes the wide pool. Recall
+    against the exact blend is measured in ``benchmarks/serve.py`` and ``tests/test_serve.py``.
+    """
+
+    kind = "faiss"
+
+    def __init__(self, items: FaissIndex, text: FaissIndex, tower_width: int) -> None:
+        self.items, self.text, self.tower_width = items, text, tower_width
+        self.exact = ExactBlend(items.matrix, text.matrix, items.exact.block_rows)
+
+    def search(self, users: np.ndarray, k: int, eligible: np.ndarray, seen: Seen | None = None,
+               extra: Extra | None = None, text_pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``text_pool``: (B, m) rows the text index already gave for these users' texts."""
+        users = np.ascontiguousarray(users, dtype=np.float32)
+        d, n = self.items.matrix.shape[1], self.items.matrix.shape[0]
+        u, wq = np.ascontiguousarray(users[:, :d]), np.ascontiguousarray(users[:, d:])
+        k_eff = min(k, n)
+        want = candidates_wanted(users.shape[0], k_eff, n, self.items.overfetch, seen)
+        if text_pool is None or text_pool.shape[1] < want:
+            text_pool = self.text.pool(wq, max(want, self.text.width))
+        by_tower = self.items.pool(u, max(want, self.tower_width))
+
+        def score(rows: np.ndarray, i: int) -> np.ndarray:
+            return self.items.matrix[rows] @ u[i] + self.text.matrix[rows] @ wq[i]
+
+        return rescore(users, np.hstack([by_tower, text_pool]), k_eff, eligible, seen, extra, score, self.exact)
 
 
 def make_index(matrix: np.ndarray, kind: str, cfg: FaissIndexConfig, threads: int = 1,
-               block_rows: int = 65_536) -> Index:
+               block_rows: int = 65_536) -> FaissIndex | ExactIndex:
     return FaissIndex(matrix, cfg, threads, block_rows) if kind == "faiss" else ExactIndex(matrix, block_rows)
+
+
+def make_indexes(items: np.ndarray, text: np.ndarray | None, kind: str, cfg: FaissIndexConfig, threads: int = 1,
+                 block_rows: int = 65_536) -> tuple[Index, PoolIndex | None, Index | None]:
+    """(item index, text index, blend index) of one kind; the text ones are None without item
+    text. Under faiss the text index is ``cfg.for_text()`` and the blend one a
+    :class:`BlendIndex` over the other two."""
+    index = make_index(items, kind, cfg, threads, block_rows)
+    if text is None:
+        return index, None, None
+    text_index = make_index(text, kind, cfg.for_text(), threads, block_rows)
+    if isinstance(index, FaissIndex) and isinstance(text_index, FaissIndex):
+        return index, text_index, BlendIndex(index, text_index, cfg.blend_candidates)
+    return index, text_index, ExactIndex(np.hstack([items, text]), block_rows)

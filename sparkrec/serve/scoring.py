@@ -16,9 +16,10 @@ import numpy as np
 from ..config import RecommendFilters
 from ..model.blend import tower_scale
 from ..model.head import LinearHead
-from ..recommend.score import blend, neighbours_as_history, user_vectors
+from ..recommend.score import blended_query, neighbours_as_history, user_vectors
 from ..recommend.topk import evidence
 from .explain import explain_row
+from .index import BlendIndex
 from .state import Catalogue, ServingState
 
 
@@ -43,6 +44,7 @@ class Query:
     basis: str  # "history" | "interests"
     text: np.ndarray | None = None  # (1, D) interest text vector: blended scoring
     vector: np.ndarray | None = None  # (1, d) the snapshot's query vector of a known user
+    text_pool: np.ndarray | None = None  # (1, m) the text index's rows nearest the text: the blend's candidates
 
 
 def eligible_for(base: np.ndarray, cat: Catalogue, filters: RecommendFilters | None) -> np.ndarray:
@@ -95,11 +97,14 @@ def text_query(state: ServingState, vector: np.ndarray) -> Query:
     q = vector.astype(np.float32)
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     assert state.text_index is not None and state.has_text is not None
-    near, _ = state.text_index.search(q, min(tp.text_neighbours, n), state.has_text)  # = pseudo_history's search
+    # one search of the text index: its best rows with text are the pseudo-history (as
+    # pseudo_history's exact search), the whole pool is the blend's text candidates
+    pool = state.text_index.pool(q, max(tp.text_neighbours, state.text_index.width))
+    near, _ = state.text_index.search_among(q, pool, min(tp.text_neighbours, n), state.has_text)
     hist = neighbours_as_history(near, n)
     return Query(user=0, hist=hist, gaps=np.zeros((1, n), np.float32), seen=np.zeros(0, np.int64),
                  items=np.zeros(0, np.int64), weights=np.zeros(0, np.float32), basis="interests",
-                 text=vector.astype(np.float32))
+                 text=vector.astype(np.float32), text_pool=pool)
 
 
 def session_query(state: ServingState, item_ids: list[str]) -> Query:
@@ -145,7 +150,7 @@ def vector_for(state: ServingState, q: Query) -> tuple[np.ndarray, Any, Any]:
     u = user_vectors(p, np.array([q.user], np.int64), q.hist, q.gaps)
     if q.text is not None:
         assert state.text_payload is not None and state.blend_index is not None
-        u, _ = blend(state.text_payload, u, q.text)
+        u = blended_query(state.text_payload.text_weight, u, q.text)
         return u, state.blend_index, None
     extra = None
     if p.head is not None:
@@ -159,7 +164,11 @@ def recommend(state: ServingState, q: Query, k: int, filters: RecommendFilters |
     """Top-``k`` explained items for one query (fewer only when the eligible catalogue runs out)."""
     u, index, extra = vector_for(state, q)
     seen = (np.array([0, len(q.seen)], np.int64), np.sort(q.seen)) if exclude_seen and len(q.seen) else None
-    recs, scores = index.search(u, k, eligible_for(state.payload.eligible, state.catalogue, filters), seen, extra)
+    eligible = eligible_for(state.payload.eligible, state.catalogue, filters)
+    if isinstance(index, BlendIndex):
+        recs, scores = index.search(u, k, eligible, seen, extra, text_pool=q.text_pool)
+    else:
+        recs, scores = index.search(u, k, eligible, seen, extra)
     ev = evidence(state.payload.items, q.hist, recs, state.payload.explain_items)
     out = []
     cat = state.catalogue

@@ -29,7 +29,7 @@ from ..recommend.job import current_states, eligibility, make_payload, resolve_m
 from ..recommend.llm import catalogue_vocabulary
 from ..recommend.score import Payload, model_user_rows, user_vectors
 from .explain import ItemFacts
-from .index import Index, make_index
+from .index import Index, PoolIndex, make_indexes
 
 log = get_logger("serve.state")
 
@@ -72,10 +72,10 @@ class ServingState:
     index: Index  # over payload.items (tower space)
     catalogue: Catalogue
     users: Users
-    text_payload: Payload | None = None  # payload + item text and the [items, text] matrix (``score.blend``)
+    text_payload: Payload | None = None  # payload + item text (``score.blend``)
     has_text: np.ndarray | None = None
-    blend_index: Index | None = None  # over [items, text]: text-only users, as recommend_for_text blends
-    text_index: Index | None = None  # over item text: a text's nearest items (its pseudo-history)
+    blend_index: Index | None = None  # [items, text] (index.BlendIndex): text-only users, as recommend_for_text
+    text_index: PoolIndex | None = None  # over item text: a text's nearest items (its pseudo-history)
     vocabulary: tuple[str, ...] = ()  # the catalogue's genres, for the LLM explanations' verifier
     loaded_at: float = field(default_factory=time.time)
     stats: dict[str, Any] = field(default_factory=dict)
@@ -166,17 +166,14 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
     loaded = resolve_model(cfg, lake)
     payload = make_payload(cfg, loaded, eligibility(cfg, lake, loaded))
     sc = cfg.serve
-    index = make_index(payload.items, sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
-    text_payload = has_text = blend_index = text_index = None
+    text_payload = has_text = None
     if loaded.catalog.text is not None:
         text = np.ascontiguousarray(loaded.catalog.text, dtype=np.float32)
         has_text = np.abs(text).sum(axis=1) > 0
         has_text[0] = False
-        blend = np.hstack([payload.items, text]).astype(np.float32)
-        text_payload = dataclasses.replace(payload, text=text, blend_items=blend)
-        text_faiss = sc.faiss.for_text()
-        blend_index = make_index(blend, sc.index, text_faiss, sc.threads, cfg.recommend.item_block_rows)
-        text_index = make_index(text, sc.index, text_faiss, sc.threads, cfg.recommend.item_block_rows)
+        text_payload = dataclasses.replace(payload, text=text)
+    index, text_index, blend_index = make_indexes(payload.items, None if text_payload is None else text_payload.text,
+                                                  sc.index, sc.faiss, sc.threads, cfg.recommend.item_block_rows)
     state = ServingState(run_id=loaded.version, model=loaded, payload=payload, index=index,
                          catalogue=load_catalogue(lake, loaded.spec.n_items, loaded.catalog.has_id),
                          users=load_users(spark, lake, loaded, payload),
