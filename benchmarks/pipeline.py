@@ -69,14 +69,14 @@ def als_end_to_end(spark: Any, ratings: Any, out: Path, rank: int, reg: float, a
     return times
 
 
-def ours(cfg: Any, spark: Any) -> dict[str, float]:
-    """``sparkrec pipeline``'s stages, each through the CLI's own ``run_stages`` (its input and
-    table checks included), timed one by one."""
+def ours(cfg: Any, spark: Any, stages: tuple[str, ...] | None = None) -> dict[str, float]:
+    """``sparkrec pipeline``'s stages (or ``stages``), each through the CLI's own ``run_stages``
+    (its input and table checks included), timed one by one."""
     from sparkrec.cli import PIPELINE, run_stages
     from sparkrec.lake import open_lake
 
     times: dict[str, float] = {}
-    for name in PIPELINE:
+    for name in stages or PIPELINE:
         t = time.perf_counter()
         run_stages(cfg, [name])
         times[name] = time.perf_counter() - t
