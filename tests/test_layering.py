@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "sparkrec"
 
 # Lower numbers sit below higher ones. Same number: independent of each other.
 LAYERS: dict[str, int] = {
-    "errors": 0, "logs": 0, "ragged": 0, "listmetrics": 0, "selection": 0, "cooccurrence": 0,
+    "errors": 0, "logs": 0, "linalg": 0, "ragged": 0, "listmetrics": 0, "selection": 0, "cooccurrence": 0,
     "ranking": 1, "config": 1, "schemas": 2, "session": 2, "arrowframes": 2,
     "lake": 3, "ingest": 4, "preflight": 5, "features": 5, "holdout": 6, "text": 6,
     "model": 7, "baselines": 8, "recommend": 9,

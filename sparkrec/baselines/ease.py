@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..cooccurrence import gram
+from ..linalg import spd_inverse
 from ..logs import get_logger, log_fields
 from .base import Held, Recommender, SharedMatrix, distinct_users, scoring_inputs
 from .cooccurrence import user_item_values
@@ -37,7 +38,7 @@ def ease_weights(gram_matrix: np.ndarray, lam: float) -> np.ndarray:
     """B = I - P diag(1/diag(P)), P = (G + lam I)^-1: the zero-diagonal least-squares solution."""
     if lam <= 0:
         raise ValueError(f"EASE needs lambda > 0, got {lam}")
-    p = np.linalg.inv(gram_matrix + lam * np.eye(len(gram_matrix)))
+    p = spd_inverse(gram_matrix + lam * np.eye(len(gram_matrix)))
     b = -p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
     return b

@@ -27,6 +27,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ..linalg import spd_inverse
 from .data import Catalog
 
 TEXT_NEIGHBOURS = 50
@@ -192,8 +193,9 @@ def nearest_only(sim: np.ndarray, k: int) -> np.ndarray:
 
 def solve_head(gram_matrix: np.ndarray, sides: dict[str, np.ndarray], rows: np.ndarray,
                params: dict[str, float]) -> LinearHead:
-    """B = I - P diag(1/diag(P)), P = (G + sum_s beta_s d S_s + lam d I)^-1 (float32 LAPACK:
-    the inverse dominates the cost, and single precision halves it at no loss of ranking)."""
+    """B = I - P diag(1/diag(P)), P = (G + sum_s beta_s d S_s + lam d I)^-1 (float32 LAPACK
+    through the Cholesky factor, :func:`sparkrec.linalg.spd_inverse`: the inverse dominates the
+    cost, and single precision halves it at no loss of ranking)."""
     d = float(np.mean(np.diag(gram_matrix))) or 1.0
     g = gram_matrix.astype(np.float32)  # a copy: the search solves the same Gram many times
     for name, s in sides.items():
@@ -201,7 +203,7 @@ def solve_head(gram_matrix: np.ndarray, sides: dict[str, np.ndarray], rows: np.n
         if beta > 0:
             g += np.float32(beta * d) * s
     g[np.diag_indices_from(g)] += np.float32(float(params["lam"]) * d)
-    p = np.linalg.inv(g)
+    p = spd_inverse(g)
     del g
     p /= -np.diag(p).copy()[None, :]
     np.fill_diagonal(p, 0.0)
