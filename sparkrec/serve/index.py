@@ -71,8 +71,7 @@ class ExactIndex:
 
     def search_among(self, users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray,
                      seen: Seen | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return rescore(users, cand, min(k, self.matrix.shape[0]), eligible, seen, None,
-                       lambda rows, u: self.matrix[rows] @ users[u], self)
+        return rescore(users, cand, min(k, self.matrix.shape[0]), eligible, seen, None, dot(self.matrix, users), self)
 
 
 def build_faiss(matrix: np.ndarray, cfg: FaissIndexConfig, threads: int = 1):  # type: ignore[no-untyped-def]
@@ -134,8 +133,7 @@ class FaissIndex:
         users = np.ascontiguousarray(users, dtype=np.float32)
         k_eff = min(k, self.matrix.shape[0])
         cand = self.pool(users, candidates_wanted(users.shape[0], k_eff, self.matrix.shape[0], self.overfetch, seen))
-        return rescore(users, cand, k_eff, eligible, seen, extra, lambda rows, u: self.matrix[rows] @ users[u],
-                       self.exact)
+        return rescore(users, cand, k_eff, eligible, seen, extra, dot(self.matrix, users), self.exact)
 
     def pool(self, users: np.ndarray, width: int) -> np.ndarray:
         return self.index.search(np.ascontiguousarray(users, dtype=np.float32),
@@ -144,14 +142,19 @@ class FaissIndex:
     def search_among(self, users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray,
                      seen: Seen | None = None) -> tuple[np.ndarray, np.ndarray]:
         users = np.ascontiguousarray(users, dtype=np.float32)
-        return rescore(users, cand, min(k, self.matrix.shape[0]), eligible, seen, None,
-                       lambda rows, u: self.matrix[rows] @ users[u], self.exact)
+        return rescore(users, cand, min(k, self.matrix.shape[0]), eligible, seen, None, dot(self.matrix, users),
+                       self.exact)
 
 
 def candidates_wanted(b: int, k: int, n: int, overfetch: int, seen: Seen | None) -> int:
     """Candidates to ask an index for: ``overfetch`` x k + the most items a user has seen."""
     most_seen = int(np.diff(seen[0]).max()) if seen is not None and b else 0
     return max(1, int(min(n, overfetch * k + most_seen)))
+
+
+def dot(matrix: np.ndarray, users: np.ndarray) -> Callable[[np.ndarray, int], np.ndarray]:
+    """``rescore``'s exact score for a plain index: user ``u``'s dot product with ``rows``."""
+    return lambda rows, u: matrix[rows] @ users[u]
 
 
 def rescore(users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray, seen: Seen | None,
