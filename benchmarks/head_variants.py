@@ -7,7 +7,9 @@ prints validation NDCG@10 over the items with at least two train users for:
 - plain EASE over a lambda grid (lambda relative to the mean of diag(X'X), as the head's);
 - EDLAE's dropout emphasis (Steck 2020): ``p / (1 - p) * diag(G)`` added to the diagonal beside
   lambda, which regularises popular items more;
-- an RP3beta item-item graph (Paudel et al. 2017) blended with EASE, both z-scored per user.
+- an RP3beta item-item graph (Paudel et al. 2017) blended with EASE, both z-scored per user;
+- implicit ALS over the same items (:mod:`sparkrec.model.factors`, users folded in from their fit
+  rows as the served head does), alone and blended with EASE, both z-scored per user.
 
 Nothing is read from the test part: the point is to decide on validation, as the head's search does.
 
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 from deltalake import DeltaTable
 
+from sparkrec.model.factors import fold_in, implicit_als
 from sparkrec.model.head import solve_head
 from sparkrec.model.validation import ValSet, ranking_quality
 from sparkrec.ragged import csr
@@ -31,6 +34,8 @@ LAMBDAS = (2, 5, 10, 20, 40, 80)
 DROPOUTS = (0.0, 0.1, 0.2, 0.33, 0.5)
 RP3 = list(product((0.5, 0.8, 1.0), (0.0, 0.3, 0.5, 0.7)))  # (alpha, beta)
 RP3_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0)
+ALS = list(product((0.01, 0.03, 0.1, 0.3), (0.3, 1.0, 3.0, 10.0)))  # (reg, alpha), Spark's scaling
+ALS_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 def dense(rows: pd.DataFrame, users: dict[int, int], items: dict[int, int]) -> np.ndarray:
@@ -71,6 +76,14 @@ def rp3beta(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     return w
 
 
+def als_scores(fit: np.ndarray, reg: float, alpha: float, rank: int = 64) -> np.ndarray:
+    users, cols = np.nonzero(fit)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=len(fit)))])
+    weights = fit[users, cols]
+    factors = implicit_als(indptr, cols, weights, fit.shape[1], rank, reg, alpha)
+    return fold_in(factors, indptr, cols, weights, reg, alpha) @ factors.T
+
+
 def zscore(s: np.ndarray) -> np.ndarray:
     return (s - s.mean(1, keepdims=True)) / np.maximum(s.std(1, keepdims=True), 1e-9)
 
@@ -102,6 +115,11 @@ def main() -> None:
         top = max(blends)
         print(f"carve {carve}: EASE + RP3beta best {top[0]:.4f} (alpha {top[1]}, beta {top[2]}, weight {top[3]}): "
               f"{top[0] / plain[0]:.4f}x")
+        factor_runs = {(reg, alpha): zscore(als_scores(fit, reg, alpha)) for reg, alpha in ALS}
+        alone = max((ndcg_at(s, fit, val), k) for k, s in factor_runs.items())
+        mixed = max((ndcg_at(ease + w * s, fit, val), k, w) for k, s in factor_runs.items() for w in ALS_WEIGHTS)
+        print(f"carve {carve}: implicit ALS alone best {alone[0]:.4f} (reg, alpha {alone[1]}); EASE + ALS best "
+              f"{mixed[0]:.4f} (reg, alpha {mixed[1]}, weight {mixed[2]}): {mixed[0] / plain[0]:.4f}x")
 
 
 if __name__ == "__main__":

@@ -455,6 +455,13 @@ class ModelConfig(StrictModel):
     head_max_items: int = Field(20_000, gt=1)  # a dense items x items inverse on the driver
     head_min_count: int = Field(2, ge=1)  # items with fewer training users: towers only
     head_side_information: bool = True  # text and category similarity enter the head's Gram matrix
+    # Implicit-ALS factors over the head's items as a third blended term (sparkrec.model.factors):
+    # its rank, and the (reg, alpha) grid searched on validation with its weight (0 stays possible).
+    head_factors: bool = True
+    factor_rank: int = Field(64, gt=0)
+    factor_regs: list[float] = Field(default_factory=lambda: [0.1, 0.3, 1.0], min_length=1)
+    factor_alphas: list[float] = Field(default_factory=lambda: [1.0, 4.0], min_length=1)
+    factor_iterations: int = Field(15, gt=0)
 
 
 class TrainConfig(StrictModel):

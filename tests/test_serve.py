@@ -266,8 +266,10 @@ def test_one_users_head_scores_equal_the_batch_heads():
     rng = np.random.default_rng(1)
     rows = np.sort(rng.choice(np.arange(1, 3000), 400, replace=False))
     weights = rng.normal(size=(400, 400)).astype(np.float32)
-    for binary in (0.0, 1.0):
-        head = LinearHead(rows, weights, {"binary": binary})
+    factors = rng.normal(size=(400, 8)).astype(np.float32)
+    for binary, with_factors in ((0.0, False), (1.0, False), (0.0, True)):
+        params = {"binary": binary, "factor_weight": 0.5, "factor_reg": 0.1, "factor_alpha": 2.0}
+        head = LinearHead(rows, weights, params, factors if with_factors else None)
         items = np.concatenate([rng.choice(rows, 30), rng.integers(1, 3000, 10)])  # repeats and non-head items
         w = rng.random(len(items)).astype(np.float32)
         want = head_scores(head, np.array([0, len(items)]), items, w)

@@ -15,13 +15,16 @@ twenty TPE trials land anywhere along it; the held-out users then see a head far
 regularised than they want (measured on ml-latest-small: the chosen ``lam`` was 12x what plain
 EASE's own validation curve picks). Stage one therefore fixes ``lam`` where validation is sharp,
 on plain EASE (no side information); stage two searches the side-information weights with
-``lam`` kept within a factor of a few of that value.
+``lam`` kept within a factor of a few of that value. Stage three, with the best head fixed,
+fits implicit-ALS factors over the head's items (:mod:`sparkrec.model.factors`) for each point of
+a small (reg, alpha) grid and searches their weight in the head beside the tower weight; the
+factors are kept only if they beat the head without them on validation.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,7 @@ import numpy as np
 from ..logs import get_logger, log_fields
 from ..ragged import slice_csr
 from ..selection import best_k
+from .factors import implicit_als
 from .head import LAM_RANGE, LinearHead, head_params, solve_head
 from .validation import ValSet, mask_padding_and_seen, ranking_quality
 
@@ -40,6 +44,7 @@ log = get_logger("train.blend")
 # (2026-12-05): cold-item Recall@20 fell from 0.32 to 0.036. The smallest weight keeps the head
 # in charge of its items and the tower's order everywhere else.
 TOWER_WEIGHTS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+FACTOR_WEIGHTS = (0.25, 0.5, 1.0, 2.0)  # the factor term's, relative to the item-item part's unit scale
 PLAIN_SHARE = 0.4  # of the trials: stage one (plain EASE's lam); the rest search side information
 LAM_BAND = (0.35, 2.8)  # stage two's lam, relative to stage one's best
 
@@ -72,7 +77,14 @@ class BlendSearch:
     chunk: int = 512
     trials: list[dict[str, Any]] = field(default_factory=list)
     tower_only: float = 0.0  # validation NDCG of the towers alone, for the record
+    # Stage three: the fit part's positives over head columns (indptr, columns, weights), the
+    # (reg, alpha) grid, rank and iterations; None: no factor term.
+    factor_fit: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    factor_grid: list[tuple[float, float]] = field(default_factory=list)
+    factor_rank: int = 64
+    factor_iterations: int = 15
     _columns: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _products: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def candidates(self, start: int, stop: int) -> np.ndarray:
         """The only items that can reach a top k of users ``start .. stop``, whatever the trial:
@@ -88,8 +100,10 @@ class BlendSearch:
             self._columns[start] = np.union1d(self.rows, top[np.isfinite(top_scores)])
         return self._columns[start]
 
-    def quality(self, head: LinearHead | None) -> dict[float, float]:
-        """Mean validation NDCG@k for every tower weight on the grid (head None: tower only)."""
+    def quality(self, head: LinearHead | None, reuse: bool = False) -> dict[float, float]:
+        """Mean validation NDCG@k for every tower weight on the grid (head None: tower only).
+        ``reuse``: the head's item-item weights are those of the previous call with ``reuse``
+        (stage three varies only the factor term), so their products are kept, not redone."""
         weights = TOWER_WEIGHTS if head is not None else (1.0,)
         totals = dict.fromkeys(weights, 0.0)
         n = len(self.val)
@@ -102,8 +116,13 @@ class BlendSearch:
             if head is not None:
                 indptr, rows = slice_csr(self.val.items_indptr, self.val.items, start, stop)
                 _, w = slice_csr(self.val.items_indptr, self.val.item_weights, start, stop)
-                _, head_part = head_scores(head, indptr, rows, w)
-                extra = np.searchsorted(columns, head.rows), head_part
+                if reuse and start in self._products:
+                    item_item = self._products[start]
+                else:
+                    item_item = head.user_matrix(indptr, rows, w) @ head.weights
+                    if reuse:
+                        self._products[start] = item_item
+                extra = np.searchsorted(columns, head.rows), head.combine(item_item, indptr, rows, w)
             for weight in weights:
                 scores = tower_scale(u, self.items, head, weight) @ items.T
                 if extra is not None:
@@ -129,6 +148,32 @@ class BlendSearch:
         self.trials.append(record)
         log_fields(log, "blend trial", **record)
         return by_weight[weight]
+
+
+    def factor_trials(self, head: LinearHead, seed: int) -> tuple[LinearHead, float, float]:
+        """Stage three: (head, tower weight, validation NDCG) of the best factor term on the
+        grid, over every weight in ``FACTOR_WEIGHTS``; ALS is fitted once per grid point."""
+        assert self.factor_fit is not None
+        best: tuple[LinearHead, float, float] = (head, 1.0, -np.inf)
+        self._products.clear()
+        for reg, alpha in self.factor_grid:
+            started = time.perf_counter()
+            factors = implicit_als(*self.factor_fit, len(head.rows), self.factor_rank, reg, alpha,
+                                   self.factor_iterations, seed)
+            for weight in FACTOR_WEIGHTS:
+                params = {**head.params, "factor_weight": weight, "factor_reg": reg, "factor_alpha": alpha,
+                          "factor_rank": float(self.factor_rank)}
+                trial = replace(head, params=params, factors=factors)
+                by_weight = self.quality(trial, reuse=True)
+                w_tower = max(by_weight, key=lambda w: (by_weight[w], -w))
+                record = {**params, "w_tower": w_tower, f"ndcg@{self.k}": by_weight[w_tower],
+                          "seconds": round(time.perf_counter() - started, 1)}
+                self.trials.append(record)
+                log_fields(log, "blend factor trial", **record)
+                if by_weight[w_tower] > best[2]:
+                    best = (trial, w_tower, by_weight[w_tower])
+        self._products.clear()
+        return best
 
 
 def plain_grid(n: int) -> list[tuple[float, int]]:
@@ -162,7 +207,12 @@ def search_blend(search: BlendSearch, n_trials: int, seed: int) -> tuple[dict[st
         sided = optuna.create_study(direction="maximize", sampler=sampler(seed=seed + 1))
         sided.optimize(lambda t: search.objective(t, None, band), n_trials=n_trials - n_plain)
         best = max(best, sided.best_trial, key=lambda t: t.value)
-    params = best.user_attrs["params"]
-    log_fields(log, "blend chosen", tower_only_ndcg=round(tower_only, 5), best_ndcg=round(best.value, 5),
-               **params, w_tower=best.user_attrs["w_tower"])
-    return dict(params), float(best.user_attrs["w_tower"]), float(best.value)
+    params, w_tower, value = dict(best.user_attrs["params"]), float(best.user_attrs["w_tower"]), float(best.value)
+    if search.factor_fit is not None and search.factor_grid:
+        head = solve_head(search.grams[bool(params["binary"])], search.sides, search.rows, params)
+        with_factors, factor_w_tower, factor_value = search.factor_trials(head, seed)
+        if factor_value > value:
+            params, w_tower, value = dict(with_factors.params), factor_w_tower, factor_value
+    log_fields(log, "blend chosen", tower_only_ndcg=round(tower_only, 5), best_ndcg=round(value, 5),
+               **params, w_tower=w_tower)
+    return params, w_tower, value

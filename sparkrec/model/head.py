@@ -35,11 +35,14 @@ TEXT_NEIGHBOURS = 50
 
 @dataclass
 class LinearHead:
-    """Item-item weights over ``rows`` (model rows: item_idx + 1, ascending)."""
+    """Item-item weights over ``rows`` (model rows: item_idx + 1, ascending), and optionally
+    implicit-ALS item factors over the same rows (:mod:`sparkrec.model.factors`), whose fold-in
+    score is added with weight ``params["factor_weight"]``."""
 
     rows: np.ndarray  # (m,) int64
     weights: np.ndarray  # (m, m) float32, zero diagonal
     params: dict[str, float] = field(default_factory=dict)
+    factors: np.ndarray | None = None  # (m, rank) float32
 
     def columns(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Head column of each model row, and whether the head covers it."""
@@ -55,29 +58,66 @@ class LinearHead:
         searched choice: ratings as weights help where they say how much a user liked an item)."""
         return bool(self.params.get("binary", 0.0))
 
-    def user_matrix(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """(users, m) float32 input rows from CSR histories of model rows and their weights."""
-        if self.binary:
-            weights = np.ones(len(rows), dtype=np.float32)
+    def entries(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR histories of model rows as head columns: (indptr, columns, weights), items the
+        head does not cover dropped, a re-rated item once at its largest weight."""
         n_users = len(indptr) - 1
         owner = np.repeat(np.arange(n_users), np.diff(indptr))
         cols, known = self.columns(rows)
-        x = np.zeros((n_users, len(self.rows)), dtype=np.float32)
-        np.maximum.at(x, (owner[known], cols[known]), weights[known].astype(np.float32))
+        owner, cols, w = owner[known], cols[known], np.asarray(weights, np.float32)[known]
+        order = np.lexsort((w, cols, owner))  # by user, column, then weight: the last is the largest
+        owner, cols, w = owner[order], cols[order], w[order]
+        last = np.ones(len(cols), bool)
+        if len(cols):
+            last[:-1] = (owner[1:] != owner[:-1]) | (cols[1:] != cols[:-1])
+        owner, cols, w = owner[last], cols[last], w[last]
+        out_ptr = np.zeros(n_users + 1, np.int64)
+        np.cumsum(np.bincount(owner, minlength=n_users), out=out_ptr[1:])
+        return out_ptr, cols, w
+
+    def user_matrix(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(users, m) float32 input rows from CSR histories of model rows and their weights."""
+        ptr, cols, w = self.entries(indptr, rows, weights)
+        x = np.zeros((len(ptr) - 1, len(self.rows)), dtype=np.float32)
+        x[np.repeat(np.arange(len(ptr) - 1), np.diff(ptr)), cols] = 1.0 if self.binary else w
         return x
 
     def scores(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """(users, m) head scores, each user's row scaled to unit standard deviation, so that
         the blend weight means the same for a user with 5 items and one with 500."""
-        s = self.user_matrix(indptr, rows, weights) @ self.weights
-        return s / np.maximum(s.std(axis=1, keepdims=True), 1e-6)
+        return self.combine(self.user_matrix(indptr, rows, weights) @ self.weights, indptr, rows, weights)
+
+    def combine(self, item_item: np.ndarray, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray
+                ) -> np.ndarray:
+        """The head's score from its item-item part (users, m): both it and the factor term
+        scaled per user to unit standard deviation, the factor term weighted."""
+        out = unit_scale(item_item)
+        weight = float(self.params.get("factor_weight", 0.0))
+        if self.factors is not None and weight > 0:
+            from .factors import fold_in
+
+            ptr, cols, w = self.entries(indptr, rows, weights)
+            users = fold_in(self.factors, ptr, cols, w, self.params["factor_reg"], self.params["factor_alpha"])
+            out += np.float32(weight) * unit_scale(users @ self.factors.T)
+        return out
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return {"head_rows": self.rows.astype(np.int64), "head_weights": np.ascontiguousarray(self.weights)}
+        out = {"head_rows": self.rows.astype(np.int64), "head_weights": np.ascontiguousarray(self.weights)}
+        if self.factors is not None:
+            out["head_factors"] = np.ascontiguousarray(self.factors, dtype=np.float32)
+        return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, np.ndarray], params: dict[str, float]) -> LinearHead:
-        return cls(tensors["head_rows"].astype(np.int64), tensors["head_weights"].astype(np.float32), params)
+        factors = tensors.get("head_factors")
+        return cls(tensors["head_rows"].astype(np.int64), tensors["head_weights"].astype(np.float32), params,
+                   None if factors is None else factors.astype(np.float32))
+
+
+def unit_scale(scores: np.ndarray) -> np.ndarray:
+    """Each row divided by its standard deviation (a constant row left as it is)."""
+    return scores / np.maximum(scores.std(axis=1, keepdims=True), 1e-6)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -116,6 +156,26 @@ def head_rows(positives: DataFrame, max_items: int, min_count: int) -> np.ndarra
     return np.sort(np.array([r[0] + 1 for r in top], dtype=np.int64))
 
 
+def head_values(positives: DataFrame, rows: np.ndarray, binary: bool = False) -> DataFrame:
+    """(user_idx, item_idx, value) over ``rows``: one value per user and item, the largest
+    weight or 1, as both the Gram and the factor term read the users' positives."""
+    keep = positives.sparkSession.createDataFrame([(int(r) - 1,) for r in rows], "item_idx int")
+    value = F.lit(1.0).cast("double") if binary else F.max("weight").cast("double")
+    return positives.groupBy("user_idx", "item_idx").agg(value.alias("value")).join(F.broadcast(keep), "item_idx")
+
+
+def head_entries(positives: DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The users' positives over ``rows`` as CSR (indptr, head columns, weights), users in
+    ``user_idx`` order, for fitting the factor term on the driver. It is bounded by the head's
+    items, not the catalogue: 12 bytes per (user, head item) pair, ~12 MB per million."""
+    pdf = head_values(positives, rows).orderBy("user_idx", "item_idx").toPandas()
+    users, owner = np.unique(pdf["user_idx"].to_numpy(), return_inverse=True)
+    indptr = np.zeros(len(users) + 1, np.int64)
+    np.cumsum(np.bincount(owner, minlength=len(users)), out=indptr[1:])
+    cols = np.searchsorted(rows, pdf["item_idx"].to_numpy().astype(np.int64) + 1)
+    return indptr, cols, pdf["value"].to_numpy(np.float32)
+
+
 def weighted_gram(positives: DataFrame, rows: np.ndarray, binary: bool = False,
                   max_entries: int = 20_000_000) -> np.ndarray:
     """X^T X over ``rows`` of the users' positives (one value per user and item: the largest
@@ -128,11 +188,7 @@ def weighted_gram(positives: DataFrame, rows: np.ndarray, binary: bool = False,
     """
     from ..cooccurrence import gram
 
-    spark = positives.sparkSession
-    keep = spark.createDataFrame([(int(r) - 1,) for r in rows], "item_idx int")
-    value = F.lit(1.0).cast("double") if binary else F.max("weight").cast("double")
-    x = (positives.groupBy("user_idx", "item_idx").agg(value.alias("value"))
-         .join(F.broadcast(keep), "item_idx"))
+    x = head_values(positives, rows, binary)
     g = np.zeros((len(rows), len(rows)), dtype=np.float32)
     band = max(1, max_entries // max(len(rows), 1))
     banded = band < len(rows)  # one band: no cache, no filter

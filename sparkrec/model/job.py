@@ -30,7 +30,17 @@ from .blend import BlendSearch, search_blend
 from .build import all_item_vectors
 from .data import build_catalog, gap_scale_for, tower_inputs, training_examples
 from .distributed import run_distributed
-from .head import LinearHead, available_memory, head_rows, items_that_fit, side_grams, solve_head, weighted_gram
+from .factors import implicit_als
+from .head import (
+    LinearHead,
+    available_memory,
+    head_entries,
+    head_rows,
+    items_that_fit,
+    side_grams,
+    solve_head,
+    weighted_gram,
+)
 from .provenance import data_provenance
 from .registry import ITEM_VECTORS, load_weights, mlflow_name, mlflow_setup, save_model_dir
 from .store import model_tags
@@ -248,8 +258,15 @@ def fit_head(cfg: Config, prep: dict[str, Any], state: bytes) -> tuple[LinearHea
     sides = side_grams(prep["catalog"], rows) if mc.head_side_information else {}
     grams = {binary: weighted_gram(prep["fit"], rows, binary) for binary in (False, True)}
     search = BlendSearch(val, users.numpy(), items.numpy(), grams, sides, rows)
+    if mc.head_factors:
+        search.factor_fit = head_entries(prep["fit"], rows)
+        search.factor_grid = [(reg, alpha) for reg in mc.factor_regs for alpha in mc.factor_alphas]
+        search.factor_rank, search.factor_iterations = mc.factor_rank, mc.factor_iterations
     params, w_tower, ndcg = search_blend(search, tc.blend_trials, tc.seed)
     head = solve_head(weighted_gram(prep["train_pos"], rows, bool(params["binary"])), sides, rows, params)
+    if params.get("factor_weight", 0.0) > 0:
+        head.factors = implicit_als(*head_entries(prep["train_pos"], rows), len(rows), mc.factor_rank,
+                                    params["factor_reg"], params["factor_alpha"], mc.factor_iterations, tc.seed)
     blend = {"w_tower": w_tower, "val_ndcg_at_10": ndcg, "tower_only_val_ndcg_at_10": search.tower_only,
              "head_items": float(len(rows)), **{k: float(v) for k, v in params.items()}, "trials": search.trials}
     return head, blend

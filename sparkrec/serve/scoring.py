@@ -129,17 +129,14 @@ def head_extra(head: LinearHead, rows: np.ndarray, weights: np.ndarray) -> tuple
     Why not ``head.scores``: it multiplies a dense (1, m) input by the (m, m) weights, m up to
     ``model.head_max_items`` (20,000): 400M multiply-adds per request, of which all but the
     user's few dozen rows are by zero. Same input rule (a re-rated item once, at its largest
-    weight; 1 per item when the head is binary), same per-user scaling.
+    weight; 1 per item when the head is binary), same per-user scaling and factor term.
     """
-    cols, known = head.columns(rows)
-    w = np.ones(len(rows), np.float32) if head.binary else np.asarray(weights, np.float32)
-    cols, w = cols[known], w[known]
-    order = np.lexsort((w, cols))  # by column, then weight: the last of each column is its largest
-    cols, w = cols[order], w[order]
-    last = np.append(cols[1:] != cols[:-1], True) if len(cols) else np.zeros(0, bool)
-    s = w[last] @ head.weights[cols[last]] if len(cols) else np.zeros(len(head.rows), np.float32)
-    s = s[None, :]
-    return head.rows, s / np.maximum(s.std(axis=1, keepdims=True), 1e-6)
+    indptr = np.array([0, len(rows)], np.int64)
+    _, cols, w = head.entries(indptr, rows, weights)
+    if head.binary:
+        w = np.ones(len(cols), np.float32)
+    s = w @ head.weights[cols] if len(cols) else np.zeros(len(head.rows), np.float32)
+    return head.rows, head.combine(s[None, :], indptr, rows, weights)
 
 
 def vector_for(state: ServingState, q: Query) -> tuple[np.ndarray, Any, Any]:

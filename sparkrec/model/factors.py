@@ -1,0 +1,96 @@
+"""Implicit-feedback matrix factorisation over the head's items: the hybrid's third score term.
+
+Why a low-rank term beside the item-item head and the towers: on random per-user splits a tuned
+implicit ALS is the strongest baseline on ml-latest-small, and what it captures (a few global
+taste directions fitted to the confidence-weighted whole matrix) is what neither EASE's
+item-item regression nor the towers' sampled-softmax embeddings is trained for; the blend of
+the three is searched on validation like the rest (:mod:`sparkrec.model.blend`).
+
+The objective is Hu, Koren and Volinsky's (2008) with Spark MLlib's conventions, so its grid
+means what the ALS baseline's does: confidence ``1 + alpha * weight`` on a positive, 1 on every
+other item, and the ridge scaled by the row's number of positives (``reg * n_u``). Fitting runs
+a few conjugate-gradient steps per half-iteration, warm-started (Takacs et al. 2011), all users
+(or items) at once with sparse products; serving *folds a user in* with the exact least-squares
+step against the fixed item factors, so the model keeps item factors only and a user's term
+follows their latest events with no refit, in the batch job, the stream and the service alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+CG_STEPS = 3
+FOLD_IN_ENTRIES = 4096  # history entries whose r x r outer products are summed at once
+
+
+def _rows(indptr: np.ndarray, cols: np.ndarray, weights: np.ndarray, n_cols: int) -> sparse.csr_matrix:
+    return sparse.csr_matrix((np.asarray(weights, np.float64), np.asarray(cols, np.int64),
+                              np.asarray(indptr, np.int64)), shape=(len(indptr) - 1, n_cols))
+
+
+def _conjugate_gradient(r_mat: sparse.csr_matrix, fixed: np.ndarray, start: np.ndarray, reg: float,
+                        alpha: float, steps: int) -> np.ndarray:
+    """A few CG steps on every row's normal equation at once, from ``start``:
+    (F^T F + F^T diag(alpha r_u) F + reg n_u I) x_u = F^T (1 + alpha r_u) on r_u's positives."""
+    owner = np.repeat(np.arange(r_mat.shape[0]), np.diff(r_mat.indptr))
+    conf = alpha * r_mat.data
+    ridge = reg * np.diff(r_mat.indptr).astype(np.float64)[:, None]
+    gram = fixed.T @ fixed
+    fixed_at = fixed[r_mat.indices]
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        along = np.einsum("ij,ij->i", v[owner], fixed_at) * conf
+        spread = sparse.csr_matrix((along, r_mat.indices, r_mat.indptr), shape=r_mat.shape) @ fixed
+        return v @ gram + ridge * v + spread
+
+    b = sparse.csr_matrix((1.0 + conf, r_mat.indices, r_mat.indptr), shape=r_mat.shape) @ fixed
+    x = start.copy()
+    resid = b - apply(x)
+    direction = resid.copy()
+    norm = np.einsum("ij,ij->i", resid, resid)
+    for _ in range(steps):
+        moved = apply(direction)
+        step = norm / np.maximum(np.einsum("ij,ij->i", direction, moved), 1e-12)
+        x += step[:, None] * direction
+        resid -= step[:, None] * moved
+        new_norm = np.einsum("ij,ij->i", resid, resid)
+        direction = resid + (new_norm / np.maximum(norm, 1e-12))[:, None] * direction
+        norm = new_norm
+    return x
+
+
+def implicit_als(indptr: np.ndarray, cols: np.ndarray, weights: np.ndarray, n_items: int, rank: int,
+                 reg: float, alpha: float, iterations: int = 15, seed: int = 0) -> np.ndarray:
+    """(n_items, rank) float32 item factors from users' positives (CSR over item columns)."""
+    by_user = _rows(indptr, cols, weights, n_items)
+    by_user.sum_duplicates()
+    by_item = by_user.T.tocsr()
+    rng = np.random.default_rng(seed)
+    users = rng.normal(0.0, 0.01, (by_user.shape[0], rank))
+    items = rng.normal(0.0, 0.01, (n_items, rank))
+    for _ in range(iterations):
+        users = _conjugate_gradient(by_user, items, users, reg, alpha, CG_STEPS)
+        items = _conjugate_gradient(by_item, users, items, reg, alpha, CG_STEPS)
+    return items.astype(np.float32)
+
+
+def fold_in(factors: np.ndarray, indptr: np.ndarray, cols: np.ndarray, weights: np.ndarray, reg: float,
+            alpha: float) -> np.ndarray:
+    """(users, rank) float32 user factors, each the exact least-squares answer to its positives
+    (CSR over factor rows, one entry per item) against the fixed item factors."""
+    y = factors.astype(np.float64)
+    n, rank = len(indptr) - 1, y.shape[1]
+    counts = np.diff(indptr)
+    a = np.repeat((y.T @ y)[None], n, axis=0)
+    a += (reg * counts + 1e-9)[:, None, None] * np.eye(rank)  # the 1e-9: a user with no positives
+    owner = np.repeat(np.arange(n), counts)
+    conf = alpha * np.asarray(weights, np.float64)
+    for start in range(0, len(cols), FOLD_IN_ENTRIES):
+        part = slice(start, start + FOLD_IN_ENTRIES)
+        yc = y[cols[part]]
+        outer = np.einsum("e,ei,ej->eij", conf[part], yc, yc)
+        who, first = np.unique(owner[part], return_index=True)
+        a[who] += np.add.reduceat(outer, first, axis=0)
+    b = _rows(indptr, cols, 1.0 + conf, len(y)) @ y
+    return np.linalg.solve(a, b[:, :, None])[:, :, 0].astype(np.float32)
