@@ -84,7 +84,7 @@ def test_the_head_adds_the_weighted_factor_term_and_round_trips_it():
 
 def test_the_search_keeps_factors_only_when_validation_says_so():
     rng = np.random.default_rng(4)
-    indptr, cols, weights = _two_tastes(rng, users=80)
+    indptr, cols, _ = _two_tastes(rng, users=80)
     n_items = 40
     rows = np.arange(1, n_items + 1)  # every item in the head; model row = column + 1
     x = np.zeros((80, n_items), np.float32)

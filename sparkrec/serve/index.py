@@ -36,6 +36,15 @@ class Index(Protocol):
         ...
 
 
+class TextBlendIndex(Index, Protocol):
+    """Text-only users' blend ``[u, w q] . [v, t]``: ``text_pool`` is the text index's pool the
+    request already took for its pseudo-history, which a candidate search reuses."""
+
+    def search(self, users: np.ndarray, k: int, eligible: np.ndarray, seen: Seen | None = None,
+               extra: Extra | None = None, text_pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+
 class PoolIndex(Index, Protocol):
     """An index whose candidate pool can be taken once and ranked for more than one purpose
     (a text's pseudo-history and its blend share one search of the text index)."""
@@ -56,7 +65,7 @@ class ExactIndex:
     """Every item scored: the reference answer, and fast enough for a few hundred thousand items."""
 
     kind = "exact"
-    width = 256
+    width = 0  # no wider pool than asked: only a candidate search (faiss) gains from one
 
     def __init__(self, matrix: np.ndarray, block_rows: int = 65_536) -> None:
         self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
@@ -188,9 +197,9 @@ def rescore(users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray, s
 
 
 class ExactBlend:
-    """The exact top-K of ``[u, w q] . [v, t] = u.v + w q.t`` as :class:`BlendIndex`'s fallback:
-    its (items x (d + D)) matrix is made on the first search, which only a filter that empties
-    the candidates asks for."""
+    """The exact top-K of ``[u, w q] . [v, t] = u.v + w q.t``: the exact kind's blend, and
+    :class:`BlendIndex`'s fallback; its (items x (d + D)) matrix is made on the first search
+    (for the fallback, only a filter that empties the candidates asks for one)."""
 
     kind = "exact"
 
@@ -199,7 +208,8 @@ class ExactBlend:
         self.index: ExactIndex | None = None
 
     def search(self, users: np.ndarray, k: int, eligible: np.ndarray, seen: Seen | None = None,
-               extra: Extra | None = None) -> tuple[np.ndarray, np.ndarray]:
+               extra: Extra | None = None, text_pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``text_pool`` unused: every item is scored."""
         if self.index is None:
             self.index = ExactIndex(np.hstack(self.parts), self.block_rows)
         return self.index.search(users, k, eligible, seen, extra)
@@ -248,7 +258,7 @@ def make_index(matrix: np.ndarray, kind: str, cfg: FaissIndexConfig, threads: in
 
 
 def make_indexes(items: np.ndarray, text: np.ndarray | None, kind: str, cfg: FaissIndexConfig, threads: int = 1,
-                 block_rows: int = 65_536) -> tuple[Index, PoolIndex | None, Index | None]:
+                 block_rows: int = 65_536) -> tuple[Index, PoolIndex | None, TextBlendIndex | None]:
     """(item index, text index, blend index) of one kind; the text ones are None without item
     text. Under faiss the text index is ``cfg.for_text()`` and the blend one a
     :class:`BlendIndex` over the other two."""
@@ -258,4 +268,4 @@ def make_indexes(items: np.ndarray, text: np.ndarray | None, kind: str, cfg: Fai
     text_index = make_index(text, kind, cfg.for_text(), threads, block_rows)
     if isinstance(index, FaissIndex) and isinstance(text_index, FaissIndex):
         return index, text_index, BlendIndex(index, text_index, cfg.blend_candidates)
-    return index, text_index, ExactIndex(np.hstack([items, text]), block_rows)
+    return index, text_index, ExactBlend(items, text, block_rows)

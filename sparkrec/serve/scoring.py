@@ -8,7 +8,9 @@ history whose events all happened now.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ from ..model.head import LinearHead
 from ..recommend.score import blended_query, neighbours_as_history, user_vectors
 from ..recommend.topk import evidence
 from .explain import explain_row
-from .index import BlendIndex
+from .index import Extra
 from .state import Catalogue, ServingState
 
 
@@ -139,33 +141,34 @@ def head_extra(head: LinearHead, rows: np.ndarray, weights: np.ndarray) -> tuple
     return head.rows, head.combine(s[None, :], indptr, rows, weights)
 
 
-def vector_for(state: ServingState, q: Query) -> tuple[np.ndarray, Any, Any]:
-    """(user vector, index to search, head extra) exactly as the batch stage scores this kind of user."""
+Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # Index.search's arguments, bound to its index
+
+
+def vector_for(state: ServingState, q: Query) -> tuple[np.ndarray, Search, Extra | None]:
+    """(user vector, the search to run, head extra) exactly as the batch stage scores this kind
+    of user; a text's search reuses the text index's pool its pseudo-history came from."""
     p = state.payload
     if q.vector is not None:  # a known user: the tower ran when the snapshot was built
-        return q.vector, state.index, None if p.head is None else head_extra(p.head, q.items, q.weights)
+        return q.vector, state.index.search, None if p.head is None else head_extra(p.head, q.items, q.weights)
     u = user_vectors(p, np.array([q.user], np.int64), q.hist, q.gaps)
     if q.text is not None:
         assert state.text_payload is not None and state.blend_index is not None
         u = blended_query(state.text_payload.text_weight, u, q.text)
-        return u, state.blend_index, None
+        return u, partial(state.blend_index.search, text_pool=q.text_pool), None
     extra = None
     if p.head is not None:
         extra = head_extra(p.head, q.items, q.weights)
         u = tower_scale(u, p.items, p.head, p.tower_weight).astype(np.float32)
-    return u, state.index, extra
+    return u, state.index.search, extra
 
 
 def recommend(state: ServingState, q: Query, k: int, filters: RecommendFilters | None,
               max_attributes: int, exclude_seen: bool = True) -> list[dict[str, Any]]:
     """Top-``k`` explained items for one query (fewer only when the eligible catalogue runs out)."""
-    u, index, extra = vector_for(state, q)
+    u, search, extra = vector_for(state, q)
     seen = (np.array([0, len(q.seen)], np.int64), np.sort(q.seen)) if exclude_seen and len(q.seen) else None
     eligible = eligible_for(state.payload.eligible, state.catalogue, filters)
-    if isinstance(index, BlendIndex):
-        recs, scores = index.search(u, k, eligible, seen, extra, text_pool=q.text_pool)
-    else:
-        recs, scores = index.search(u, k, eligible, seen, extra)
+    recs, scores = search(u, k, eligible, seen, extra)
     ev = evidence(state.payload.items, q.hist, recs, state.payload.explain_items)
     out = []
     cat = state.catalogue

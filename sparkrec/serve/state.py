@@ -29,7 +29,7 @@ from ..recommend.job import current_states, eligibility, make_payload, resolve_m
 from ..recommend.llm import catalogue_vocabulary
 from ..recommend.score import Payload, model_user_rows, user_vectors
 from .explain import ItemFacts
-from .index import Index, PoolIndex, make_indexes
+from .index import Index, PoolIndex, TextBlendIndex, make_indexes
 
 log = get_logger("serve.state")
 
@@ -74,7 +74,7 @@ class ServingState:
     users: Users
     text_payload: Payload | None = None  # payload + item text (``score.blend``)
     has_text: np.ndarray | None = None
-    blend_index: Index | None = None  # [items, text] (index.BlendIndex): text-only users, as recommend_for_text
+    blend_index: TextBlendIndex | None = None  # [items, text]: text-only users, as recommend_for_text
     text_index: PoolIndex | None = None  # over item text: a text's nearest items (its pseudo-history)
     vocabulary: tuple[str, ...] = ()  # the catalogue's genres, for the LLM explanations' verifier
     loaded_at: float = field(default_factory=time.time)
