@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sparkrec.baselines.als import fold_in as spark_fold_in
+from sparkrec.model import factors
 from sparkrec.model.blend import BlendSearch, search_blend
 from sparkrec.model.factors import fold_in, implicit_als
 from sparkrec.model.head import LinearHead, unit_scale
@@ -24,7 +26,9 @@ def _two_tastes(rng: np.random.Generator, users: int = 60, items: int = 40) -> t
     return indptr, cols, rng.uniform(0.5, 1.0, len(cols)).astype(np.float32)
 
 
-def test_fold_in_solves_the_same_normal_equation_as_the_als_baseline():
+@pytest.mark.parametrize("entries", [32_768, 8])  # 8: many padded groups, a user longer than one
+def test_fold_in_solves_the_same_normal_equation_as_the_als_baseline(entries, monkeypatch):
+    monkeypatch.setattr(factors, "FOLD_IN_ENTRIES", entries)
     rng = np.random.default_rng(0)
     y = rng.normal(size=(30, 6)).astype(np.float32)
     rows = [rng.choice(30, n, replace=False) for n in (1, 4, 12, 0, 30)]

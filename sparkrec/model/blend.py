@@ -33,7 +33,7 @@ from ..logs import get_logger, log_fields
 from ..ragged import slice_csr
 from ..selection import best_k
 from .factors import implicit_als
-from .head import LAM_RANGE, LinearHead, head_params, solve_head
+from .head import LAM_RANGE, LinearHead, head_params, solve_head, unit_scale
 from .validation import ValSet, mask_padding_and_seen, ranking_quality
 
 log = get_logger("train.blend")
@@ -85,6 +85,8 @@ class BlendSearch:
     factor_iterations: int = 15
     _columns: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _products: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _factor_parts: dict[int, np.ndarray | None] = field(default_factory=dict, repr=False)
+    _factors_of: np.ndarray | None = field(default=None, repr=False)
 
     def candidates(self, start: int, stop: int) -> np.ndarray:
         """The only items that can reach a top k of users ``start .. stop``, whatever the trial:
@@ -103,7 +105,8 @@ class BlendSearch:
     def quality(self, head: LinearHead | None, reuse: bool = False) -> dict[float, float]:
         """Mean validation NDCG@k for every tower weight on the grid (head None: tower only).
         ``reuse``: the head's item-item weights are those of the previous call with ``reuse``
-        (stage three varies only the factor term), so their products are kept, not redone."""
+        (stage three varies only the factor term), so their products are kept, not redone
+        (:meth:`_head_part`)."""
         weights = TOWER_WEIGHTS if head is not None else (1.0,)
         totals = dict.fromkeys(weights, 0.0)
         n = len(self.val)
@@ -116,19 +119,30 @@ class BlendSearch:
             if head is not None:
                 indptr, rows = slice_csr(self.val.items_indptr, self.val.items, start, stop)
                 _, w = slice_csr(self.val.items_indptr, self.val.item_weights, start, stop)
-                if reuse and start in self._products:
-                    item_item = self._products[start]
-                else:
-                    item_item = head.user_matrix(indptr, rows, w) @ head.weights
-                    if reuse:
-                        self._products[start] = item_item
-                extra = np.searchsorted(columns, head.rows), head.combine(item_item, indptr, rows, w)
+                part = self._head_part(head, start, indptr, rows, w) if reuse else head.scores(indptr, rows, w)
+                extra = np.searchsorted(columns, head.rows), part
             for weight in weights:
                 scores = tower_scale(u, self.items, head, weight) @ items.T
                 if extra is not None:
                     scores[:, extra[0]] += extra[1]
                 totals[weight] += float(ranking_quality(scores, self.val, start, self.k, columns)[1].sum())
         return {w: t / max(n, 1) for w, t in totals.items()}
+
+    def _head_part(self, head: LinearHead, start: int, indptr: np.ndarray, rows: np.ndarray,
+                   weights: np.ndarray) -> np.ndarray:
+        """``head.scores`` for users ``start ..``, its two parts kept between calls: the
+        item-item part (stage three does not change it) and the factor term of the current
+        factors (each is scored at every weight on the grid)."""
+        if start not in self._products:
+            self._products[start] = unit_scale(head.user_matrix(indptr, rows, weights) @ head.weights)
+        if self._factors_of is not head.factors:
+            self._factor_parts.clear()
+            self._factors_of = head.factors
+        if start not in self._factor_parts:
+            self._factor_parts[start] = head.factor_scores(indptr, rows, weights)
+        factor = self._factor_parts[start]
+        item_item = self._products[start]
+        return item_item if factor is None else item_item + np.float32(head.params["factor_weight"]) * factor
 
     def objective(self, trial: Any, sides: dict[str, np.ndarray] | None = None,
                   lam_range: tuple[float, float] = LAM_RANGE) -> float:
@@ -156,6 +170,7 @@ class BlendSearch:
         assert self.factor_fit is not None
         best: tuple[LinearHead, float, float] = (head, 1.0, -np.inf)
         self._products.clear()
+        self._factor_parts.clear()
         for reg, alpha in self.factor_grid:
             started = time.perf_counter()
             factors = implicit_als(*self.factor_fit, len(head.rows), self.factor_rank, reg, alpha,
@@ -173,6 +188,8 @@ class BlendSearch:
                 if by_weight[w_tower] > best[2]:
                     best = (trial, w_tower, by_weight[w_tower])
         self._products.clear()
+        self._factor_parts.clear()
+        self._factors_of = None
         return best
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import sparse
 
 CG_STEPS = 3
-FOLD_IN_ENTRIES = 4096  # history entries whose r x r outer products are summed at once
+FOLD_IN_ENTRIES = 32_768  # padded history entries per batched product (x rank x 8 bytes of memory)
 
 
 def _rows(indptr: np.ndarray, cols: np.ndarray, weights: np.ndarray, n_cols: int) -> sparse.csr_matrix:
@@ -78,19 +78,32 @@ def implicit_als(indptr: np.ndarray, cols: np.ndarray, weights: np.ndarray, n_it
 def fold_in(factors: np.ndarray, indptr: np.ndarray, cols: np.ndarray, weights: np.ndarray, reg: float,
             alpha: float) -> np.ndarray:
     """(users, rank) float32 user factors, each the exact least-squares answer to its positives
-    (CSR over factor rows, one entry per item) against the fixed item factors."""
+    (CSR over factor rows, one entry per item) against the fixed item factors.
+
+    Each user's ``Y_u^T diag(c_u) Y_u`` is one batched matrix product over users of similar
+    history length, zero-padded to the longest of their group (BLAS, not a Python loop; sorting
+    by length keeps the padding small however skewed the lengths are)."""
     y = factors.astype(np.float64)
     n, rank = len(indptr) - 1, y.shape[1]
     counts = np.diff(indptr)
     a = np.repeat((y.T @ y)[None], n, axis=0)
     a += (reg * counts + 1e-9)[:, None, None] * np.eye(rank)  # the 1e-9: a user with no positives
-    owner = np.repeat(np.arange(n), counts)
     conf = alpha * np.asarray(weights, np.float64)
-    for start in range(0, len(cols), FOLD_IN_ENTRIES):
-        part = slice(start, start + FOLD_IN_ENTRIES)
-        yc = y[cols[part]]
-        outer = np.einsum("e,ei,ej->eij", conf[part], yc, yc)
-        who, first = np.unique(owner[part], return_index=True)
-        a[who] += np.add.reduceat(outer, first, axis=0)
+    by_length = np.argsort(counts, kind="stable")
+    lengths = np.maximum(counts[by_length], 1)
+    start = 0
+    while start < n:
+        reach = max(1, FOLD_IN_ENTRIES // int(lengths[start]))  # as many users as the shortest allows
+        group = max(1, min(reach, FOLD_IN_ENTRIES // int(lengths[min(start + reach, n) - 1])))
+        users = by_length[start:start + group]
+        width = int(counts[users].max())
+        if width:
+            slot = np.arange(width)[None, :]
+            take = np.minimum(indptr[users][:, None] + slot, max(len(cols) - 1, 0))
+            live = slot < counts[users][:, None]
+            yu = np.where(live[:, :, None], y[cols[take]], 0.0)
+            cu = np.where(live, conf[take], 0.0)
+            a[users] += np.matmul(yu.transpose(0, 2, 1) * cu[:, None, :], yu)
+        start += len(users)
     b = _rows(indptr, cols, 1.0 + conf, len(y)) @ y
     return np.linalg.solve(a, b[:, :, None])[:, :, 0].astype(np.float32)

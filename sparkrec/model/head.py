@@ -93,14 +93,20 @@ class LinearHead:
         """The head's score from its item-item part (users, m): both it and the factor term
         scaled per user to unit standard deviation, the factor term weighted."""
         out = unit_scale(item_item)
-        weight = float(self.params.get("factor_weight", 0.0))
-        if self.factors is not None and weight > 0:
-            from .factors import fold_in
-
-            ptr, cols, w = self.entries(indptr, rows, weights)
-            users = fold_in(self.factors, ptr, cols, w, self.params["factor_reg"], self.params["factor_alpha"])
-            out += np.float32(weight) * unit_scale(users @ self.factors.T)
+        factor = self.factor_scores(indptr, rows, weights)
+        if factor is not None:
+            out += np.float32(self.params["factor_weight"]) * factor
         return out
+
+    def factor_scores(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+        """(users, m) the factor term at unit scale per user, before its weight; None: no term."""
+        if self.factors is None or float(self.params.get("factor_weight", 0.0)) <= 0:
+            return None
+        from .factors import fold_in
+
+        ptr, cols, w = self.entries(indptr, rows, weights)
+        users = fold_in(self.factors, ptr, cols, w, self.params["factor_reg"], self.params["factor_alpha"])
+        return unit_scale(users @ self.factors.T)
 
     def tensors(self) -> dict[str, np.ndarray]:
         out = {"head_rows": self.rows.astype(np.int64), "head_weights": np.ascontiguousarray(self.weights)}
