@@ -69,8 +69,8 @@ def test_als_fold_in_reproduces_sparks_user_factors(small_split):
     """Serving folds users in against the item factors; that must be Spark's own last step."""
     from pyspark.ml.recommendation import ALS
 
-    from sparkrec.baselines.als import fold_in
     from sparkrec.baselines.base import positives
+    from sparkrec.model.factors import fold_in
 
     pos = positives(small_split).cache()
     model = ALS(rank=8, maxIter=8, regParam=0.1, alpha=1.0, implicitPrefs=True, userCol="user_idx",
@@ -79,11 +79,12 @@ def test_als_fold_in_reproduces_sparks_user_factors(small_split):
     ids, v = items["id"].to_numpy(), np.stack(items["features"].to_numpy()).astype(np.float32)
     users = model.userFactors.toPandas().head(20)
     hist = pos.toPandas()
-    for u, spark_factors in zip(users["id"], users["features"], strict=True):
-        mine = hist[hist["user_idx"] == u]
-        cols = np.searchsorted(ids, mine["item_idx"].to_numpy())
-        got = fold_in(v, cols, mine["weight"].to_numpy(np.float32), 1.0, 0.1)
-        np.testing.assert_allclose(got, np.asarray(spark_factors), rtol=1e-3, atol=1e-4)
+    mine = [hist[hist["user_idx"] == u] for u in users["id"]]
+    indptr = np.concatenate([[0], np.cumsum([len(m) for m in mine])])
+    cols = np.searchsorted(ids, np.concatenate([m["item_idx"].to_numpy() for m in mine]))
+    weights = np.concatenate([m["weight"].to_numpy(np.float32) for m in mine])
+    got = fold_in(v, indptr, cols, weights, 0.1, 1.0)  # every user in one batched solve
+    np.testing.assert_allclose(got, np.stack(users["features"].to_numpy()), rtol=1e-3, atol=1e-4)
     pos.unpersist()
 
 

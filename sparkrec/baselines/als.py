@@ -24,6 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..logs import get_logger, log_fields
+from ..model.factors import fold_in
 from .base import Held, Recommender, SharedMatrix, distinct_users, positives, scoring_inputs
 from .scoring import ItemSpace, ScoreBlock, list_entries, top_k_per_user
 from .tuning import Holdout, expand_grid, holdout_validation, select_by_validation
@@ -34,43 +35,21 @@ if TYPE_CHECKING:
 log = get_logger("baselines.als")
 
 
-def fold_in(items: np.ndarray, cols: np.ndarray, weights: np.ndarray, alpha: float, reg_param: float,
-            gram_matrix: np.ndarray | None = None) -> np.ndarray:
-    """One user's factors from their positives (columns of ``items``, weights), item factors fixed.
-
-    Spark's implicit ALS normal equation for a user: (Y^T Y + sum_i c_i y_i y_i^T + reg n I) x
-    = sum_i (1 + c_i) y_i over the user's ratings r_i > 0, with c_i = alpha r_i and n the
-    number of such ratings (Spark scales regParam by it); solved in double precision.
-    """
-    y = items.astype(np.float64)
-    yty = y.T @ y if gram_matrix is None else gram_matrix
-    keep = weights > 0
-    yu, c = y[cols[keep]], alpha * weights[keep].astype(np.float64)
-    a = yty + (yu * c[:, None]).T @ yu + reg_param * keep.sum() * np.eye(y.shape[1])
-    return np.linalg.solve(a, ((1.0 + c)[:, None] * yu).sum(axis=0))
-
-
 class _FoldInScorer:
     """Scores a block of users as U @ V^T, U folded in from the users' histories."""
 
     def __init__(self, items: Held, space: ItemSpace, alpha: float, reg_param: float) -> None:
         self.items, self.space, self.alpha, self.reg_param = items, space, alpha, reg_param
-        self._gram: np.ndarray | None = None
 
     def __call__(self, batch: pa.RecordBatch) -> np.ndarray:
         v = self.items.value
-        if self._gram is None:
-            self._gram = v.T.astype(np.float64) @ v.astype(np.float64)
-        rows, items = list_entries(batch, "hist_items")
+        rows, items = list_entries(batch, "hist_items")  # entries come grouped by row
         _, weights = list_entries(batch, "hist_weights")
         cols, known = self.space.columns(items)
-        users = np.zeros((batch.num_rows, v.shape[1]), dtype=np.float32)
-        ends = np.cumsum(np.bincount(rows, minlength=batch.num_rows))  # entries come grouped by row
-        for r in range(batch.num_rows):
-            mine = slice(ends[r - 1] if r else 0, ends[r])
-            ok = known[mine]
-            users[r] = fold_in(v, cols[mine][ok], weights[mine][ok], self.alpha, self.reg_param, self._gram)
-        return users @ v.T
+        keep = known & (weights > 0)
+        indptr = np.zeros(batch.num_rows + 1, np.int64)
+        np.cumsum(np.bincount(rows[keep], minlength=batch.num_rows), out=indptr[1:])
+        return fold_in(v, indptr, cols[keep], weights[keep], self.reg_param, self.alpha) @ v.T
 
 
 class ALSBaseline(Recommender):
@@ -81,7 +60,7 @@ class ALSBaseline(Recommender):
     (rank, reg_param, alpha), keeps the best NDCG@10 and refits it on the whole train;
     ``best_params`` and ``tuning_results`` record the search. Scoring is exact over the
     catalogue with broadcast item factors (:func:`top_k_per_user`), users folded in from
-    their observed positives (:func:`fold_in`); users without positives get no rows.
+    their observed positives (:func:`sparkrec.model.factors.fold_in`); users without positives get no rows.
     """
 
     name = "als"

