@@ -22,8 +22,10 @@ to ``--json`` and every report is written as HTML under --out.
     python benchmarks/quality.py --combine seed42.json seeds43-44.json --json all.json
 
 ``--combine`` merges the stratified results of runs made separately (one seed per run, say,
-on a machine that cannot hold a long run) into one mean +- std per model, and re-prints the
-goals; the other protocols are carried over from the files as they are.
+on a machine that cannot hold a long run, or the hybrid re-run after a change beside the
+baselines' earlier run of the same seeds: a later file's model and seed replace an earlier
+one's) into one mean +- std per model, and re-prints the goals; the other protocols are
+carried over from the files as they are.
 """
 
 from __future__ import annotations
@@ -195,23 +197,27 @@ def seeded_verdict(summary: dict[str, dict[str, Any]], rivals: list[str], metric
 
 def combine(paths: list[Path]) -> tuple[dict[str, Any], list[str]]:
     """Concatenates each model's per-seed values across result files and recomputes the stats.
-    A seed present in two files is an error: it would count one split twice."""
+    A model and seed in a later file replace the earlier file's (said on stdout): that is how a
+    model re-run after a change meets the baselines' earlier run of the same seeds."""
     merged: dict[str, Any] = {}
+    by_seed: dict[tuple[str, str, str], dict[int, float]] = {}  # (dataset, model, metric) -> seed -> value
     for path in paths:
         for dataset, protocols in json.loads(path.read_text()).items():
             into = merged.setdefault(dataset, {})
             for protocol, result in protocols.items():
-                if protocol != "stratified" or protocol not in into:
+                if protocol != "stratified":
                     into[protocol] = json.loads(json.dumps(result))
                     continue
-                seen = into[protocol]["seeds"]
-                if twice := set(seen) & set(result["seeds"]):
-                    raise SystemExit(f"{path}: {dataset} seed(s) {sorted(twice)} already in an earlier file")
-                into[protocol]["seeds"] = seen + result["seeds"]
                 for model, metrics in result["models"].items():
                     for metric, st in metrics.items():
-                        old = into[protocol]["models"].setdefault(model, {}).get(metric, {"values": []})
-                        into[protocol]["models"][model][metric] = stats(old["values"] + st["values"])
+                        values = by_seed.setdefault((dataset, model, metric), {})
+                        if metric == "ndcg@10" and (again := set(values) & set(result["seeds"])):
+                            print(f"{path}: replaces {dataset} {model} seed(s) {sorted(again)}")
+                        values.update(zip(result["seeds"], st["values"], strict=True))
+    for (dataset, model, metric), values in by_seed.items():
+        strat = merged[dataset].setdefault("stratified", {"seeds": [], "models": {}})
+        strat["seeds"] = sorted(set(strat["seeds"]) | set(values))
+        strat["models"].setdefault(model, {})[metric] = stats([values[seed] for seed in sorted(values)])
     verdicts = []
     for dataset, protocols in merged.items():
         if "stratified" in protocols:

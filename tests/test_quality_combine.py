@@ -33,8 +33,14 @@ def test_combine_concatenates_seeds_and_recomputes_stats(tmp_path: Path) -> None
     assert any("MEETS the 1.05x goal on ndcg@10" in v for v in verdicts)  # 0.32 vs 0.30 = 1.067x
 
 
-def test_combine_refuses_a_seed_counted_twice(tmp_path: Path) -> None:
-    a = _run(tmp_path / "a.json", [42], [0.3], [0.2])
-    b = _run(tmp_path / "b.json", [42], [0.3], [0.2])
-    with pytest.raises(SystemExit, match="seed"):
-        quality.combine([a, b])
+def test_a_later_run_of_a_model_and_seed_replaces_the_earlier_one(tmp_path: Path, capsys) -> None:
+    both = _run(tmp_path / "both.json", [42, 43], [0.30, 0.31], [0.20, 0.22])
+    rerun = tmp_path / "rerun.json"  # the hybrid alone, re-run after a change, on the same seeds
+    rerun.write_text(json.dumps({"movielens": {"stratified": {"seeds": [42, 43], "models": {
+        "hybrid": {"ndcg@10": quality.stats([0.40, 0.42]), "recall@20": quality.stats([0.40, 0.42])}}}}}))
+    merged, _ = quality.combine([both, rerun])
+    strat = merged["movielens"]["stratified"]
+    assert strat["seeds"] == [42, 43]  # each split counted once
+    assert strat["models"]["hybrid"]["ndcg@10"]["values"] == [0.40, 0.42]
+    assert strat["models"]["ease"]["ndcg@10"]["values"] == [0.20, 0.22]
+    assert "replaces movielens hybrid seed(s) [42, 43]" in capsys.readouterr().out
