@@ -90,8 +90,7 @@ def main() -> None:
     setup_logging("WARNING")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sparkrec-bench-scale-"))
     base = load_config(REPO / "conf" / "local.yaml", [])
-    src = (REPO / base.data.paths.bookcrossing).resolve() if not Path(base.data.paths.bookcrossing).is_absolute() \
-        else Path(base.data.paths.bookcrossing)
+    src = (REPO / base.data.paths.bookcrossing).resolve()  # an absolute path replaces REPO
     keep_every = max(1, round(1 / args.fraction))
     stages = ("ingest", "features", "train", "recommend")
     rows: list[dict[str, float]] = []
