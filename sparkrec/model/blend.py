@@ -163,7 +163,6 @@ class BlendSearch:
         log_fields(log, "blend trial", **record)
         return by_weight[weight]
 
-
     def factor_trials(self, head: LinearHead, seed: int) -> tuple[LinearHead, float, float]:
         """Stage three: (head, tower weight, validation NDCG) of the best factor term on the
         grid, over every weight in ``FACTOR_WEIGHTS``; ALS is fitted once per grid point."""
