@@ -133,13 +133,14 @@ class BlendSearch:
         """``head.scores`` for users ``start ..``, its two parts kept between calls: the
         item-item part (stage three does not change it) and the factor term of the current
         factors (each is scored at every weight on the grid)."""
+        held = head.entries(indptr, rows, weights)
         if start not in self._products:
-            self._products[start] = unit_scale(head.user_matrix(indptr, rows, weights) @ head.weights)
+            self._products[start] = unit_scale(head.dense(held) @ head.weights)
         if self._factors_of is not head.factors:
             self._factor_parts.clear()
             self._factors_of = head.factors
         if start not in self._factor_parts:
-            self._factor_parts[start] = head.factor_scores(indptr, rows, weights)
+            self._factor_parts[start] = head.factor_scores(held)
         factor = self._factor_parts[start]
         item_item = self._products[start]
         return item_item if factor is None else item_item + np.float32(head.params["factor_weight"]) * factor

@@ -44,7 +44,7 @@ def _conjugate_gradient(r_mat: sparse.csr_matrix, fixed: np.ndarray, start: np.n
         spread = sparse.csr_matrix((along, r_mat.indices, r_mat.indptr), shape=r_mat.shape) @ fixed
         return v @ gram + ridge * v + spread
 
-    b = sparse.csr_matrix((1.0 + conf, r_mat.indices, r_mat.indptr), shape=r_mat.shape) @ fixed
+    b = _rows(r_mat.indptr, r_mat.indices, 1.0 + conf, r_mat.shape[1]) @ fixed
     x = start.copy()
     resid = b - apply(x)
     direction = resid.copy()

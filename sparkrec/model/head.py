@@ -31,6 +31,7 @@ from ..linalg import spd_inverse
 from .data import Catalog
 
 TEXT_NEIGHBOURS = 50
+Entries = tuple[np.ndarray, np.ndarray, np.ndarray]  # CSR over head columns: (indptr, columns, weights)
 
 
 @dataclass
@@ -58,8 +59,7 @@ class LinearHead:
         searched choice: ratings as weights help where they say how much a user liked an item)."""
         return bool(self.params.get("binary", 0.0))
 
-    def entries(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def entries(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> Entries:
         """CSR histories of model rows as head columns: (indptr, columns, weights), items the
         head does not cover dropped, a re-rated item once at its largest weight."""
         n_users = len(indptr) - 1
@@ -78,7 +78,11 @@ class LinearHead:
 
     def user_matrix(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """(users, m) float32 input rows from CSR histories of model rows and their weights."""
-        ptr, cols, w = self.entries(indptr, rows, weights)
+        return self.dense(self.entries(indptr, rows, weights))
+
+    def dense(self, held: Entries) -> np.ndarray:
+        """(users, m) float32 input rows from :meth:`entries`' output."""
+        ptr, cols, w = held
         x = np.zeros((len(ptr) - 1, len(self.rows)), dtype=np.float32)
         x[np.repeat(np.arange(len(ptr) - 1), np.diff(ptr)), cols] = 1.0 if self.binary else w
         return x
@@ -86,26 +90,27 @@ class LinearHead:
     def scores(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """(users, m) head scores, each user's row scaled to unit standard deviation, so that
         the blend weight means the same for a user with 5 items and one with 500."""
-        return self.combine(self.user_matrix(indptr, rows, weights) @ self.weights, indptr, rows, weights)
+        held = self.entries(indptr, rows, weights)
+        return self.combine(self.dense(held) @ self.weights, held)
 
-    def combine(self, item_item: np.ndarray, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray
-                ) -> np.ndarray:
-        """The head's score from its item-item part (users, m): both it and the factor term
-        scaled per user to unit standard deviation, the factor term weighted."""
+    def combine(self, item_item: np.ndarray, held: Entries) -> np.ndarray:
+        """The head's score from its item-item part (users, m) and the users' :meth:`entries`:
+        both it and the factor term scaled per user to unit standard deviation, the factor term
+        weighted."""
         out = unit_scale(item_item)
-        factor = self.factor_scores(indptr, rows, weights)
+        factor = self.factor_scores(held)
         if factor is not None:
             out += np.float32(self.params["factor_weight"]) * factor
         return out
 
-    def factor_scores(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
-        """(users, m) the factor term at unit scale per user, before its weight; None: no term."""
+    def factor_scores(self, held: Entries) -> np.ndarray | None:
+        """(users, m) the factor term at unit scale per user, before its weight, from the users'
+        :meth:`entries`; None: no term."""
         if self.factors is None or float(self.params.get("factor_weight", 0.0)) <= 0:
             return None
         from .factors import fold_in
 
-        ptr, cols, w = self.entries(indptr, rows, weights)
-        users = fold_in(self.factors, ptr, cols, w, self.params["factor_reg"], self.params["factor_alpha"])
+        users = fold_in(self.factors, *held, self.params["factor_reg"], self.params["factor_alpha"])
         return unit_scale(users @ self.factors.T)
 
     def tensors(self) -> dict[str, np.ndarray]:

@@ -133,12 +133,12 @@ def head_extra(head: LinearHead, rows: np.ndarray, weights: np.ndarray) -> tuple
     user's few dozen rows are by zero. Same input rule (a re-rated item once, at its largest
     weight; 1 per item when the head is binary), same per-user scaling and factor term.
     """
-    indptr = np.array([0, len(rows)], np.int64)
-    _, cols, w = head.entries(indptr, rows, weights)
+    held = head.entries(np.array([0, len(rows)], np.int64), rows, weights)
+    _, cols, w = held
     if head.binary:
         w = np.ones(len(cols), np.float32)
     s = w @ head.weights[cols] if len(cols) else np.zeros(len(head.rows), np.float32)
-    return head.rows, head.combine(s[None, :], indptr, rows, weights)
+    return head.rows, head.combine(s[None, :], held)
 
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # Index.search's arguments, bound to its index
