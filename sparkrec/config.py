@@ -462,6 +462,12 @@ class ModelConfig(StrictModel):
     factor_regs: list[float] = Field(default_factory=lambda: [0.1, 0.3, 1.0], min_length=1)
     factor_alphas: list[float] = Field(default_factory=lambda: [1.0, 4.0], min_length=1)
     factor_iterations: int = Field(15, gt=0)
+    # Cold items (no training positive) get factors predicted from their text by a ridge
+    # regression onto the fitted items' factors (sparkrec.model.factors.content_factors), so the
+    # factor term ranks them too; the ridge is on unit text vectors (flat from 0.3 to 10 on
+    # benchmarks/cold_map.py's pseudo-cold carves).
+    cold_factors: bool = True
+    cold_factor_ridge: float = Field(1.0, gt=0)
 
 
 class TrainConfig(StrictModel):

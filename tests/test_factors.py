@@ -124,3 +124,45 @@ def test_the_search_keeps_factors_only_when_validation_says_so():
         assert value > best_plain
     else:
         assert value == best_plain
+
+
+def test_content_factors_place_cold_items_by_their_text():
+    """Items 36-39 never appear in training; their text resembles one taste's items, so the
+    factors predicted from text rank each taste's cold items first for that taste's users."""
+    rng = np.random.default_rng(5)
+    indptr, cols, weights = _two_tastes(rng, users=80)
+    keep = cols < 36
+    owner = np.repeat(np.arange(80), np.diff(indptr))[keep]
+    cols, weights = cols[keep], weights[keep]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=80))])
+    y = implicit_als(indptr, cols, weights, 36, rank=4, reg=0.05, alpha=4.0, iterations=10, seed=0)
+    taste = (np.arange(41) - 1) >= 20  # model row r is item r - 1; row 0 is padding
+    text = np.where(taste[:, None], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]) + rng.normal(0, 0.2, (41, 3))
+    cold = np.arange(37, 41)  # items 36-39, known by their text only: two of each taste
+    taste[37:39] = False
+    text[37:39] = [1.0, 0.0, 0.0]
+    predicted = factors.content_factors(text, np.arange(1, 37), y, cold, ridge=0.1)
+    users = fold_in(y, indptr, cols, weights, 0.05, 4.0)
+    best = np.argmax(users @ predicted.T, axis=1)
+    assert (taste[cold[best]] == (np.arange(80) % 2 == 1)).mean() > 0.9
+
+
+def test_the_head_scores_cold_items_through_the_factor_term_only():
+    rng = np.random.default_rng(6)
+    rows, cold = np.array([2, 4, 6, 8, 10]), np.array([3, 11])
+    w = rng.normal(size=(5, 5)).astype(np.float32)
+    y, yc = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(2, 3)).astype(np.float32)
+    params = {"factor_weight": 0.7, "factor_reg": 0.2, "factor_alpha": 3.0}
+    head = LinearHead(rows, w, params, y, cold, yc)
+    assert head.scored_rows.tolist() == [2, 3, 4, 6, 8, 10, 11]
+    indptr, hist, hw = np.array([0, 2, 5]), np.array([2, 6, 4, 8, 3]), np.array([1.0, 0.5, 1, 1, 1], np.float32)
+    x = head.user_matrix(indptr, hist, hw)  # item 3 is cold: no input column, no item-item weight
+    users = fold_in(y, *head.entries(indptr, hist, hw), 0.2, 3.0)
+    factor = unit_scale(np.hstack([users @ y.T, users @ yc.T]))[:, [0, 5, 1, 2, 3, 4, 6]]
+    want = 0.7 * factor
+    want[:, [0, 2, 3, 4, 5]] += unit_scale(x @ w)
+    assert np.allclose(head.scores(indptr, hist, hw), want, atol=1e-5)
+    again = LinearHead.from_tensors(head.tensors(), params)
+    assert np.array_equal(again.cold_rows, cold) and np.allclose(again.scores(indptr, hist, hw), want, atol=1e-5)
+    off = LinearHead(rows, w, {**params, "factor_weight": 0.0}, y, cold, yc)  # no term: no cold items
+    assert off.scored_rows.tolist() == rows.tolist() and off.scores(indptr, hist, hw).shape == (2, 5)

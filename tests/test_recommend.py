@@ -86,10 +86,15 @@ def test_spark_top_k_equals_numpy_brute_force(served):
                 x[r, col] = 1.0 if head.binary else weight
     h = x @ head.weights.astype(np.float64)
     h /= np.maximum(h.std(axis=1, keepdims=True), 1e-6)
+    scores *= loaded.tower_weight / np.maximum(scores[:, rows].std(axis=1, keepdims=True), 1e-6)
+    scores[:, rows] += h
     if head.factors is not None and head.params.get("factor_weight", 0.0) > 0:  # the factor term, by hand
         y = head.factors.astype(np.float64)
+        # items with no training positive are scored by factors predicted from their text
+        assert head.cold_rows is not None and head.cold_factors is not None and len(head.cold_rows)
+        y_all, rows_all = np.vstack([y, head.cold_factors]), np.concatenate([rows, head.cold_rows])
         reg, alpha = head.params["factor_reg"], head.params["factor_alpha"]
-        raw = np.zeros((len(states), len(rows)))
+        raw = np.zeros((len(states), len(rows_all)))
         for r, (items, weights) in enumerate(zip(states["items"], states["weights"], strict=True)):
             w_of: dict[int, float] = {}
             for item, weight in zip(items, weights, strict=True):
@@ -98,10 +103,8 @@ def test_spark_top_k_equals_numpy_brute_force(served):
                     w_of[int(col)] = max(w_of.get(int(col), 0.0), float(weight))
             cols, c = np.array(list(w_of), np.int64), alpha * np.array(list(w_of.values()))
             a = y.T @ y + (y[cols] * c[:, None]).T @ y[cols] + (reg * len(cols) + 1e-9) * np.eye(y.shape[1])
-            raw[r] = y @ np.linalg.solve(a, ((1.0 + c)[:, None] * y[cols]).sum(axis=0))
-        h += head.params["factor_weight"] * raw / np.maximum(raw.std(axis=1, keepdims=True), 1e-6)
-    scores *= loaded.tower_weight / np.maximum(scores[:, rows].std(axis=1, keepdims=True), 1e-6)
-    scores[:, rows] += h
+            raw[r] = y_all @ np.linalg.solve(a, ((1.0 + c)[:, None] * y[cols]).sum(axis=0))
+        scores[:, rows_all] += head.params["factor_weight"] * raw / np.maximum(raw.std(axis=1, keepdims=True), 1e-6)
     scores[:, 0] = -np.inf
     got = _rows(lake).set_index("user_idx")
     for row, user in enumerate(states["user_idx"]):

@@ -32,7 +32,7 @@ import numpy as np
 from ..logs import get_logger, log_fields
 from ..ragged import slice_csr
 from ..selection import best_k
-from .factors import implicit_als
+from .factors import content_factors, implicit_als
 from .head import LAM_RANGE, LinearHead, head_params, solve_head, unit_scale
 from .validation import ValSet, mask_padding_and_seen, ranking_quality
 
@@ -60,7 +60,7 @@ def tower_scale(u: np.ndarray, items: np.ndarray, head: LinearHead | None, weigh
 def head_scores(head: LinearHead, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
     """The head's share as ``top_k``'s ``extra`` argument: (its rows, per-user scores)."""
-    return head.rows, head.scores(indptr, rows, weights)
+    return head.scored_rows, head.scores(indptr, rows, weights)
 
 
 @dataclass
@@ -83,6 +83,11 @@ class BlendSearch:
     factor_grid: list[tuple[float, float]] = field(default_factory=list)
     factor_rank: int = 64
     factor_iterations: int = 15
+    # Items with no positive in the fit part, scored by factors predicted from ``item_text``
+    # (model rows' text vectors) with ridge ``cold_ridge``; empty: none.
+    cold_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    item_text: np.ndarray | None = None
+    cold_ridge: float = 1.0
     _columns: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _products: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _factor_parts: dict[int, np.ndarray | None] = field(default_factory=dict, repr=False)
@@ -90,16 +95,18 @@ class BlendSearch:
 
     def candidates(self, start: int, stop: int) -> np.ndarray:
         """The only items that can reach a top k of users ``start .. stop``, whatever the trial:
-        the head's rows, and each user's k best unseen other items by tower score. Off the
-        head, the blend is the tower cosine times a positive per-user weight, so that order
-        never changes. Ranking these instead of the whole catalogue is exact (ties at equal
-        scores aside) and makes a trial cost the head's size, not the catalogue's: on full
-        Book-Crossing (271k items) the whole-catalogue search took over 10 minutes."""
+        the head's rows, the cold items (the factor term may score them), and each user's k best
+        unseen other items by tower score. Off those, the blend is the tower cosine times a
+        positive per-user weight, so that order never changes. Ranking these instead of the
+        whole catalogue is exact (ties at equal scores aside) and makes a trial cost the
+        head's size, not the catalogue's: on full Book-Crossing (271k items) the
+        whole-catalogue search took over 10 minutes."""
         if start not in self._columns:
             scores = mask_padding_and_seen(self.users[start:stop] @ self.items.T, self.val, start)
-            scores[:, self.rows] = -np.inf
+            scored = np.union1d(self.rows, self.cold_rows)
+            scores[:, scored] = -np.inf
             top, top_scores = best_k(scores, min(self.k, scores.shape[1]))
-            self._columns[start] = np.union1d(self.rows, top[np.isfinite(top_scores)])
+            self._columns[start] = np.union1d(scored, top[np.isfinite(top_scores)])
         return self._columns[start]
 
     def quality(self, head: LinearHead | None, reuse: bool = False) -> dict[float, float]:
@@ -120,7 +127,7 @@ class BlendSearch:
                 indptr, rows = slice_csr(self.val.items_indptr, self.val.items, start, stop)
                 _, w = slice_csr(self.val.items_indptr, self.val.item_weights, start, stop)
                 part = self._head_part(head, start, indptr, rows, w) if reuse else head.scores(indptr, rows, w)
-                extra = np.searchsorted(columns, head.rows), part
+                extra = np.searchsorted(columns, head.scored_rows), part
             for weight in weights:
                 scores = tower_scale(u, self.items, head, weight) @ items.T
                 if extra is not None:
@@ -141,9 +148,13 @@ class BlendSearch:
             self._factors_of = head.factors
         if start not in self._factor_parts:
             self._factor_parts[start] = head.factor_scores(held)
-        factor = self._factor_parts[start]
-        item_item = self._products[start]
-        return item_item if factor is None else item_item + np.float32(head.params["factor_weight"]) * factor
+        return head.weigh(self._products[start], self._factor_parts[start])
+
+    def cold_factors(self, rows: np.ndarray, factors: np.ndarray) -> np.ndarray | None:
+        """The cold items' factors predicted from text, or None (no cold items or no text)."""
+        if self.item_text is None or not len(self.cold_rows):
+            return None
+        return content_factors(self.item_text, rows, factors, self.cold_rows, self.cold_ridge)
 
     def objective(self, trial: Any, sides: dict[str, np.ndarray] | None = None,
                   lam_range: tuple[float, float] = LAM_RANGE) -> float:
@@ -175,10 +186,11 @@ class BlendSearch:
             started = time.perf_counter()
             factors = implicit_als(*self.factor_fit, len(head.rows), self.factor_rank, reg, alpha,
                                    self.factor_iterations, seed)
+            cold = self.cold_factors(head.rows, factors)
             for weight in FACTOR_WEIGHTS:
                 params = {**head.params, "factor_weight": weight, "factor_reg": reg, "factor_alpha": alpha,
                           "factor_rank": float(self.factor_rank)}
-                trial = replace(head, params=params, factors=factors)
+                trial = replace(head, params=params, factors=factors, cold_rows=self.cold_rows, cold_factors=cold)
                 by_weight = self.quality(trial, reuse=True)
                 w_tower = max(by_weight, key=lambda w: (by_weight[w], -w))
                 record = {**params, "w_tower": w_tower, f"ndcg@{self.k}": by_weight[w_tower],

@@ -117,3 +117,26 @@ def batched_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     x = torch.linalg.solve(torch.from_numpy(a), torch.from_numpy(b)[:, :, None])[:, :, 0]
     return x.numpy().astype(np.float32)
+
+
+def content_factors(text: np.ndarray, fitted_rows: np.ndarray, factors: np.ndarray, new_rows: np.ndarray,
+                    ridge: float) -> np.ndarray:
+    """(len(new_rows), rank) float32 factors for items ALS never saw, predicted from their text.
+
+    Why: the factor term is what places an item among the users' taste directions, and a cold
+    item has no column to fit. A ridge regression from the fitted items' unit text vectors (and
+    a bias) to their ALS factors learns which directions of the text space carry collaborative
+    signal, and it predicts the factor norm too, i.e. how broadly the item will appeal. A user's
+    folded-in factors then score cold items like any other (the CB2CF / "content to
+    collaborative" mapping of Barkan et al. 2019, in closed form). Measured on 5% of
+    ml-latest-small's train items carved out as pseudo-cold (``benchmarks/cold_map.py``), this
+    alone more than doubled content-only Recall@20 on one carve."""
+    def design(rows: np.ndarray) -> np.ndarray:
+        t = text[rows].astype(np.float64)
+        t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-9)
+        return np.hstack([t, np.ones((len(rows), 1))])
+
+    x = design(fitted_rows)
+    gram = x.T @ x + ridge * np.eye(x.shape[1])
+    mapping = np.linalg.solve(gram, x.T @ factors.astype(np.float64))
+    return (design(new_rows) @ mapping).astype(np.float32)

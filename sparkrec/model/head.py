@@ -44,6 +44,10 @@ class LinearHead:
     weights: np.ndarray  # (m, m) float32, zero diagonal
     params: dict[str, float] = field(default_factory=dict)
     factors: np.ndarray | None = None  # (m, rank) float32
+    # Items with no training positive and their factors predicted from text
+    # (:func:`sparkrec.model.factors.content_factors`): the factor term scores them too.
+    cold_rows: np.ndarray | None = None  # (c,) int64 model rows, ascending, disjoint from rows
+    cold_factors: np.ndarray | None = None  # (c, rank) float32
 
     def columns(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Head column of each model row, and whether the head covers it."""
@@ -52,6 +56,21 @@ class LinearHead:
             return np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
         cols = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
         return cols, self.rows[cols] == rows
+
+    @property
+    def factor_term(self) -> bool:
+        """Whether the factor term is part of the score."""
+        return self.factors is not None and float(self.params.get("factor_weight", 0.0)) > 0
+
+    @property
+    def scores_cold(self) -> bool:
+        """Whether the head scores cold items (through the factor term) beside its own rows."""
+        return self.factor_term and self.cold_factors is not None and len(self.cold_factors) > 0
+
+    @property
+    def scored_rows(self) -> np.ndarray:
+        """The model rows :meth:`scores` covers, ascending: the head's, plus the cold items'."""
+        return np.union1d(self.rows, self.cold_rows) if self.scores_cold else self.rows
 
     @property
     def binary(self) -> bool:
@@ -88,8 +107,8 @@ class LinearHead:
         return x
 
     def scores(self, indptr: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """(users, m) head scores, each user's row scaled to unit standard deviation, so that
-        the blend weight means the same for a user with 5 items and one with 500."""
+        """(users, len(scored_rows)) head scores, each user's row scaled to unit standard
+        deviation, so that the blend weight means the same for a user with 5 items and one with 500."""
         held = self.entries(indptr, rows, weights)
         return self.combine(self.dense(held) @ self.weights, held)
 
@@ -97,33 +116,55 @@ class LinearHead:
         """The head's score from its item-item part (users, m) and the users' :meth:`entries`:
         both it and the factor term scaled per user to unit standard deviation, the factor term
         weighted."""
-        out = unit_scale(item_item)
-        factor = self.factor_scores(held)
-        if factor is not None:
-            out += np.float32(self.params["factor_weight"]) * factor
+        return self.weigh(unit_scale(item_item), self.factor_scores(held))
+
+    def weigh(self, item_item: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
+        """The scaled item-item part plus the weighted factor term, over :attr:`scored_rows`
+        (a cold item's item-item part is 0: no user's history has a weight towards it)."""
+        if factor is None:
+            return item_item
+        weight = np.float32(self.params["factor_weight"])
+        if factor.shape[1] == item_item.shape[1]:
+            return item_item + weight * factor
+        out = weight * factor
+        out[:, np.searchsorted(self.scored_rows, self.rows)] += item_item
         return out
 
     def factor_scores(self, held: Entries) -> np.ndarray | None:
-        """(users, m) the factor term at unit scale per user, before its weight, from the users'
-        :meth:`entries`; None: no term."""
-        if self.factors is None or float(self.params.get("factor_weight", 0.0)) <= 0:
+        """(users, len(scored_rows)) the factor term at unit scale per user, before its weight,
+        from the users' :meth:`entries`; None: no term."""
+        if not self.factor_term:
             return None
         from .factors import fold_in
 
+        assert self.factors is not None
         users = fold_in(self.factors, *held, self.params["factor_reg"], self.params["factor_alpha"])
-        return unit_scale(users @ self.factors.T)
+        if not self.scores_cold:
+            return unit_scale(users @ self.factors.T)
+        assert self.cold_rows is not None and self.cold_factors is not None
+        scored = self.scored_rows
+        out = np.empty((len(users), len(scored)), np.float32)
+        out[:, np.searchsorted(scored, self.rows)] = users @ self.factors.T
+        out[:, np.searchsorted(scored, self.cold_rows)] = users @ self.cold_factors.T
+        return unit_scale(out)
 
     def tensors(self) -> dict[str, np.ndarray]:
         out = {"head_rows": self.rows.astype(np.int64), "head_weights": np.ascontiguousarray(self.weights)}
         if self.factors is not None:
             out["head_factors"] = np.ascontiguousarray(self.factors, dtype=np.float32)
+        if self.cold_rows is not None and self.cold_factors is not None:
+            out["head_cold_rows"] = self.cold_rows.astype(np.int64)
+            out["head_cold_factors"] = np.ascontiguousarray(self.cold_factors, dtype=np.float32)
         return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, np.ndarray], params: dict[str, float]) -> LinearHead:
-        factors = tensors.get("head_factors")
+        def optional(name: str, dtype: type) -> np.ndarray | None:
+            return tensors[name].astype(dtype) if name in tensors else None
+
         return cls(tensors["head_rows"].astype(np.int64), tensors["head_weights"].astype(np.float32), params,
-                   None if factors is None else factors.astype(np.float32))
+                   optional("head_factors", np.float32), optional("head_cold_rows", np.int64),
+                   optional("head_cold_factors", np.float32))
 
 
 def unit_scale(scores: np.ndarray) -> np.ndarray:

@@ -262,13 +262,20 @@ def fit_head(cfg: Config, prep: dict[str, Any], state: bytes) -> tuple[LinearHea
         search.factor_fit = head_entries(prep["fit"], rows)
         search.factor_grid = [(reg, alpha) for reg in mc.factor_regs for alpha in mc.factor_alphas]
         search.factor_rank, search.factor_iterations = mc.factor_rank, mc.factor_iterations
+        if mc.cold_factors:
+            search.cold_rows, search.item_text = prep["catalog"].cold_rows(), prep["catalog"].text
+            search.cold_ridge = mc.cold_factor_ridge
     params, w_tower, ndcg = search_blend(search, tc.blend_trials, tc.seed)
     head = solve_head(weighted_gram(prep["train_pos"], rows, bool(params["binary"])), sides, rows, params)
     if params.get("factor_weight", 0.0) > 0:
         head.factors = implicit_als(*head_entries(prep["train_pos"], rows), len(rows), mc.factor_rank,
                                     params["factor_reg"], params["factor_alpha"], mc.factor_iterations, tc.seed)
+        cold = search.cold_factors(rows, head.factors)
+        if cold is not None:
+            head.cold_rows, head.cold_factors = search.cold_rows, cold
     blend = {"w_tower": w_tower, "val_ndcg_at_10": ndcg, "tower_only_val_ndcg_at_10": search.tower_only,
-             "head_items": float(len(rows)), **{k: float(v) for k, v in params.items()}, "trials": search.trials}
+             "head_items": float(len(rows)), "cold_items": float(len(head.cold_rows) if head.scores_cold else 0),
+             **{k: float(v) for k, v in params.items()}, "trials": search.trials}
     return head, blend
 
 

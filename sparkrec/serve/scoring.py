@@ -138,7 +138,7 @@ def head_extra(head: LinearHead, rows: np.ndarray, weights: np.ndarray) -> tuple
     if head.binary:
         w = np.ones(len(cols), np.float32)
     s = w @ head.weights[cols] if len(cols) else np.zeros(len(head.rows), np.float32)
-    return head.rows, head.combine(s[None, :], held)
+    return head.scored_rows, head.combine(s[None, :], held)
 
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # Index.search's arguments, bound to its index
