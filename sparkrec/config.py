@@ -464,10 +464,10 @@ class ModelConfig(StrictModel):
     factor_iterations: int = Field(15, gt=0)
     # Cold items (no training positive) get factors predicted from their text by a ridge
     # regression onto the fitted items' factors (sparkrec.model.factors.content_factors), so the
-    # factor term ranks them too; the ridge is on unit text vectors (flat from 0.3 to 10 on
-    # benchmarks/cold_map.py's pseudo-cold carves).
+    # factor term ranks them too. The ridge is relative to the mean diagonal of the text Gram
+    # matrix; 0.2 was best on benchmarks/cold_map.py's pseudo-cold carves of train.
     cold_factors: bool = True
-    cold_factor_ridge: float = Field(1.0, gt=0)
+    cold_factor_ridge: float = Field(0.2, gt=0)
 
 
 class TrainConfig(StrictModel):

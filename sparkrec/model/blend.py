@@ -87,7 +87,7 @@ class BlendSearch:
     # (model rows' text vectors) with ridge ``cold_ridge``; empty: none.
     cold_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     item_text: np.ndarray | None = None
-    cold_ridge: float = 1.0
+    cold_ridge: float = 0.2
     _columns: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _products: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _factor_parts: dict[int, np.ndarray | None] = field(default_factory=dict, repr=False)

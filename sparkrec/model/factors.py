@@ -128,15 +128,18 @@ def content_factors(text: np.ndarray, fitted_rows: np.ndarray, factors: np.ndarr
     a bias) to their ALS factors learns which directions of the text space carry collaborative
     signal, and it predicts the factor norm too, i.e. how broadly the item will appeal. A user's
     folded-in factors then score cold items like any other (the CB2CF / "content to
-    collaborative" mapping of Barkan et al. 2019, in closed form). Measured on 5% of
-    ml-latest-small's train items carved out as pseudo-cold (``benchmarks/cold_map.py``), this
-    alone more than doubled content-only Recall@20 on one carve."""
+    collaborative" mapping of Barkan et al. 2019, in closed form). ``ridge`` is relative to the
+    mean diagonal of the design's Gram matrix, as the head's ``lam`` is, so that one value means
+    the same at 2,000 fitted items or 20,000. On pseudo-cold carves of ml-latest-small's train
+    items (``benchmarks/cold_map.py``, 5 carves) the predicted factors alone reached 1.41x
+    content-only Recall@20, and 1.46x beside the content score."""
     def design(rows: np.ndarray) -> np.ndarray:
         t = text[rows].astype(np.float64)
         t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-9)
         return np.hstack([t, np.ones((len(rows), 1))])
 
     x = design(fitted_rows)
-    gram = x.T @ x + ridge * np.eye(x.shape[1])
+    gram = x.T @ x
+    gram += ridge * np.trace(gram) / len(gram) * np.eye(len(gram))
     mapping = np.linalg.solve(gram, x.T @ factors.astype(np.float64))
     return (design(new_rows) @ mapping).astype(np.float32)
