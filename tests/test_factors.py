@@ -7,8 +7,9 @@ import pytest
 
 from sparkrec.model import factors
 from sparkrec.model.blend import BlendSearch, search_blend
+from sparkrec.model.data import Catalog
 from sparkrec.model.factors import fold_in, implicit_als
-from sparkrec.model.head import LinearHead, unit_scale
+from sparkrec.model.head import LinearHead, unit_scale, untouched_rows
 from sparkrec.model.validation import ValSet
 from sparkrec.ragged import csr
 
@@ -166,3 +167,13 @@ def test_the_head_scores_cold_items_through_the_factor_term_only():
     assert np.array_equal(again.cold_rows, cold) and np.allclose(again.scores(indptr, hist, hw), want, atol=1e-5)
     off = LinearHead(rows, w, {**params, "factor_weight": 0.0}, y, cold, yc)  # no term: no cold items
     assert off.scored_rows.tolist() == rows.tolist() and off.scores(indptr, hist, hw).shape == (2, 5)
+
+
+def test_untouched_rows_are_items_with_text_and_no_positive_at_all(spark):
+    """Only items nobody has touched are cold: item 1 (one positive) is the towers', item 3 has
+    no text to predict from, and the padding row never counts."""
+    text = np.ones((6, 3), np.float32)
+    text[0] = text[4] = 0.0  # padding row 0; model row 4 = item 3 has no text
+    catalog = Catalog(5, 3, np.ones(6, bool), np.zeros(6, np.float32), text=text)
+    positives = spark.createDataFrame([(0, 0), (1, 0), (2, 1)], "user_idx int, item_idx int")
+    assert untouched_rows(positives, catalog).tolist() == [3, 5]  # items 2 and 4

@@ -83,8 +83,8 @@ class BlendSearch:
     factor_grid: list[tuple[float, float]] = field(default_factory=list)
     factor_rank: int = 64
     factor_iterations: int = 15
-    # Items with no positive in the fit part, scored by factors predicted from ``item_text``
-    # (model rows' text vectors) with ridge ``cold_ridge``; empty: none.
+    # Items nobody has touched (no train positive at all: ``head.untouched_rows``), scored by
+    # factors predicted from ``item_text`` (model rows' text vectors) with ridge ``cold_ridge``.
     cold_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     item_text: np.ndarray | None = None
     cold_ridge: float = 0.2

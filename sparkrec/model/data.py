@@ -131,15 +131,6 @@ class Catalog:
     vocabs: dict[str, list[str]] = field(default_factory=dict)  # code 2.. -> value (0 pad, 1 other)
     cat_fields: list[str] = field(default_factory=list)
 
-    def cold_rows(self) -> np.ndarray:
-        """Model rows of items with text and no training positive, ascending: the items only
-        their text can place (padding row 0 excluded)."""
-        if self.text is None:
-            return np.zeros(0, np.int64)
-        cold = np.any(self.text != 0, axis=1) & ~self.has_id
-        cold[0] = False
-        return np.flatnonzero(cold).astype(np.int64)
-
     @property
     def cat_vocab_sizes(self) -> list[int]:
         return [len(self.vocabs[f]) + 2 for f in self.cat_fields]

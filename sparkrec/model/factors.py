@@ -131,7 +131,7 @@ def content_factors(text: np.ndarray, fitted_rows: np.ndarray, factors: np.ndarr
     collaborative" mapping of Barkan et al. 2019, in closed form). ``ridge`` is relative to the
     mean diagonal of the design's Gram matrix, as the head's ``lam`` is, so that one value means
     the same at 2,000 fitted items or 20,000. On pseudo-cold carves of ml-latest-small's train
-    items (``benchmarks/cold_map.py``, 5 carves) the predicted factors alone reached 1.41x
+    items (``benchmarks/cold_map.py``, 5 carves) the predicted factors alone reached 1.40x
     content-only Recall@20, and 1.46x beside the content score."""
     def design(rows: np.ndarray) -> np.ndarray:
         t = text[rows].astype(np.float64)

@@ -39,6 +39,7 @@ from .head import (
     items_that_fit,
     side_grams,
     solve_head,
+    untouched_rows,
     weighted_gram,
 )
 from .provenance import data_provenance
@@ -263,7 +264,8 @@ def fit_head(cfg: Config, prep: dict[str, Any], state: bytes) -> tuple[LinearHea
         search.factor_grid = [(reg, alpha) for reg in mc.factor_regs for alpha in mc.factor_alphas]
         search.factor_rank, search.factor_iterations = mc.factor_rank, mc.factor_iterations
         if mc.cold_factors:
-            search.cold_rows, search.item_text = prep["catalog"].cold_rows(), prep["catalog"].text
+            search.cold_rows = untouched_rows(prep["train_pos"], prep["catalog"])
+            search.item_text = prep["catalog"].text
             search.cold_ridge = mc.cold_factor_ridge
     params, w_tower, ndcg = search_blend(search, tc.blend_trials, tc.seed)
     head = solve_head(weighted_gram(prep["train_pos"], rows, bool(params["binary"])), sides, rows, params)
