@@ -48,6 +48,9 @@ class LinearHead:
     # (:func:`sparkrec.model.factors.content_factors`): the factor term scores them too.
     cold_rows: np.ndarray | None = None  # (c,) int64 model rows, ascending, disjoint from rows
     cold_factors: np.ndarray | None = None  # (c, rank) float32
+    # (rows, cold_rows, scored rows, head positions, cold positions in them): built once per pair
+    # of arrays, not on every scoring (a union and three bisections, ~4 ms per service request).
+    _layout: tuple[np.ndarray, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def columns(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Head column of each model row, and whether the head covers it."""
@@ -70,7 +73,17 @@ class LinearHead:
     @property
     def scored_rows(self) -> np.ndarray:
         """The model rows :meth:`scores` covers, ascending: the head's, plus the cold items'."""
-        return np.union1d(self.rows, self.cold_rows) if self.scores_cold else self.rows
+        return self._cold_layout()[0] if self.scores_cold else self.rows
+
+    def _cold_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scored rows, the head rows' positions in them, the cold rows' positions in them)."""
+        layout = self._layout
+        if layout is None or layout[0] is not self.rows or layout[1] is not self.cold_rows:
+            scored = np.union1d(self.rows, self.cold_rows)
+            layout = (self.rows, self.cold_rows, scored, np.searchsorted(scored, self.rows),
+                      np.searchsorted(scored, self.cold_rows))
+            self._layout = layout
+        return layout[2], layout[3], layout[4]
 
     @property
     def binary(self) -> bool:
@@ -127,7 +140,7 @@ class LinearHead:
         if factor.shape[1] == item_item.shape[1]:
             return item_item + weight * factor
         out = weight * factor
-        out[:, np.searchsorted(self.scored_rows, self.rows)] += item_item
+        out[:, self._cold_layout()[1]] += item_item
         return out
 
     def factor_scores(self, held: Entries) -> np.ndarray | None:
@@ -141,11 +154,11 @@ class LinearHead:
         users = fold_in(self.factors, *held, self.params["factor_reg"], self.params["factor_alpha"])
         if not self.scores_cold:
             return unit_scale(users @ self.factors.T)
-        assert self.cold_rows is not None and self.cold_factors is not None
-        scored = self.scored_rows
+        assert self.cold_factors is not None
+        scored, head_at, cold_at = self._cold_layout()
         out = np.empty((len(users), len(scored)), np.float32)
-        out[:, np.searchsorted(scored, self.rows)] = users @ self.factors.T
-        out[:, np.searchsorted(scored, self.cold_rows)] = users @ self.cold_factors.T
+        out[:, head_at] = users @ self.factors.T
+        out[:, cold_at] = users @ self.cold_factors.T
         return unit_scale(out)
 
     def tensors(self) -> dict[str, np.ndarray]:
