@@ -24,8 +24,10 @@ import argparse
 import numpy as np
 import pandas as pd
 from deltalake import DeltaTable
+from head_variants import zscore  # a sibling script: benchmarks/ is on the path when run
 from scipy import sparse
 
+from sparkrec.baselines.content import unit_rows
 from sparkrec.config import EmbedConfig
 from sparkrec.model.factors import content_factors, fold_in, implicit_als
 
@@ -65,15 +67,6 @@ def ranking(scores: np.ndarray, targets: sparse.csr_matrix) -> tuple[float, floa
     return float(recall.mean()), float(((hit[:, :10] * gains).sum(1) / ideal).mean())
 
 
-def zscore(s: np.ndarray) -> np.ndarray:
-    return (s - s.mean(1, keepdims=True)) / np.maximum(s.std(1, keepdims=True), 1e-9)
-
-
-def unit(m: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(m, axis=1, keepdims=True)
-    return np.divide(m, norms, out=np.zeros_like(m), where=norms > 0)
-
-
 def carve(split: pd.DataFrame, vectors: np.ndarray, lake: str, seed: int, regs: list[float],
           ridges: list[float]) -> dict[str, tuple[float, float]]:
     train = split[(split.part == "train") & split.is_positive]
@@ -90,7 +83,7 @@ def carve(split: pd.DataFrame, vectors: np.ndarray, lake: str, seed: int, regs: 
                                 shape=(n_users, n_items))[users][:, carved]
     text = vectors.copy()
     text[carved] = new_item_vectors(lake, carved)
-    content = unit(np.asarray(r[users] @ text)) @ unit(text[carved]).T
+    content = unit_rows(np.asarray(r[users] @ text)) @ unit_rows(text[carved]).T
     out = {"content-only": ranking(content, targets)}
     fitted = np.flatnonzero(np.asarray((r > 0).sum(0)).ravel() > 0)
     for reg in regs:
