@@ -15,7 +15,9 @@ measures latency client-side (HTTP included). Phases: known users and text-only 
 the exact and the faiss index. Text requests are measured without the encoder (the server is
 given the encoded vectors of the benchmark's sentences); the encoder's own time per sentence is
 measured apart and printed separately. faiss recall@20 against the exact lists is computed in
-process over ``--recall-users`` users.
+process over ``--recall-users`` users. With the faiss index, text-only users run again with the
+PyTorch user tower and then with ONNX Runtime's once more (``serve.user_tower``: an A/B in one
+server).
 
 With ``--lake DIR`` (the ``--keep`` directory of benchmarks/pipeline.py) it serves that real lake
 instead: Book-Crossing's own 271k books, their real text vectors and a model trained on every
@@ -163,6 +165,23 @@ def text_recall(exact_state: Any, state: Any, queries: np.ndarray, k: int) -> fl
     return float(np.mean(rec))
 
 
+def tower_ab(holder: Any, state: Any, url: str, bodies: list[dict[str, Any]], args: Any,
+             first: dict[str, float]) -> None:
+    """Text-only users again with the PyTorch user tower, then with ONNX Runtime's once more
+    (A B A in one server, so the machine's drift shows as the spread of the two A runs)."""
+    runs = {"onnx": [first], "torch": []}
+    for runtime, tower_fn in (("torch", None), ("onnx", state.tower_fn)):
+        holder.swap(dataclasses.replace(state, tower_fn=tower_fn))
+        r = run_phase(url, bodies, args.seconds, args.concurrency)
+        runs[runtime].append(r)
+        print(f"faiss | text-only, {runtime} user tower | {r['req_s']:7.1f} req/s | p50 {r['p50_ms']:6.1f} ms | "
+              f"p99 {r['p99_ms']:6.1f} ms | {r['requests']} requests, {r['errors']} errors "
+              f"(load {os.getloadavg()[0]:.1f})")
+    onnx = [r["req_s"] for r in runs["onnx"]]
+    print(f"user tower A/B, text-only req/s: onnx {onnx[0]:.1f} / {onnx[1]:.1f}, torch {runs['torch'][0]['req_s']:.1f}"
+          f" -> onnx / torch {np.mean(onnx) / runs['torch'][0]['req_s']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=270_947, help="catalogue size to synthesise")
@@ -265,6 +284,8 @@ def main() -> None:
                 print(f"{kind:>5} | {name:<16} | {r['req_s']:7.1f} req/s | p50 {r['p50_ms']:6.1f} ms | "
                       f"p99 {r['p99_ms']:6.1f} ms | {r['requests']} requests, {r['errors']} errors "
                       f"(concurrency {args.concurrency}, load {os.getloadavg()[0]:.1f})")
+            if kind == "faiss" and kstate.tower_fn is not None:
+                tower_ab(holder, kstate, running.url, text_bodies, args, results[(kind, "text-only users")])
         finally:
             running.stop()
         if kind == "faiss":

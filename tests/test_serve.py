@@ -107,8 +107,11 @@ def test_a_filter_narrows_the_list(server, trained):
 def test_text_only_users_match_recommend_text(server, trained, spark):
     from sparkrec.recommend import recommend_for_text
 
-    client, _, _ = server
+    client, app, _ = server
     cfg, lake, batch = trained
+    # the service runs the user tower under ONNX Runtime, recommend-text under PyTorch
+    assert app.state.holder.current.tower_fn is not None
+    assert app.state.holder.current.stats["user_tower"] == "onnx"
     body = _post(client, {"text": KIDS, "k": K})
     want = recommend_for_text(cfg, spark, lake, KIDS, K)
     assert body["basis"] == "interests"

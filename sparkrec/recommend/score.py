@@ -88,8 +88,16 @@ def model_user_rows(user_idx: np.ndarray, n_users: int) -> np.ndarray:
     return np.where((user_idx >= 0) & (user_idx < n_users), user_idx + 1, 0)
 
 
-def user_vectors(payload: Payload, users: np.ndarray, hist: np.ndarray, gaps: np.ndarray) -> np.ndarray:
-    """The user tower over item-matrix rows: equal to ``TwoTower.user_vectors`` in eval mode."""
+# (item_vecs, mask, gaps, users) -> unit user vectors: UserTower.forward on numpy arrays
+TowerFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def user_vectors(payload: Payload, users: np.ndarray, hist: np.ndarray, gaps: np.ndarray,
+                 tower_fn: TowerFn | None = None) -> np.ndarray:
+    """The user tower over item-matrix rows: equal to ``TwoTower.user_vectors`` in eval mode.
+    ``tower_fn``: another runtime of the same tower (the service's ONNX one) instead of PyTorch."""
+    if tower_fn is not None:
+        return tower_fn(payload.items[hist], hist > 0, gaps, users)
     import torch
 
     tower = user_tower(payload)

@@ -150,7 +150,7 @@ def vector_for(state: ServingState, q: Query) -> tuple[np.ndarray, Search, Extra
     p = state.payload
     if q.vector is not None:  # a known user: the tower ran when the snapshot was built
         return q.vector, state.index.search, None if p.head is None else head_extra(p.head, q.items, q.weights)
-    u = user_vectors(p, np.array([q.user], np.int64), q.hist, q.gaps)
+    u = user_vectors(p, np.array([q.user], np.int64), q.hist, q.gaps, state.tower_fn)
     if q.text is not None:
         assert state.text_payload is not None and state.blend_index is not None
         u = blended_query(state.text_payload.text_weight, u, q.text)

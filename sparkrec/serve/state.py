@@ -18,7 +18,7 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from ..config import Config
+from ..config import Config, ServeConfig
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..model.blend import tower_scale
@@ -27,7 +27,7 @@ from ..ragged import csr
 from ..recommend.explain import item_facts
 from ..recommend.job import current_states, eligibility, make_payload, resolve_model
 from ..recommend.llm import catalogue_vocabulary
-from ..recommend.score import Payload, model_user_rows, user_vectors
+from ..recommend.score import Payload, TowerFn, model_user_rows, user_tower, user_vectors
 from .explain import ItemFacts
 from .index import Index, PoolIndex, TextBlendIndex, make_indexes
 
@@ -77,6 +77,7 @@ class ServingState:
     blend_index: TextBlendIndex | None = None  # [items, text]: text-only users, as recommend_for_text
     text_index: PoolIndex | None = None  # over item text: a text's nearest items (its pseudo-history)
     vocabulary: tuple[str, ...] = ()  # the catalogue's genres, for the LLM explanations' verifier
+    tower_fn: TowerFn | None = None  # the user tower a request runs (serve.user_tower); None: PyTorch
     loaded_at: float = field(default_factory=time.time)
     stats: dict[str, Any] = field(default_factory=dict)
     model_name = "hybrid"
@@ -159,6 +160,22 @@ def served_vocabulary(cfg: Config, lake: Lake) -> tuple[str, ...]:
     return tuple(catalogue_vocabulary(lake.read("item_features"))) if cfg.explain.llm.enabled else ()
 
 
+def request_tower(sc: ServeConfig, payload: Payload) -> TowerFn | None:
+    """The user tower text and session requests run: ONNX Runtime (see :mod:`..model.tower_onnx`)
+    unless ``serve.user_tower`` is torch; PyTorch's (None) also when the export cannot be made
+    or does not match, which the log says."""
+    if sc.user_tower == "torch":
+        return None
+    try:
+        from ..model.tower_onnx import OnnxUserTower
+
+        return OnnxUserTower(user_tower(payload), sc.threads)
+    except Exception as exc:  # no onnxruntime, an operator the exporter lacks, a mismatch: serve anyway
+        log.warning("serve.user_tower=onnx unavailable, requests run the PyTorch user tower: %s: %s",
+                    type(exc).__name__, exc)
+        return None
+
+
 def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
     """The model ``recommend.model`` names (the hybrid: the one kind that scores a request
     without Spark), its item matrix and index, the catalogue and every user's history."""
@@ -179,9 +196,10 @@ def load_state(cfg: Config, spark: SparkSession, lake: Lake) -> ServingState:
                          users=load_users(spark, lake, loaded, payload),
                          text_payload=text_payload, has_text=has_text, blend_index=blend_index,
                          text_index=text_index,
-                         vocabulary=served_vocabulary(cfg, lake))
+                         vocabulary=served_vocabulary(cfg, lake), tower_fn=request_tower(sc, payload))
     state.stats.update(items=int(payload.items.shape[0] - 1), users=len(state.users.rows),
                        text_only_users=len(state.users.text_only), index=index.kind,
+                       user_tower="torch" if state.tower_fn is None else sc.user_tower,
                        seconds=round(time.perf_counter() - started, 2))
     log_fields(log, "serving state loaded", run_id=state.run_id, **state.stats)
     return state
