@@ -280,6 +280,35 @@ def test_one_users_head_scores_equal_the_batch_heads():
         assert (got[0] == want[0]).all() and np.allclose(got[1], want[1], atol=1e-5)
 
 
+def test_factors_folded_in_once_per_snapshot_give_the_batch_heads_scores():
+    """A known user's factors come from the snapshot (folded in for every user at load, in
+    batches); the head extra built on them equals the batch head's scores."""
+    from sparkrec.model.blend import head_scores
+    from sparkrec.model.head import LinearHead
+    from sparkrec.ragged import csr
+    from sparkrec.serve.scoring import head_extra
+    from sparkrec.serve.state import user_factors
+
+    rng = np.random.default_rng(2)
+    rows = np.sort(rng.choice(np.arange(1, 3000), 300, replace=False))
+    cold = np.setdiff1d(rng.choice(np.arange(1, 3000), 40, replace=False), rows)
+    params = {"binary": 0.0, "factor_weight": 0.7, "factor_reg": 0.1, "factor_alpha": 2.0}
+    factors, cold_factors = rng.normal(size=(300, 8)).astype(np.float32), rng.normal(size=(len(cold), 8))
+    head = LinearHead(rows, rng.normal(size=(300, 300)).astype(np.float32), params, factors, cold,
+                      cold_factors.astype(np.float32))
+    histories = [np.concatenate([rng.choice(rows, n), rng.integers(1, 3000, 3)]) for n in rng.integers(0, 60, 23)]
+    items = csr(histories, np.int64)
+    weights = rng.random(len(items[1])).astype(np.float32)
+    snapshot = user_factors(head, items, weights, batch=5)  # several batches of users
+    assert snapshot.shape == (23, 8)
+    for u, h in enumerate(histories):
+        w = weights[items[0][u]:items[0][u + 1]]
+        want = head_scores(head, np.array([0, len(h)]), h, w)
+        got = head_extra(head, h, w, snapshot[u:u + 1])
+        assert (got[0] == want[0]).all() and np.allclose(got[1], want[1], atol=1e-4)
+    assert user_factors(LinearHead(rows, head.weights, params), items, weights) is None  # no factor term
+
+
 def test_text_indexes_have_their_own_kind_and_search_width():
     import faiss
     from pydantic import ValidationError

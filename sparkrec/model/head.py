@@ -125,11 +125,11 @@ class LinearHead:
         held = self.entries(indptr, rows, weights)
         return self.combine(self.dense(held) @ self.weights, held)
 
-    def combine(self, item_item: np.ndarray, held: Entries) -> np.ndarray:
+    def combine(self, item_item: np.ndarray, held: Entries, users: np.ndarray | None = None) -> np.ndarray:
         """The head's score from its item-item part (users, m) and the users' :meth:`entries`:
         both it and the factor term scaled per user to unit standard deviation, the factor term
-        weighted."""
-        return self.weigh(unit_scale(item_item), self.factor_scores(held))
+        weighted. ``users``: their :meth:`user_factors`, when already folded in."""
+        return self.weigh(unit_scale(item_item), self.factor_scores(held, users))
 
     def weigh(self, item_item: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
         """The scaled item-item part plus the weighted factor term, over :attr:`scored_rows`
@@ -143,15 +143,22 @@ class LinearHead:
         out[:, self._cold_layout()[1]] += item_item
         return out
 
-    def factor_scores(self, held: Entries) -> np.ndarray | None:
-        """(users, len(scored_rows)) the factor term at unit scale per user, before its weight,
-        from the users' :meth:`entries`; None: no term."""
-        if not self.factor_term:
-            return None
+    def user_factors(self, held: Entries) -> np.ndarray:
+        """(users, rank) float32: each user's factors folded in from :meth:`entries` against the
+        fixed item factors (the factor term's query)."""
         from .factors import fold_in
 
         assert self.factors is not None
-        users = fold_in(self.factors, *held, self.params["factor_reg"], self.params["factor_alpha"])
+        return fold_in(self.factors, *held, self.params["factor_reg"], self.params["factor_alpha"])
+
+    def factor_scores(self, held: Entries, users: np.ndarray | None = None) -> np.ndarray | None:
+        """(users, len(scored_rows)) the factor term at unit scale per user, before its weight,
+        from the users' :meth:`entries` (or their ``users`` factors, already folded in); None: no term."""
+        if not self.factor_term:
+            return None
+        assert self.factors is not None
+        if users is None:
+            users = self.user_factors(held)
         if not self.scores_cold:
             return unit_scale(users @ self.factors.T)
         assert self.cold_factors is not None

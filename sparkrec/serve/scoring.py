@@ -46,6 +46,7 @@ class Query:
     basis: str  # "history" | "interests"
     text: np.ndarray | None = None  # (1, D) interest text vector: blended scoring
     vector: np.ndarray | None = None  # (1, d) the snapshot's query vector of a known user
+    factors: np.ndarray | None = None  # (1, rank) the snapshot's folded-in factors of a known user
     text_pool: np.ndarray | None = None  # (1, m) the text index's rows nearest the text: the blend's candidates
 
 
@@ -86,7 +87,8 @@ def known_user(state: ServingState, user_id: str) -> Query:
     s_lo, s_hi = users.seen[0][row], users.seen[0][row + 1]
     return Query(user=idx + 1 if 0 <= idx < spec.n_users else 0, hist=users.hist[row:row + 1],
                  gaps=users.gaps[row:row + 1], seen=users.seen[1][s_lo:s_hi], items=users.items[1][lo:hi],
-                 weights=users.weights[lo:hi], basis="history", vector=users.vectors[row:row + 1])
+                 weights=users.weights[lo:hi], basis="history", vector=users.vectors[row:row + 1],
+                 factors=None if users.factors is None else users.factors[row:row + 1])
 
 
 def text_query(state: ServingState, vector: np.ndarray) -> Query:
@@ -125,20 +127,22 @@ def session_query(state: ServingState, item_ids: list[str]) -> Query:
                  weights=np.ones(len(items), np.float32), basis="history")
 
 
-def head_extra(head: LinearHead, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def head_extra(head: LinearHead, rows: np.ndarray, weights: np.ndarray,
+               factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``model.blend.head_scores`` for one user, from the rows of W the user's items select.
 
     Why not ``head.scores``: it multiplies a dense (1, m) input by the (m, m) weights, m up to
     ``model.head_max_items`` (20,000): 400M multiply-adds per request, of which all but the
     user's few dozen rows are by zero. Same input rule (a re-rated item once, at its largest
-    weight; 1 per item when the head is binary), same per-user scaling and factor term.
+    weight; 1 per item when the head is binary), same per-user scaling and factor term
+    (``factors``: the user's, already folded in: a snapshot's known user).
     """
     held = head.entries(np.array([0, len(rows)], np.int64), rows, weights)
     _, cols, w = held
     if head.binary:
         w = np.ones(len(cols), np.float32)
     s = w @ head.weights[cols] if len(cols) else np.zeros(len(head.rows), np.float32)
-    return head.scored_rows, head.combine(s[None, :], held)
+    return head.scored_rows, head.combine(s[None, :], held, factors)
 
 
 Search = Callable[..., tuple[np.ndarray, np.ndarray]]  # Index.search's arguments, bound to its index
@@ -149,7 +153,8 @@ def vector_for(state: ServingState, q: Query) -> tuple[np.ndarray, Search, Extra
     of user; a text's search reuses the text index's pool its pseudo-history came from."""
     p = state.payload
     if q.vector is not None:  # a known user: the tower ran when the snapshot was built
-        return q.vector, state.index.search, None if p.head is None else head_extra(p.head, q.items, q.weights)
+        return q.vector, state.index.search, (None if p.head is None
+                                              else head_extra(p.head, q.items, q.weights, q.factors))
     u = user_vectors(p, np.array([q.user], np.int64), q.hist, q.gaps, state.tower_fn)
     if q.text is not None:
         assert state.text_payload is not None and state.blend_index is not None

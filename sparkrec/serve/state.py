@@ -22,6 +22,7 @@ from ..config import Config, ServeConfig
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..model.blend import tower_scale
+from ..model.head import LinearHead
 from ..model.registry import LoadedModel
 from ..ragged import csr
 from ..recommend.explain import item_facts
@@ -46,6 +47,7 @@ class Users:
     items: tuple[np.ndarray, np.ndarray]  # CSR of model rows of every positive (the head's input)
     weights: np.ndarray  # flat, aligned with items[1]
     vectors: np.ndarray  # (U, d) float32: each user's query vector (user tower, rescaled for the head)
+    factors: np.ndarray | None  # (U, rank) float32: each user's folded-in factors (the head's factor term)
     text_only: dict[str, np.ndarray]  # user_id -> interest text vector, users with no positive event
     events_version: int
 
@@ -123,7 +125,29 @@ def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel, payload: Pa
     user_idx = pdf["user_idx"].to_numpy(np.int64)
     return Users(rows={u: i for i, u in enumerate(pdf["user_id"])}, user_idx=user_idx,
                  hist=hist, gaps=gaps, seen=csr(pdf["seen"].to_list(), np.int64), items=items, weights=weights,
-                 vectors=query_vectors(payload, user_idx, hist, gaps), text_only=text_only, events_version=version)
+                 vectors=query_vectors(payload, user_idx, hist, gaps),
+                 factors=user_factors(payload.head, items, weights),
+                 text_only=text_only, events_version=version)
+
+
+def user_factors(head: LinearHead | None, items: tuple[np.ndarray, np.ndarray], weights: np.ndarray,
+                 batch: int = 4096) -> np.ndarray | None:
+    """Every known user's folded-in factors for the head's factor term, once per snapshot; None
+    when the served model has no factor term.
+
+    Why: like the query vectors, they depend only on the history a snapshot fixes, and folding
+    one user in per request (a rank x rank system and its bookkeeping) was ~2 ms, most of a
+    known user's request on Book-Crossing. In batches, so the systems (batch x rank x rank,
+    float64) stay small."""
+    if head is None or not head.factor_term:
+        return None
+    indptr, rows = items
+    out = [np.zeros((0, head.factors.shape[1]), np.float32)]  # type: ignore[union-attr]  # factor_term: present
+    for s in range(0, len(indptr) - 1, batch):
+        e = min(s + batch, len(indptr) - 1)
+        lo, hi = indptr[s], indptr[e]
+        out.append(head.user_factors(head.entries(indptr[s:e + 1] - lo, rows[lo:hi], weights[lo:hi])))
+    return np.concatenate(out)
 
 
 def load_catalogue(lake: Lake, n_items: int, has_id: np.ndarray) -> Catalogue:
