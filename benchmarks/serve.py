@@ -165,6 +165,12 @@ def text_recall(exact_state: Any, state: Any, queries: np.ndarray, k: int) -> fl
     return float(np.mean(rec))
 
 
+def phase_line(label: str, r: dict[str, float], concurrency: int) -> str:
+    return (f"{label} | {r['req_s']:7.1f} req/s | p50 {r['p50_ms']:6.1f} ms | p99 {r['p99_ms']:6.1f} ms | "
+            f"{r['requests']} requests, {r['errors']} errors (concurrency {concurrency}, "
+            f"load {os.getloadavg()[0]:.1f})")
+
+
 def tower_ab(holder: Any, state: Any, url: str, bodies: list[dict[str, Any]], args: Any,
              first: dict[str, float]) -> None:
     """Text-only users again with the PyTorch user tower, then with ONNX Runtime's once more
@@ -174,9 +180,7 @@ def tower_ab(holder: Any, state: Any, url: str, bodies: list[dict[str, Any]], ar
         holder.swap(dataclasses.replace(state, tower_fn=tower_fn))
         r = run_phase(url, bodies, args.seconds, args.concurrency)
         runs[runtime].append(r)
-        print(f"faiss | text-only, {runtime} user tower | {r['req_s']:7.1f} req/s | p50 {r['p50_ms']:6.1f} ms | "
-              f"p99 {r['p99_ms']:6.1f} ms | {r['requests']} requests, {r['errors']} errors "
-              f"(load {os.getloadavg()[0]:.1f})")
+        print(phase_line(f"faiss | text-only, {runtime} user tower", r, args.concurrency))
     onnx = [r["req_s"] for r in runs["onnx"]]
     print(f"user tower A/B, text-only req/s: onnx {onnx[0]:.1f} / {onnx[1]:.1f}, torch {runs['torch'][0]['req_s']:.1f}"
           f" -> onnx / torch {np.mean(onnx) / runs['torch'][0]['req_s']:.2f}x")
@@ -281,9 +285,7 @@ def main() -> None:
             for name, bodies in (("known users", user_bodies), ("text-only users", text_bodies)):
                 r = run_phase(running.url, bodies, args.seconds, args.concurrency)
                 results[(kind, name)] = r
-                print(f"{kind:>5} | {name:<16} | {r['req_s']:7.1f} req/s | p50 {r['p50_ms']:6.1f} ms | "
-                      f"p99 {r['p99_ms']:6.1f} ms | {r['requests']} requests, {r['errors']} errors "
-                      f"(concurrency {args.concurrency}, load {os.getloadavg()[0]:.1f})")
+                print(phase_line(f"{kind:>5} | {name:<16}", r, args.concurrency))
             if kind == "faiss" and kstate.tower_fn is not None:
                 tower_ab(holder, kstate, running.url, text_bodies, args, results[(kind, "text-only users")])
         finally:
