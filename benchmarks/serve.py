@@ -48,8 +48,73 @@ SENTENCES = ["I love hard science fiction with first contact", "cozy mysteries s
              "romance with a strong heroine", "self-help books about habits and productivity"]
 
 
-def _load(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int, out: Any) -> None:
-    """The load generator (its own process): ``concurrency`` threads, each one request at a time."""
+def _load(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int, client: str, out: Any) -> None:
+    """The load generator (its own process): ``concurrency`` connections, each one request at a time.
+
+    ``client="raw"`` (default): asyncio (uvloop) keep-alive connections writing pre-encoded
+    requests and reading each response by its Content-Length, a few tens of microseconds of CPU
+    a request, as a C load generator (wrk) would cost; on a 2-core machine the client shares the
+    server's cores, so a heavy client takes its capacity away. ``client="httpx"``: threads with
+    httpx clients (~1-2 ms of Python a request), kept for comparison with earlier results.
+    The child's own CPU seconds are reported, so the client's share of the machine shows.
+    """
+    import resource
+
+    run = _load_httpx if client == "httpx" else _load_raw
+    lat, errors, took = run(url, bodies, seconds, concurrency)
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    out.put({"latencies": lat, "errors": errors, "seconds": took, "client_cpu_s": used.ru_utime + used.ru_stime})
+
+
+def _load_raw(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int
+              ) -> tuple[list[float], int, float]:
+    import asyncio
+    import json
+    from urllib.parse import urlsplit
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    where = urlsplit(url)
+    requests = []
+    for body in bodies:
+        data = json.dumps(body).encode()
+        requests.append(b"POST /recommend HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (where.netloc.encode(), len(data), data))
+    lat: list[float] = []
+    errors = [0]
+
+    async def connection(seed: int, stop: float) -> None:
+        rng = np.random.default_rng(seed)
+        reader, writer = await asyncio.open_connection(where.hostname, where.port)
+        try:
+            while time.monotonic() < stop:
+                request = requests[int(rng.integers(len(requests)))]
+                t = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                lat.append((time.perf_counter() - t) * 1000)
+                errors[0] += head[9:12] != b"200"
+        finally:
+            writer.close()
+
+    async def main() -> float:
+        started = time.monotonic()
+        await asyncio.gather(*[connection(i, started + seconds) for i in range(concurrency)])
+        return time.monotonic() - started
+
+    took = asyncio.run(main())
+    return lat, errors[0], took
+
+
+def _load_httpx(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int
+                ) -> tuple[list[float], int, float]:
     import threading
 
     import httpx
@@ -79,20 +144,27 @@ def _load(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: i
         t.start()
     for t in threads:
         t.join()
-    out.put({"latencies": lat, "errors": errors[0], "seconds": time.monotonic() - started})
+    return lat, errors[0], time.monotonic() - started
 
 
-def run_phase(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int) -> dict[str, float]:
+def run_phase(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int,
+              client: str = "raw") -> dict[str, float]:
+    """One phase; ``server_cpu_ms``: this process's CPU (the server runs in its threads) per request."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_load, args=(url, bodies, seconds, concurrency, q))
+    p = ctx.Process(target=_load, args=(url, bodies, seconds, concurrency, client, q))
+    before = os.times()
     p.start()
     res = q.get()
+    after = os.times()
     p.join()
     lat = np.array(res["latencies"])
+    server_cpu = (after.user - before.user) + (after.system - before.system)
     return {"requests": len(lat), "errors": res["errors"], "req_s": len(lat) / res["seconds"],
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+            "server_cpu_ms": server_cpu * 1000 / max(len(lat), 1),
+            "client_cpu_ms": res["client_cpu_s"] * 1000 / max(len(lat), 1)}
 
 
 def synthesise(state: Any, n_items: int, seed: int = 0) -> Any:
@@ -167,6 +239,7 @@ def text_recall(exact_state: Any, state: Any, queries: np.ndarray, k: int) -> fl
 
 def phase_line(label: str, r: dict[str, float], concurrency: int) -> str:
     return (f"{label} | {r['req_s']:7.1f} req/s | p50 {r['p50_ms']:6.1f} ms | p99 {r['p99_ms']:6.1f} ms | "
+            f"cpu/request server {r['server_cpu_ms']:.2f} ms, client {r['client_cpu_ms']:.2f} ms | "
             f"{r['requests']} requests, {r['errors']} errors (concurrency {concurrency}, "
             f"load {os.getloadavg()[0]:.1f})")
 
@@ -178,7 +251,7 @@ def tower_ab(holder: Any, state: Any, url: str, bodies: list[dict[str, Any]], ar
     runs = {"onnx": [first], "torch": []}
     for runtime, tower_fn in (("torch", None), ("onnx", state.tower_fn)):
         holder.swap(dataclasses.replace(state, tower_fn=tower_fn))
-        r = run_phase(url, bodies, args.seconds, args.concurrency)
+        r = run_phase(url, bodies, args.seconds, args.concurrency, args.client)
         runs[runtime].append(r)
         print(phase_line(f"faiss | text-only, {runtime} user tower", r, args.concurrency))
     onnx = [r["req_s"] for r in runs["onnx"]]
@@ -192,6 +265,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="per phase")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                    help="load generator: asyncio keep-alive sockets (light) or httpx threads (heavy)")
     ap.add_argument("--faiss-kind", choices=["hnsw", "ivf"], default="ivf")
     ap.add_argument("--text-kind", choices=["hnsw", "ivf"], default=None,
                     help="serve.faiss.text_kind (the text indexes'; default: the config's, hnsw)")
@@ -281,11 +356,14 @@ def main() -> None:
         app = create_app(cfg, holder, CachedEncoder(vectors))
         running = start_in_thread(app)
         try:
-            run_phase(running.url, user_bodies, 3, args.concurrency)  # warm-up
+            run_phase(running.url, user_bodies, 3, args.concurrency, args.client)  # warm-up
             for name, bodies in (("known users", user_bodies), ("text-only users", text_bodies)):
-                r = run_phase(running.url, bodies, args.seconds, args.concurrency)
+                r = run_phase(running.url, bodies, args.seconds, args.concurrency, args.client)
                 results[(kind, name)] = r
                 print(phase_line(f"{kind:>5} | {name:<16}", r, args.concurrency))
+            if kind == "faiss" and args.client != "httpx":  # the same server, the heavier client of earlier runs
+                r = run_phase(running.url, user_bodies, args.seconds, args.concurrency, "httpx")
+                print(phase_line(f"{kind:>5} | {'known users':<16} (httpx client)", r, args.concurrency))
             if kind == "faiss" and kstate.tower_fn is not None:
                 tower_ab(holder, kstate, running.url, text_bodies, args, results[(kind, "text-only users")])
         finally:
