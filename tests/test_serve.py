@@ -367,6 +367,27 @@ def test_blend_index_finds_the_exact_blend_from_two_searches():
     assert (got[0] == want[0]).all() and narrow[got[0]].all()
 
 
+def test_the_head_rows_block_ranks_as_merging_them_into_the_candidates():
+    """faiss's re-scoring with the head's rows as one block of vectors (FixedRows) gives the
+    lists of merging those rows into each user's candidates, whatever the candidates, the
+    eligible items, the seen items (repeats included) and the head's share of the catalogue."""
+    from sparkrec.serve.index import ExactIndex, FixedRows, dot, rescore
+
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        n, b, k = int(rng.integers(30, 2000)), int(rng.integers(1, 4)), int(rng.integers(1, 25))
+        matrix, users = rng.normal(size=(n, 8)).astype(np.float32), rng.normal(size=(b, 8)).astype(np.float32)
+        head = np.sort(rng.choice(n, int(rng.integers(1, n // 2 + 1)), replace=False))
+        extra = (head, rng.normal(size=(b, len(head))).astype(np.float32))
+        cand = rng.integers(-1, n, size=(b, int(rng.integers(1, 200))))
+        eligible = rng.random(n) > 0.2
+        mine = [np.sort(rng.choice(n, int(rng.integers(0, 40)))) for _ in range(b)]
+        seen = (np.concatenate([[0], np.cumsum([len(m) for m in mine])]), np.concatenate(mine).astype(np.int64))
+        args = (users, cand, k, eligible, seen, extra, dot(matrix, users), ExactIndex(matrix))
+        merged, block = rescore(*args), rescore(*args, FixedRows(matrix, head))
+        assert (merged[0] == block[0]).all() and np.allclose(merged[1], block[1], atol=1e-5)
+
+
 def test_the_champion_moving_between_the_hybrid_and_a_baseline_is_reloaded(trained, spark):
     """``recommend.model=champion``: the alias moves hybrid -> baseline -> hybrid and the hot
     reload swaps the kind of snapshot each time, answering from the model the alias names."""
