@@ -35,9 +35,11 @@ def _two_tastes(rng: np.random.Generator, users: int = 60, items: int = 40) -> t
     return indptr, cols, rng.uniform(0.5, 1.0, len(cols)).astype(np.float32)
 
 
-@pytest.mark.parametrize("entries", [32_768, 8])  # 8: many padded groups, a user longer than one
-def test_batched_fold_in_solves_each_users_implicit_als_step(entries, monkeypatch):
+# entries 8: many padded groups, a user longer than one; users 2: the users solved in several parts
+@pytest.mark.parametrize(("entries", "users"), [(32_768, 4096), (8, 4096), (32_768, 2)])
+def test_batched_fold_in_solves_each_users_implicit_als_step(entries, users, monkeypatch):
     monkeypatch.setattr(factors, "FOLD_IN_ENTRIES", entries)
+    monkeypatch.setattr(factors, "FOLD_IN_USERS", users)
     rng = np.random.default_rng(0)
     y = rng.normal(size=(30, 6)).astype(np.float32)
     rows = [rng.choice(30, n, replace=False) for n in (1, 4, 12, 0, 30)]

@@ -280,15 +280,17 @@ def test_one_users_head_scores_equal_the_batch_heads():
         assert (got[0] == want[0]).all() and np.allclose(got[1], want[1], atol=1e-5)
 
 
-def test_factors_folded_in_once_per_snapshot_give_the_batch_heads_scores():
-    """A known user's factors come from the snapshot (folded in for every user at load, in
-    batches); the head extra built on them equals the batch head's scores."""
+def test_factors_folded_in_once_per_snapshot_give_the_batch_heads_scores(monkeypatch):
+    """A known user's factors come from the snapshot (folded in for every user at load, a few
+    thousand users per solve); the head extra built on them equals the batch head's scores."""
+    from sparkrec.model import factors as fold
     from sparkrec.model.blend import head_scores
     from sparkrec.model.head import LinearHead
     from sparkrec.ragged import csr
     from sparkrec.serve.scoring import head_extra
     from sparkrec.serve.state import user_factors
 
+    monkeypatch.setattr(fold, "FOLD_IN_USERS", 5)  # several solves of users
     rng = np.random.default_rng(2)
     rows = np.sort(rng.choice(np.arange(1, 3000), 300, replace=False))
     cold = np.setdiff1d(rng.choice(np.arange(1, 3000), 40, replace=False), rows)
@@ -299,7 +301,7 @@ def test_factors_folded_in_once_per_snapshot_give_the_batch_heads_scores():
     histories = [np.concatenate([rng.choice(rows, n), rng.integers(1, 3000, 3)]) for n in rng.integers(0, 60, 23)]
     items = csr(histories, np.int64)
     weights = rng.random(len(items[1])).astype(np.float32)
-    snapshot = user_factors(head, items, weights, batch=5)  # several batches of users
+    snapshot = user_factors(head, items, weights)
     assert snapshot.shape == (23, 8)
     for u, h in enumerate(histories):
         w = weights[items[0][u]:items[0][u + 1]]

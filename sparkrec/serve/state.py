@@ -130,24 +130,18 @@ def load_users(spark: SparkSession, lake: Lake, loaded: LoadedModel, payload: Pa
                  text_only=text_only, events_version=version)
 
 
-def user_factors(head: LinearHead | None, items: tuple[np.ndarray, np.ndarray], weights: np.ndarray,
-                 batch: int = 4096) -> np.ndarray | None:
+def user_factors(head: LinearHead | None, items: tuple[np.ndarray, np.ndarray], weights: np.ndarray
+                 ) -> np.ndarray | None:
     """Every known user's folded-in factors for the head's factor term, once per snapshot; None
     when the served model has no factor term.
 
     Why: like the query vectors, they depend only on the history a snapshot fixes, and folding
     one user in per request (a rank x rank system and its bookkeeping) was ~2 ms, most of a
-    known user's request on Book-Crossing. In batches, so the systems (batch x rank x rank,
-    float64) stay small."""
+    known user's request on Book-Crossing."""
     if head is None or not head.factor_term:
         return None
     indptr, rows = items
-    out = [np.zeros((0, head.factors.shape[1]), np.float32)]  # type: ignore[union-attr]  # factor_term: present
-    for s in range(0, len(indptr) - 1, batch):
-        e = min(s + batch, len(indptr) - 1)
-        lo, hi = indptr[s], indptr[e]
-        out.append(head.user_factors(head.entries(indptr[s:e + 1] - lo, rows[lo:hi], weights[lo:hi])))
-    return np.concatenate(out)
+    return head.user_factors(head.entries(indptr, rows, weights))
 
 
 def load_catalogue(lake: Lake, n_items: int, has_id: np.ndarray) -> Catalogue:
