@@ -84,6 +84,8 @@ def main() -> None:
                     help="stream.replay_fraction: the share of events held out and replayed (raise it to "
                          "measure the sustained rate: ml-latest-small's last 20%% is one or two big batches)")
     ap.add_argument("--files-per-batch", type=int, default=1000, help="stream.max_files_per_trigger")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every stage (e.g. stream.interpreted_sql=false); repeatable")
     args = ap.parse_args()
     setup_logging("WARNING")
     root = Path(args.workdir or tempfile.mkdtemp(prefix="sparkrec-stream-bench-"))
@@ -92,7 +94,7 @@ def main() -> None:
               f"train.epochs={args.epochs}", "train.blend_trials=4", "model.history=20",
               f"stream.path={root / 'landing'}", f"stream.replay_batch={args.batch}", "stream.trigger_seconds=0",
               f"stream.max_files_per_trigger={args.files_per_batch}",
-              f"stream.replay_fraction={args.replay_fraction}"]
+              f"stream.replay_fraction={args.replay_fraction}", *args.set]
     cfg = load_config(None, common)
     spark = get_spark(cfg.spark)
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))
@@ -121,7 +123,8 @@ def main() -> None:
     busy = float(rows["seconds"].sum())
     steady = rows.iloc[1:-1] if len(rows) >= 3 else rows
     result: dict[str, Any] = {
-        "dataset": args.dataset, "rate": args.rate, "events": replayed["events"], "batches": len(rows),
+        "dataset": args.dataset, "overrides": args.set, "rate": args.rate, "events": replayed["events"],
+        "batches": len(rows),
         "latency_p50_s": round(float(np.percentile(lag, 50)), 2),
         "latency_p95_s": round(float(np.percentile(lag, 95)), 2),
         "sustained_events_per_s": round(float(rows["read"].sum()) / max(busy, 1e-9), 1),

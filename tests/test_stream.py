@@ -248,3 +248,20 @@ def test_replay_lands_the_last_fifth_in_time_order_as_small_files(served, tmp_pa
     times = [int(line.rsplit(",", 1)[1]) for f in files for line in f.read_text().splitlines()[1:]]
     assert len(times) == summary["events"] and times == sorted(times) and min(times) >= 1500000000 + 1000 * 31
     assert not list((tmp_path / "replay").glob(".*"))  # no half-written file left visible or hidden
+
+
+def test_the_stream_runs_its_queries_interpreted_and_gives_the_session_back(spark):
+    """stream.interpreted_sql sets its codegen settings for the query's life only: a setting the
+    session had comes back, one it did not have is unset again."""
+    from sparkrec.stream.job import INTERPRETED, session_conf
+
+    spark.conf.set("spark.sql.codegen.wholeStage", "true")
+    try:
+        with session_conf(spark, INTERPRETED):
+            assert spark.conf.get("spark.sql.codegen.wholeStage") == "false"
+            assert spark.conf.get("spark.sql.codegen.factoryMode") == "NO_CODEGEN"
+            assert spark.range(5).selectExpr("sum(id * 2)").first()[0] == 20  # interpreted, same answer
+        assert spark.conf.get("spark.sql.codegen.wholeStage") == "true"
+        assert spark.conf.get("spark.sql.codegen.factoryMode", None) is None
+    finally:
+        spark.conf.unset("spark.sql.codegen.wholeStage")

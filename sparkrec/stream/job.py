@@ -8,6 +8,8 @@ restarted on the same checkpoint commits every event once.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -20,6 +22,27 @@ from .once import BatchTxn
 from .source import batch_files, read_stream
 
 log = get_logger("stream")
+
+
+# stream.interpreted_sql: no generated code to compile for a micro-batch's small queries
+INTERPRETED = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """``settings`` on the session while the block runs, the previous values back after it, so
+    a notebook or test session that ran the stream keeps compiling its own queries."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def checkpoint_location(cfg: Config) -> str:
@@ -61,16 +84,17 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
         writer = writer.trigger(availableNow=True)
     else:
         writer = writer.trigger(processingTime=f"{cfg.stream.trigger_seconds} seconds")
-    query = writer.queryName(f"sparkrec_stream_{cfg.namespace}").start()
-    query_id["id"] = str(query.id)
-    started.set()
-    log_fields(log, "stream started", query_id=query_id["id"], checkpoint=checkpoint, source=cfg.stream.source,
-               path=cfg.stream.path, refresh=refresh)
-    try:
-        query.awaitTermination()
-    finally:
-        if query.isActive:
-            query.stop()
+    with session_conf(spark, INTERPRETED if cfg.stream.interpreted_sql else {}):
+        query = writer.queryName(f"sparkrec_stream_{cfg.namespace}").start()
+        query_id["id"] = str(query.id)
+        started.set()
+        log_fields(log, "stream started", query_id=query_id["id"], checkpoint=checkpoint, source=cfg.stream.source,
+                   path=cfg.stream.path, refresh=refresh, interpreted_sql=cfg.stream.interpreted_sql)
+        try:
+            query.awaitTermination()
+        finally:
+            if query.isActive:
+                query.stop()
     return {"query_id": query_id["id"], "batches": len(reports), "read": sum(r.read for r in reports),
             "accepted": sum(r.accepted for r in reports), "quarantined": sum(r.quarantined for r in reports),
             "mean_step_seconds": _mean_steps(reports)}
