@@ -254,17 +254,16 @@ def create_app(cfg: Config, holder: StateHolder, encoder: Any | None = None) -> 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest) -> dict[str, Any]:
         """Top-k for a known user, a text-only new user or an anonymous session, each explained."""
-        if body.text is not None or cfg.explain.llm.enabled:
-            return await run_in_threadpool(answer, body)
-        return answer(body)
+        pooled = body.text is not None or cfg.explain.llm.enabled or isinstance(holder.current, BaselineState)
+        return await run_in_threadpool(answer, body) if pooled else answer(body)
 
     def answer(body: RecommendRequest) -> dict[str, Any]:
-        """A known user's or a session's list is a millisecond of numpy, run on the event loop:
-        a sync endpoint would hop to the thread pool twice (the endpoint, then FastAPI's response
-        validation), and with the GIL those hops and the threads' hand-overs cost more than the
-        list (measured: 19% of the server's time, on Book-Crossing). Encoding a text and the
-        LLM's rewrite take tens of milliseconds and release the GIL in torch: those run in the
-        pool, so they do not hold up the loop."""
+        """The hybrid's list for a known user or a session is a millisecond of numpy, run on the
+        event loop: a sync endpoint would hop to the thread pool twice (the endpoint, then
+        FastAPI's response validation), and with the GIL those hops and the threads' hand-overs
+        cost more than the list (measured: 19% of the server's time, on Book-Crossing). Encoding
+        a text and the LLM's rewrite take tens of milliseconds and release the GIL in torch, and
+        a baseline's list was not measured: those run in the pool, so they never hold up the loop."""
         given = [name for name in ("user_id", "text", "recent_items") if getattr(body, name) is not None]
         if len(given) != 1:
             raise RequestError(422, "give exactly one of user_id, text, recent_items"
