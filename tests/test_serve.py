@@ -369,6 +369,43 @@ def test_blend_index_finds_the_exact_blend_from_two_searches():
     assert (got[0] == want[0]).all() and narrow[got[0]].all()
 
 
+def test_the_blend_drops_only_tower_candidates_that_cannot_reach_the_top_k():
+    """Text-only users' blend over the text pool and the tower candidates the bound keeps ranks
+    exactly as over every tower candidate, whatever the weights, filters, seen items and k,
+    when the two pools are the exact best rows by ``q.t`` and by ``u.v``; and the bound drops
+    most of a wide tower pool."""
+    from sparkrec.serve.index import ExactIndex, blend_candidates, dot, rescore
+
+    rng = np.random.default_rng(6)
+    dropped = []
+    for _ in range(60):
+        n, b, k = int(rng.integers(50, 3000)), int(rng.integers(1, 4)), int(rng.integers(1, 25))
+        items, text = rng.normal(size=(n, 6)).astype(np.float32), rng.normal(size=(n, 10)).astype(np.float32)
+        u = rng.normal(size=(b, 6)).astype(np.float32)
+        wq = (rng.uniform(0.1, 3.0) * rng.normal(size=(b, 10))).astype(np.float32)
+        uv, qt = u @ items.T, wq @ text.T
+        width_t, width_u = int(rng.integers(k, n // 2 + k)), int(rng.integers(k, n))
+        text_pool = np.argsort(-qt, axis=1)[:, :width_t]
+        tower_rows = np.argsort(-uv, axis=1)[:, :width_u]
+        tower = (tower_rows, np.take_along_axis(uv, tower_rows, axis=1))
+        eligible = rng.random(n) > 0.3
+        best = np.argsort(-(uv + qt), axis=1)[:, :2 * k]  # some seen items the blend ranks high
+        mine = [np.union1d(rng.choice(n, int(rng.integers(0, 30)), replace=False),
+                           rng.choice(best[i], int(rng.integers(0, k + 1)), replace=False)) for i in range(b)]
+        seen = (np.concatenate([[0], np.cumsum([len(m) for m in mine])]), np.concatenate(mine).astype(np.int64))
+        users = np.hstack([u, wq])
+        both = np.hstack([items, text])
+        score, exact = dot(both, users), ExactIndex(both)
+        cand = blend_candidates(items, u, (text_pool, np.take_along_axis(qt, text_pool, axis=1)), tower, k,
+                                eligible, seen)
+        every = np.hstack([tower_rows, text_pool])
+        kept = rescore(users, cand, k, eligible, seen, None, score, exact)
+        full = rescore(users, every, k, eligible, seen, None, score, exact)
+        assert (kept[0] == full[0]).all() and np.allclose(kept[1], full[1], atol=1e-5)
+        dropped.append(1 - (cand >= 0).sum() / (every >= 0).sum())
+    assert np.mean(dropped) > 0.3
+
+
 def test_the_head_rows_block_ranks_as_merging_them_into_the_candidates():
     """faiss's re-scoring with the head's rows as one block of vectors (FixedRows) gives the
     lists of merging those rows into each user's candidates, whatever the candidates, the

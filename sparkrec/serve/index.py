@@ -36,12 +36,16 @@ class Index(Protocol):
         ...
 
 
+Pool = tuple[np.ndarray, np.ndarray]  # (B, m) rows (-1: none), best first, and their scores
+
+
 class TextBlendIndex(Index, Protocol):
     """Text-only users' blend ``[u, w q] . [v, t]``: ``text_pool`` is the text index's pool the
-    request already took for its pseudo-history, which a candidate search reuses."""
+    request already took for its pseudo-history (rows and their text term ``w q.t``), which a
+    candidate search reuses."""
 
     def search(self, users: np.ndarray, k: int, eligible: np.ndarray, seen: Seen | None = None,
-               extra: Extra | None = None, text_pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               extra: Extra | None = None, text_pool: Pool | None = None) -> tuple[np.ndarray, np.ndarray]:
         ...
 
 
@@ -51,13 +55,9 @@ class PoolIndex(Index, Protocol):
 
     width: int  # a pool as wide as the search explores anyway
 
-    def pool(self, users: np.ndarray, width: int) -> np.ndarray:
-        """(B, width) rows nearest to each user by inner product, unfiltered (-1: none)."""
-        ...
-
-    def search_among(self, users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray,
-                     seen: Seen | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``search``, its candidates given."""
+    def scored_pool(self, users: np.ndarray, width: int) -> Pool:
+        """(B, width) rows nearest to each user by inner product, unfiltered, with their exact
+        inner products (the indexes store their vectors unquantised)."""
         ...
 
 
@@ -75,12 +75,8 @@ class ExactIndex:
                extra: Extra | None = None) -> tuple[np.ndarray, np.ndarray]:
         return top_k(users.astype(np.float32), self.matrix, k, eligible, seen, self.block_rows, extra)
 
-    def pool(self, users: np.ndarray, width: int) -> np.ndarray:
-        return top_k(users.astype(np.float32), self.matrix, width, None, None, self.block_rows)[0]
-
-    def search_among(self, users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray,
-                     seen: Seen | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return rescore(users, cand, min(k, self.matrix.shape[0]), eligible, seen, None, dot(self.matrix, users), self)
+    def scored_pool(self, users: np.ndarray, width: int) -> Pool:
+        return top_k(users.astype(np.float32), self.matrix, width, None, None, self.block_rows)
 
 
 def build_faiss(matrix: np.ndarray, cfg: FaissIndexConfig, threads: int = 1):  # type: ignore[no-untyped-def]
@@ -154,14 +150,28 @@ class FaissIndex:
         return fixed
 
     def pool(self, users: np.ndarray, width: int) -> np.ndarray:
-        return self.index.search(np.ascontiguousarray(users, dtype=np.float32),
-                                 max(1, min(width, self.matrix.shape[0])))[1]
+        return self.scored_pool(users, width)[0]
 
-    def search_among(self, users: np.ndarray, cand: np.ndarray, k: int, eligible: np.ndarray,
-                     seen: Seen | None = None) -> tuple[np.ndarray, np.ndarray]:
-        users = np.ascontiguousarray(users, dtype=np.float32)
-        return rescore(users, cand, min(k, self.matrix.shape[0]), eligible, seen, None, dot(self.matrix, users),
-                       self.exact)
+    def scored_pool(self, users: np.ndarray, width: int) -> Pool:
+        scores, rows = self.index.search(np.ascontiguousarray(users, dtype=np.float32),
+                                         max(1, min(width, self.matrix.shape[0])))
+        return rows, scores
+
+
+def best_in_pool(index: PoolIndex, users: np.ndarray, pool: Pool, k: int, eligible: np.ndarray) -> np.ndarray:
+    """(B, k) best eligible rows of each user's pool by the pool's own scores, ties to the
+    smaller row as everywhere; ``index``'s exact search answers a user with fewer than k."""
+    out = np.full((users.shape[0], k), -1, dtype=np.int64)
+    for b in range(users.shape[0]):
+        rows, scores = pool[0][b], pool[1][b]
+        ok = rows >= 0
+        ok[ok] = eligible[rows[ok]]
+        if ok.sum() < k:
+            out[b] = index.search(users[b:b + 1], k, eligible)[0][0]
+            continue
+        cols, _ = best_k(scores[ok][None, :], k, rows[ok][None, :])
+        out[b] = rows[ok][cols[0]]
+    return out
 
 
 def candidates_wanted(b: int, k: int, n: int, overfetch: int, seen: Seen | None) -> int:
@@ -282,21 +292,82 @@ class BlendIndex:
         self.exact = ExactBlend(items.matrix, text.matrix, items.exact.block_rows)
 
     def search(self, users: np.ndarray, k: int, eligible: np.ndarray, seen: Seen | None = None,
-               extra: Extra | None = None, text_pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``text_pool``: (B, m) rows the text index already gave for these users' texts."""
+               extra: Extra | None = None, text_pool: Pool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``text_pool``: the text index's (B, m) rows for these users' texts, with ``w q.t``."""
         users = np.ascontiguousarray(users, dtype=np.float32)
         d, n = self.items.matrix.shape[1], self.items.matrix.shape[0]
         u, wq = np.ascontiguousarray(users[:, :d]), np.ascontiguousarray(users[:, d:])
         k_eff = min(k, n)
         want = candidates_wanted(users.shape[0], k_eff, n, self.items.overfetch, seen)
-        if text_pool is None or text_pool.shape[1] < want:
-            text_pool = self.text.pool(wq, max(want, self.text.width))
-        by_tower = self.items.pool(u, max(want, self.tower_width))
+        if text_pool is None or text_pool[0].shape[1] < want:
+            text_pool = self.text.scored_pool(wq, max(want, self.text.width))
+        tower = self.items.scored_pool(u, max(want, self.tower_width))
+        cand = blend_candidates(self.items.matrix, u, text_pool, tower, k_eff, eligible, seen)
+        terms = TextTerms(self.text.matrix, wq, text_pool)
 
         def score(rows: np.ndarray, i: int) -> np.ndarray:
-            return self.items.matrix[rows] @ u[i] + self.text.matrix[rows] @ wq[i]
+            return self.items.matrix[rows] @ u[i] + terms(rows, i)
 
-        return rescore(users, np.hstack([by_tower, text_pool]), k_eff, eligible, seen, extra, score, self.exact)
+        return rescore(users, cand, k_eff, eligible, seen, extra, score, self.exact)
+
+
+class TextTerms:
+    """Each user's text term ``w q.t``: the text index's own product for the rows of its pool,
+    a gather of the text vector for any other row.
+
+    Why: the pool's 256 rows of 384-d text were gathered three times a request (the
+    pseudo-history, the candidates' bound, the re-scoring) for products faiss had returned.
+    """
+
+    def __init__(self, text: np.ndarray, wq: np.ndarray, pool: Pool) -> None:
+        self.text, self.wq = text, wq
+        order = np.argsort(pool[0], axis=1)
+        self.rows = np.take_along_axis(pool[0], order, axis=1)
+        self.terms = np.take_along_axis(pool[1], order, axis=1)
+
+    def __call__(self, rows: np.ndarray, b: int) -> np.ndarray:
+        known, terms = self.rows[b], self.terms[b]
+        at = np.minimum(np.searchsorted(known, rows), len(known) - 1)
+        hit = known[at] == rows
+        out = np.where(hit, terms[at], np.float32(0))
+        if not hit.all():
+            out[~hit] = self.text[rows[~hit]] @ self.wq[b]
+        return out
+
+
+def blend_candidates(items: np.ndarray, u: np.ndarray, text_pool: Pool, tower: Pool, k: int, eligible: np.ndarray,
+                     seen: Seen | None) -> np.ndarray:
+    """(B, m) blend candidates (-1: none): each user's text pool (rows and their ``w q.t``), and
+    of the item index's pool (rows and their exact ``u.v``) only the rows whose blend could still
+    reach the top k.
+
+    Why: a tower candidate's text term is a gather of its 384-d text row, and on Book-Crossing
+    those 1,000 gathers were a fifth of a text request. The text pool is the text index's best
+    rows by ``q.t``, so a row outside it has ``q.t`` at most the pool's lowest, and its blend at
+    most its ``u.v`` plus that; the k-th best blend among the pool's eligible, unseen rows is a
+    floor every row of the top k reaches. A row whose bound misses the floor is dropped unscored.
+    (The bound is as good as the text index's pool is exact: the same trust the candidates
+    already put in it.)
+    """
+    lists = []
+    for b in range(u.shape[0]):
+        valid = text_pool[0][b] >= 0
+        pool, qt = text_pool[0][b][valid], text_pool[1][b][valid]
+        rows, uv = tower[0][b], tower[1][b]
+        rows, uv = rows[rows >= 0], uv[rows >= 0]
+        if len(pool):
+            ok = eligible[pool].copy()
+            if seen is not None:
+                ok &= ~np.isin(pool, seen[1][seen[0][b]:seen[0][b + 1]])
+            if ok.sum() >= k:
+                floor = np.partition((items[pool] @ u[b] + qt)[ok], -k)[-k]
+                slack = 1e-4 * (abs(float(floor)) + 1.0)  # faiss's products and numpy's may round apart
+                rows = rows[uv + qt.min() >= floor - slack]
+        lists.append(np.concatenate([pool, rows]))
+    out = np.full((len(lists), max(map(len, lists), default=0)), -1, dtype=np.int64)
+    for b, rows in enumerate(lists):
+        out[b, :len(rows)] = rows
+    return out
 
 
 def make_index(matrix: np.ndarray, kind: str, cfg: FaissIndexConfig, threads: int = 1,

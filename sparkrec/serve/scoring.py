@@ -21,7 +21,7 @@ from ..model.head import LinearHead
 from ..recommend.score import blended_query, neighbours_as_history, user_vectors
 from ..recommend.topk import evidence
 from .explain import explain_row
-from .index import Extra
+from .index import Extra, Pool, best_in_pool
 from .state import Catalogue, ServingState
 
 
@@ -47,7 +47,7 @@ class Query:
     text: np.ndarray | None = None  # (1, D) interest text vector: blended scoring
     vector: np.ndarray | None = None  # (1, d) the snapshot's query vector of a known user
     factors: np.ndarray | None = None  # (1, rank) the snapshot's folded-in factors of a known user
-    text_pool: np.ndarray | None = None  # (1, m) the text index's rows nearest the text: the blend's candidates
+    text_pool: Pool | None = None  # the text index's (1, m) rows nearest the text, with q.t: the blend's candidates
 
 
 def eligible_for(base: np.ndarray, cat: Catalogue, filters: RecommendFilters | None) -> np.ndarray:
@@ -103,8 +103,8 @@ def text_query(state: ServingState, vector: np.ndarray) -> Query:
     assert state.text_index is not None and state.has_text is not None
     # one search of the text index: its best rows with text are the pseudo-history (as
     # pseudo_history's exact search), the whole pool is the blend's text candidates
-    pool = state.text_index.pool(q, max(tp.text_neighbours, state.text_index.width))
-    near, _ = state.text_index.search_among(q, pool, min(tp.text_neighbours, n), state.has_text)
+    pool = state.text_index.scored_pool(q, max(tp.text_neighbours, state.text_index.width))
+    near = best_in_pool(state.text_index, q, pool, min(tp.text_neighbours, n), state.has_text)
     hist = neighbours_as_history(near, n)
     return Query(user=0, hist=hist, gaps=np.zeros((1, n), np.float32), seen=np.zeros(0, np.int64),
                  items=np.zeros(0, np.int64), weights=np.zeros(0, np.float32), basis="interests",
@@ -158,8 +158,10 @@ def vector_for(state: ServingState, q: Query) -> tuple[np.ndarray, Search, Extra
     u = user_vectors(p, np.array([q.user], np.int64), q.hist, q.gaps, state.tower_fn)
     if q.text is not None:
         assert state.text_payload is not None and state.blend_index is not None
-        u = blended_query(state.text_payload.text_weight, u, q.text)
-        return u, partial(state.blend_index.search, text_pool=q.text_pool), None
+        w = state.text_payload.text_weight
+        u = blended_query(w, u, q.text)
+        pool = None if q.text_pool is None else (q.text_pool[0], w * q.text_pool[1])  # the blend's term: w q.t
+        return u, partial(state.blend_index.search, text_pool=pool), None
     extra = None
     if p.head is not None:
         extra = head_extra(p.head, q.items, q.weights)
