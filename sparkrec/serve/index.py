@@ -138,7 +138,8 @@ class FaissIndex:
                extra: Extra | None = None) -> tuple[np.ndarray, np.ndarray]:
         users = np.ascontiguousarray(users, dtype=np.float32)
         k_eff = min(k, self.matrix.shape[0])
-        cand = self.pool(users, candidates_wanted(users.shape[0], k_eff, self.matrix.shape[0], self.overfetch, seen))
+        want = candidates_wanted(users.shape[0], k_eff, self.matrix.shape[0], self.overfetch, seen)
+        cand = self.scored_pool(users, want)[0]
         fixed = None if extra is None else self.fixed_rows(extra[0])
         return rescore(users, cand, k_eff, eligible, seen, extra, dot(self.matrix, users), self.exact, fixed)
 
@@ -148,9 +149,6 @@ class FaissIndex:
         if fixed is None or fixed.rows is not rows:
             fixed = self._fixed = FixedRows(self.matrix, rows)  # a race only builds it twice
         return fixed
-
-    def pool(self, users: np.ndarray, width: int) -> np.ndarray:
-        return self.scored_pool(users, width)[0]
 
     def scored_pool(self, users: np.ndarray, width: int) -> Pool:
         scores, rows = self.index.search(np.ascontiguousarray(users, dtype=np.float32),
