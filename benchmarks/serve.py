@@ -147,19 +147,33 @@ def _load_httpx(url: str, bodies: list[dict[str, Any]], seconds: float, concurre
     return lat, errors[0], time.monotonic() - started
 
 
+def cpu_seconds(pids: list[int] | None) -> float:
+    """CPU seconds used so far by the server: this process (its threads serve) or, with forked
+    workers, theirs (``/proc/<pid>/stat``: utime + stime)."""
+    if pids is None:
+        t = os.times()
+        return t.user + t.system
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of the whole line
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run_phase(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int,
-              client: str = "raw") -> dict[str, float]:
-    """One phase; ``server_cpu_ms``: this process's CPU (the server runs in its threads) per request."""
+              client: str = "raw", server_pids: list[int] | None = None) -> dict[str, float]:
+    """One phase; ``server_cpu_ms``: the server's CPU per request (this process's, where the
+    server runs in its threads; ``server_pids``' where it runs in forked workers)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_load, args=(url, bodies, seconds, concurrency, client, q))
-    before = os.times()
+    before = cpu_seconds(server_pids)
     p.start()
     res = q.get()
-    after = os.times()
+    after = cpu_seconds(server_pids)
     p.join()
     lat = np.array(res["latencies"])
-    server_cpu = (after.user - before.user) + (after.system - before.system)
+    server_cpu = after - before
     return {"requests": len(lat), "errors": res["errors"], "req_s": len(lat) / res["seconds"],
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
@@ -259,6 +273,37 @@ def tower_ab(holder: Any, state: Any, url: str, bodies: list[dict[str, Any]], ar
           f" -> onnx / torch {np.mean(onnx) / runs['torch'][0]['req_s']:.2f}x")
 
 
+def serve_phases(cfg: Any, kstate: Any, kind: str, n: int, first: bool, bodies: dict[str, list[dict[str, Any]]],
+                 vectors: dict[str, np.ndarray], args: Any, results: dict[Any, dict[str, float]]) -> None:
+    """Known and text-only users against one server: this process's threads (``n`` 1) or ``n``
+    forked workers (``serve.workers``); the first server of a kind also gets the httpx client and
+    the user tower A/B."""
+    from sparkrec.serve import StateHolder, create_app, start_in_thread
+    from sparkrec.serve.workers import start_workers
+
+    holder = StateHolder()
+    holder.swap(kstate)
+    app = create_app(cfg, holder, CachedEncoder(vectors))
+    running = start_in_thread(app) if n == 1 else start_workers(app, None, n)
+    pids = None if n == 1 else running.pool.current.pids
+    label = kind if n == 1 else f"{kind} x{n} workers"
+    try:
+        run_phase(running.url, bodies["known users"], 3, args.concurrency, args.client, pids)  # warm-up
+        for name, sent in bodies.items():
+            r = run_phase(running.url, sent, args.seconds, args.concurrency, args.client, pids)
+            results.setdefault((kind, name), r)
+            results[(kind, n, name)] = r
+            print(phase_line(f"{label:>5} | {name:<16}", r, args.concurrency))
+        if first and n == 1 and kind == "faiss" and args.client != "httpx":  # the heavier client of earlier runs
+            r = run_phase(running.url, bodies["known users"], args.seconds, args.concurrency, "httpx")
+            print(phase_line(f"{kind:>5} | {'known users':<16} (httpx client)", r, args.concurrency))
+        if first and n == 1 and kind == "faiss" and kstate.tower_fn is not None:
+            tower_ab(holder, kstate, running.url, bodies["text-only users"], args,
+                     results[(kind, "text-only users")])
+    finally:
+        running.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=270_947, help="catalogue size to synthesise")
@@ -273,6 +318,8 @@ def main() -> None:
     ap.add_argument("--text-ef-search", type=int, default=None, help="serve.faiss.text_ef_search (hnsw)")
     ap.add_argument("--text-nprobe", type=int, default=None, help="serve.faiss.text_nprobe (ivf lists for text)")
     ap.add_argument("--recall-users", type=int, default=300)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                    help="serve.workers of each faiss server in turn (1: threads of this process; repeats allowed)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--lake", default=None,
                     help="serve a real lake instead: the --keep directory of benchmarks/pipeline.py (no synthesis)")
@@ -290,7 +337,6 @@ def main() -> None:
     from sparkrec.lake import DeltaRsLake, RunContext
     from sparkrec.logs import setup_logging
     from sparkrec.model.job import run_train
-    from sparkrec.serve import StateHolder, create_app, start_in_thread
     from sparkrec.serve.scoring import known_user, recommend
     from sparkrec.serve.server import limit_threads, text_encoder
     from sparkrec.serve.state import load_state
@@ -351,23 +397,10 @@ def main() -> None:
             text_cfg = cfg.serve.faiss.for_text()
             print(f"faiss build: items ({args.faiss_kind}) + text ({text_cfg.kind}, ef_search "
                   f"{text_cfg.ef_search}, nprobe {text_cfg.nprobe}; the blend searches both) {build:.1f} s")
-        holder = StateHolder()
-        holder.swap(kstate)
-        app = create_app(cfg, holder, CachedEncoder(vectors))
-        running = start_in_thread(app)
-        try:
-            run_phase(running.url, user_bodies, 3, args.concurrency, args.client)  # warm-up
-            for name, bodies in (("known users", user_bodies), ("text-only users", text_bodies)):
-                r = run_phase(running.url, bodies, args.seconds, args.concurrency, args.client)
-                results[(kind, name)] = r
-                print(phase_line(f"{kind:>5} | {name:<16}", r, args.concurrency))
-            if kind == "faiss" and args.client != "httpx":  # the same server, the heavier client of earlier runs
-                r = run_phase(running.url, user_bodies, args.seconds, args.concurrency, "httpx")
-                print(phase_line(f"{kind:>5} | {'known users':<16} (httpx client)", r, args.concurrency))
-            if kind == "faiss" and kstate.tower_fn is not None:
-                tower_ab(holder, kstate, running.url, text_bodies, args, results[(kind, "text-only users")])
-        finally:
-            running.stop()
+        for i, n in enumerate(args.workers if kind == "faiss" else [1]):
+            serve_phases(cfg, kstate, kind, n, first=i == 0, bodies={"known users": user_bodies,
+                                                                      "text-only users": text_bodies},
+                         vectors=vectors, args=args, results=results)
         if kind == "faiss":
             rec = []
             for u in users[: args.recall_users]:

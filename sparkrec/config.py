@@ -632,6 +632,11 @@ class ServeConfig(StrictModel):
     # the user tower of text and session requests: onnx (ONNX Runtime, exported at load and checked
     # against PyTorch; ~0.04 vs ~0.3-0.7 ms a call) or torch
     user_tower: Literal["onnx", "torch"] = "onnx"
+    # Server processes forked after the load (sparkrec.serve.workers): each has its own GIL and
+    # all share the snapshot's memory; 1 serves from this process's threads.
+    workers: int = Field(1, ge=1, le=64)
+    # After a swap, how long an old worker may keep answering its open connections before it exits.
+    drain_seconds: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _poll_not_busy(self) -> ServeConfig:

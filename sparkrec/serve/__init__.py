@@ -3,7 +3,8 @@
 Modules: :mod:`.state` (one immutable in-memory snapshot, built with the batch stage's loading
 code), :mod:`.index` (exact or faiss top-K), :mod:`.scoring` (one request -> one explained list),
 :mod:`.explain` (the template, in Python), :mod:`.reload` (hot reload by reference swap),
-:mod:`.api` (endpoints and errors), :mod:`.server` (uvicorn, threads).
+:mod:`.api` (endpoints and errors), :mod:`.server` (uvicorn, threads), :mod:`.workers` (forked
+server processes over one snapshot).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ with its traceback and answered 500 with the request id, so a bug never leaks a 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import uuid
 from collections import deque
@@ -249,7 +250,8 @@ def create_app(cfg: Config, holder: StateHolder, encoder: Any | None = None) -> 
                              "index": state.index_kind,
                              "items": state.stats.get("items"), "users": len(state.users.rows),
                              "events_version": state.users.events_version, "reloads": holder.reloads,
-                             "text": state.text_payload is not None and app.state.encoder is not None})
+                             "text": state.text_payload is not None and app.state.encoder is not None,
+                             "pid": os.getpid()})  # which process answered (serve.workers)
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest) -> dict[str, Any]:

@@ -8,6 +8,7 @@ uvicorn already answers ``/health`` (200) and ``/ready`` (503 until loaded).
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from ..lake import Lake
 from ..logs import get_logger, log_fields
 from .api import create_app
 from .reload import Poller, StateHolder
+from .workers import ForkingHolder, start_workers
 
 log = get_logger("serve")
 
@@ -64,11 +66,11 @@ def limit_threads(n: int) -> None:
 
 
 def build(cfg: Config, spark: SparkSession, lake: Lake, load_in_background: bool = True,
-          encoder: Any | None = None) -> tuple[FastAPI, Poller]:
+          encoder: Any | None = None, holder: StateHolder | None = None) -> tuple[FastAPI, Poller]:
     """The app and its started poller (``load_in_background=False``: the first snapshot is loaded
     before this returns)."""
     limit_threads(cfg.serve.threads)
-    holder = StateHolder()
+    holder = holder if holder is not None else StateHolder()
     poller = Poller(cfg, spark, lake, holder)
     if not load_in_background:
         poller.load_first()
@@ -116,14 +118,35 @@ def run_server(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     """``sparkrec serve``: blocks until the server is stopped (Ctrl-C / SIGTERM)."""
     import uvicorn
 
-    app, poller = build(cfg, spark, lake, load_in_background=False)  # a missing model fails before the port opens
     sc = cfg.serve
+    holder = ForkingHolder() if sc.workers > 1 else StateHolder()
+    # a missing model fails before the port opens (and workers are forked with the snapshot loaded)
+    app, poller = build(cfg, spark, lake, load_in_background=False, holder=holder)
     log_fields(log, "serving", url=f"http://{sc.host}:{sc.port}", docs=f"http://{sc.host}:{sc.port}/docs",
                index=sc.index, model=cfg.recommend.model_run_id or cfg.recommend.model,
-               reload_seconds=sc.reload_seconds)
+               reload_seconds=sc.reload_seconds, workers=sc.workers)
     try:
-        uvicorn.run(app, host=sc.host, port=sc.port, log_level="warning", access_log=False)
+        if isinstance(holder, ForkingHolder):
+            workers = start_workers(app, holder, sc.workers, sc.host, sc.port, sc.drain_seconds)
+            try:
+                wait_for_stop_signal()
+            finally:
+                workers.stop()
+        else:
+            uvicorn.run(app, host=sc.host, port=sc.port, log_level="warning", access_log=False)
     finally:
         poller.stop()
-    holder = app.state.holder
     return {"model_run_id": holder.current.run_id if holder.current else None, "reloads": holder.reloads}
+
+
+def wait_for_stop_signal() -> None:
+    """Blocks until SIGTERM or SIGINT (the workers, in the same process group on a terminal,
+    drain on their own signal)."""
+    stop = threading.Event()
+    before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
