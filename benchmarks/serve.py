@@ -9,7 +9,10 @@ users' histories and the explanations are the trained model's. Building a full B
 and model here (ingest + features + embedding 270k books: ~30 min on 2 cores) would not change
 what a request costs: one user-tower pass and one search over a 270k x d matrix.
 
-The server (uvicorn, one process) runs in a thread of this process with Spark stopped; a separate
+The server (uvicorn, one process) runs in a thread of this process with Spark stopped; with
+``--workers`` N > 1 the faiss phases are served again by N worker processes forked from it
+(``serve.workers``, sharing the snapshot; their CPU is read from /proc and its split between them
+printed, since a keep-alive connection stays with the worker that accepted it). A separate
 load-generator process keeps ``--concurrency`` requests in flight for ``--seconds`` per phase and
 measures latency client-side (HTTP included). Phases: known users and text-only users, each with
 the exact and the faiss index. Text requests are measured without the encoder (the server is
@@ -147,21 +150,21 @@ def _load_httpx(url: str, bodies: list[dict[str, Any]], seconds: float, concurre
     return lat, errors[0], time.monotonic() - started
 
 
-def cpu_seconds(pids: list[int] | None) -> float:
+def cpu_seconds(pids: list[int] | None) -> list[float]:
     """CPU seconds used so far by the server: this process (its threads serve) or, with forked
-    workers, theirs (``/proc/<pid>/stat``: utime + stime)."""
+    workers, each worker's (``/proc/<pid>/stat``: utime + stime)."""
     if pids is None:
         t = os.times()
-        return t.user + t.system
-    ticks = 0
+        return [t.user + t.system]
+    out = []
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of the whole line
-    return ticks / os.sysconf("SC_CLK_TCK")
+        out.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))  # fields 14, 15 of the line
+    return out
 
 
 def run_phase(url: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int,
-              client: str = "raw", server_pids: list[int] | None = None) -> dict[str, float]:
+              client: str = "raw", server_pids: list[int] | None = None) -> dict[str, Any]:
     """One phase; ``server_cpu_ms``: the server's CPU per request (this process's, where the
     server runs in its threads; ``server_pids``' where it runs in forked workers)."""
     ctx = mp.get_context("spawn")
@@ -173,12 +176,15 @@ def run_phase(url: str, bodies: list[dict[str, Any]], seconds: float, concurrenc
     after = cpu_seconds(server_pids)
     p.join()
     lat = np.array(res["latencies"])
-    server_cpu = after - before
+    per_process = [a - b for a, b in zip(after, before, strict=True)]
+    server_cpu = sum(per_process)
     return {"requests": len(lat), "errors": res["errors"], "req_s": len(lat) / res["seconds"],
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
             "server_cpu_ms": server_cpu * 1000 / max(len(lat), 1),
-            "client_cpu_ms": res["client_cpu_s"] * 1000 / max(len(lat), 1)}
+            "client_cpu_ms": res["client_cpu_s"] * 1000 / max(len(lat), 1),
+            # how the work spread over forked workers (connections stay with the worker that accepted them)
+            "cpu_shares": [round(c / max(server_cpu, 1e-9), 2) for c in per_process]}
 
 
 def synthesise(state: Any, n_items: int, seed: int = 0) -> Any:
@@ -251,15 +257,16 @@ def text_recall(exact_state: Any, state: Any, queries: np.ndarray, k: int) -> fl
     return float(np.mean(rec))
 
 
-def phase_line(label: str, r: dict[str, float], concurrency: int) -> str:
+def phase_line(label: str, r: dict[str, Any], concurrency: int) -> str:
+    shares = f" (workers' shares {' / '.join(f'{x:.2f}' for x in r['cpu_shares'])})" if len(r["cpu_shares"]) > 1 else ""
     return (f"{label} | {r['req_s']:7.1f} req/s | p50 {r['p50_ms']:6.1f} ms | p99 {r['p99_ms']:6.1f} ms | "
-            f"cpu/request server {r['server_cpu_ms']:.2f} ms, client {r['client_cpu_ms']:.2f} ms | "
+            f"cpu/request server {r['server_cpu_ms']:.2f} ms{shares}, client {r['client_cpu_ms']:.2f} ms | "
             f"{r['requests']} requests, {r['errors']} errors (concurrency {concurrency}, "
             f"load {os.getloadavg()[0]:.1f})")
 
 
 def tower_ab(holder: Any, state: Any, url: str, bodies: list[dict[str, Any]], args: Any,
-             first: dict[str, float]) -> None:
+             first: dict[str, Any]) -> None:
     """Text-only users again with the PyTorch user tower, then with ONNX Runtime's once more
     (A B A in one server, so the machine's drift shows as the spread of the two A runs)."""
     runs = {"onnx": [first], "torch": []}
@@ -274,7 +281,7 @@ def tower_ab(holder: Any, state: Any, url: str, bodies: list[dict[str, Any]], ar
 
 
 def serve_phases(cfg: Any, kstate: Any, kind: str, n: int, first: bool, bodies: dict[str, list[dict[str, Any]]],
-                 vectors: dict[str, np.ndarray], args: Any, results: dict[Any, dict[str, float]]) -> None:
+                 vectors: dict[str, np.ndarray], args: Any, results: dict[Any, dict[str, Any]]) -> None:
     """Known and text-only users against one server: this process's threads (``n`` 1) or ``n``
     forked workers (``serve.workers``); the first server of a kind also gets the httpx client and
     the user tower A/B."""
