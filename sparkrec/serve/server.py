@@ -131,6 +131,7 @@ def run_server(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
             try:
                 wait_for_stop_signal()
             finally:
+                poller.stop()  # first: a reload after this would fork workers nobody stops
                 workers.stop()
         else:
             uvicorn.run(app, host=sc.host, port=sc.port, log_level="warning", access_log=False)

@@ -126,6 +126,7 @@ class WorkerPool:
         self.retiring: list[int] = []
         self._lock = threading.RLock()
         self._generations = 0
+        self._stopped = False
 
     def _fork(self) -> tuple[int, int]:
         """(pid, read end of its ready pipe)."""
@@ -169,6 +170,8 @@ class WorkerPool:
         """Forks a generation with what ``app`` serves now, waits until every worker accepts,
         then drains the previous generation."""
         with self._lock:
+            if self._stopped:
+                raise RuntimeError("the worker pool is stopped: no new generation")
             self._generations += 1
             started = [self._fork() for _ in range(self.n)]
             gen = Generation(self._generations, [pid for pid, _ in started])
@@ -210,6 +213,7 @@ class WorkerPool:
     def stop(self) -> None:
         """Drains every worker and waits for them (SIGKILL after ``drain_seconds`` more)."""
         with self._lock:
+            self._stopped = True
             if self.current is not None:
                 self.retire(self.current.pids)
                 self.current = None
