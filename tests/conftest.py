@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # (xdist's own `xdist_group` marks do not reach its scheduler under pytest 9.2: it renames
 # `item._nodeid`, which pytest no longer reads; hence the scheduler hook.)
 SAMPLE_MODULES = {"test_evaluate", "test_explain_llm", "test_features", "test_model", "test_recommend",
-                  "test_serve", "test_serve_baseline", "test_serving"}
+                  "test_serve", "test_serve_baseline", "test_serve_workers", "test_serving"}
 LONGEST_FIRST = ["sample", "test_notebooks", "test_cluster", "test_object_storage", "test_stream",
                  "test_baselines", "test_kill_rerun", "test_bookcrossing_e2e", "test_report"]
 
