@@ -281,7 +281,7 @@ def tower_ab(holder: Any, state: Any, url: str, bodies: list[dict[str, Any]], ar
 
 
 def serve_phases(cfg: Any, kstate: Any, kind: str, n: int, first: bool, bodies: dict[str, list[dict[str, Any]]],
-                 vectors: dict[str, np.ndarray], args: Any, results: dict[Any, dict[str, Any]]) -> None:
+                 vectors: dict[str, np.ndarray], args: Any) -> None:
     """Known and text-only users against one server: this process's threads (``n`` 1) or ``n``
     forked workers (``serve.workers``); the first server of a kind also gets the httpx client and
     the user tower A/B."""
@@ -294,19 +294,17 @@ def serve_phases(cfg: Any, kstate: Any, kind: str, n: int, first: bool, bodies: 
     running = start_in_thread(app) if n == 1 else start_workers(app, None, n)
     pids = None if n == 1 else running.pool.current.pids
     label = kind if n == 1 else f"{kind} x{n} workers"
+    measured = {}
     try:
         run_phase(running.url, bodies["known users"], 3, args.concurrency, args.client, pids)  # warm-up
         for name, sent in bodies.items():
-            r = run_phase(running.url, sent, args.seconds, args.concurrency, args.client, pids)
-            results.setdefault((kind, name), r)
-            results[(kind, n, name)] = r
-            print(phase_line(f"{label:>5} | {name:<16}", r, args.concurrency))
+            measured[name] = run_phase(running.url, sent, args.seconds, args.concurrency, args.client, pids)
+            print(phase_line(f"{label:>5} | {name:<16}", measured[name], args.concurrency))
         if first and n == 1 and kind == "faiss" and args.client != "httpx":  # the heavier client of earlier runs
             r = run_phase(running.url, bodies["known users"], args.seconds, args.concurrency, "httpx")
             print(phase_line(f"{kind:>5} | {'known users':<16} (httpx client)", r, args.concurrency))
         if first and n == 1 and kind == "faiss" and kstate.tower_fn is not None:
-            tower_ab(holder, kstate, running.url, bodies["text-only users"], args,
-                     results[(kind, "text-only users")])
+            tower_ab(holder, kstate, running.url, bodies["text-only users"], args, measured["text-only users"])
     finally:
         running.stop()
 
@@ -394,7 +392,6 @@ def main() -> None:
     users = list(state.users.rows)
     user_bodies = [{"user_id": u, "k": args.k} for u in users]
     text_bodies = [{"text": s, "k": args.k} for s in SENTENCES]
-    results = {}
     exact_state = None
     for kind in ("exact", "faiss"):
         kstate, build = with_index(state, kind, cfg)
@@ -407,7 +404,7 @@ def main() -> None:
         for i, n in enumerate(args.workers if kind == "faiss" else [1]):
             serve_phases(cfg, kstate, kind, n, first=i == 0, bodies={"known users": user_bodies,
                                                                       "text-only users": text_bodies},
-                         vectors=vectors, args=args, results=results)
+                         vectors=vectors, args=args)
         if kind == "faiss":
             rec = []
             for u in users[: args.recall_users]:

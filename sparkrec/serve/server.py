@@ -125,18 +125,17 @@ def run_server(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     log_fields(log, "serving", url=f"http://{sc.host}:{sc.port}", docs=f"http://{sc.host}:{sc.port}/docs",
                index=sc.index, model=cfg.recommend.model_run_id or cfg.recommend.model,
                reload_seconds=sc.reload_seconds, workers=sc.workers)
+    workers = None
     try:
         if isinstance(holder, ForkingHolder):
             workers = start_workers(app, holder, sc.workers, sc.host, sc.port, sc.drain_seconds)
-            try:
-                wait_for_stop_signal()
-            finally:
-                poller.stop()  # first: a reload after this would fork workers nobody stops
-                workers.stop()
+            wait_for_stop_signal()
         else:
             uvicorn.run(app, host=sc.host, port=sc.port, log_level="warning", access_log=False)
     finally:
-        poller.stop()
+        poller.stop()  # first: a reload after the workers' stop would fork workers nobody stops
+        if workers is not None:
+            workers.stop()
     return {"model_run_id": holder.current.run_id if holder.current else None, "reloads": holder.reloads}
 
 

@@ -25,7 +25,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +43,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
+    return sock  # forked workers inherit it as they are (inheritable only matters across exec)
 
 
 class _CloseWhenDraining:
@@ -252,16 +250,15 @@ class ForkingHolder(StateHolder):
         self.pool: WorkerPool | None = None
 
     def swap(self, state: Snapshot) -> None:
-        before = self.current
-        super().swap(state)
-        if self.pool is None:
-            return
-        try:
-            self.pool.start_generation()
-        except BaseException:  # the workers still serve ``before``: so must this, so the poller retries
-            self.current = before
-            self.reloads -= 1
-            raise
+        with self._lock:
+            before, self.current = self.current, state  # what the new generation's workers copy
+            if self.pool is not None:
+                try:
+                    self.pool.start_generation()
+                except BaseException:  # the workers still serve ``before``: so must this, so the poller retries
+                    self.current = before
+                    raise
+            self.reloads += 1
 
 
 @dataclass
@@ -283,7 +280,7 @@ class Workers:
 
 
 def start_workers(app: Any, holder: ForkingHolder | None, n: int, host: str = "127.0.0.1", port: int = 0,
-                  drain_seconds: float = 30.0, on_exit: Callable[[], None] | None = None) -> Workers:
+                  drain_seconds: float = 30.0) -> Workers:
     """Forks ``n`` workers serving ``app`` (whose snapshot must be loaded: they copy it) and a
     thread in this process that replaces any that die; ``holder``'s later swaps fork new
     generations."""
