@@ -9,7 +9,15 @@ from pyspark.sql import Row
 from pyspark.sql import functions as F
 
 from sparkrec.arrowframes import collect_arrow
-from sparkrec.lake import DeltaRsLake, LakeError, RunContext, SchemaMismatchError, delta_jars_available, deltars
+from sparkrec.lake import (
+    DeltaRsLake,
+    LakeError,
+    RunContext,
+    SchemaMismatchError,
+    arrowmerge,
+    delta_jars_available,
+    deltars,
+)
 
 UTC = dt.UTC
 
@@ -97,7 +105,7 @@ def test_driver_and_spark_merges_agree_and_the_driver_rewrites_only_matching_fil
     source = _mixed(spark, {6: 4, 7: 4, 8: 3, 9: 4, 30: 2}, "y", changed=(9,))
     # file statistics leave the driver one of the four files (groups 5-9) to read
     candidates = lakes["driver"]._files_for(DeltaTable(lakes["driver"].location("t")),
-                                             collect_arrow(source), ["g"])
+                                             arrowmerge.sorted_values(collect_arrow(source), ["g"]))
     assert len(candidates) == 1
     results = {}
     for path, lk in lakes.items():
@@ -114,6 +122,30 @@ def test_driver_and_spark_merges_agree_and_the_driver_rewrites_only_matching_fil
 
     assert rows(lakes["driver"]) == rows(lakes["spark"])
     assert len(rows(lakes["driver"])) == 80 - 1 + 2
+
+
+def test_arrow_rows_are_read_merged_and_appended_as_spark_rows_are(spark, lake):
+    """The driver's Arrow API (a streaming micro-batch's): the same table contents as the
+    DataFrame calls, and a read that skips files whose statistics rule them out."""
+    import pyarrow as pa
+    from pyspark.sql import types as T
+
+    lake.overwrite("t", _ranked(spark, {g: 3 for g in range(8)}, "x").repartition(4, "g"))
+    got = lake.read_arrow("t", ["g", "r"], where={"g": [2, 5]})
+    assert sorted(zip(got.column("g").to_pylist(), got.column("r").to_pylist(), strict=True)) == [
+        (g, r) for g in (2, 5) for r in (1, 2, 3)]
+    source = collect_arrow(_ranked(spark, {2: 2, 9: 1}, "y"))
+    result = lake.upsert_arrow("t", source, ["g", "r"], replace_within=["g"])
+    assert (result.inserted, result.updated, result.deleted) == (1, 2, 1)
+    expected = _ranked(spark, {**{g: 3 for g in range(8)}, 2: 2, 9: 1}, "x").collect()
+    assert sorted((r["g"], r["r"]) for r in lake.read("t").collect()) == sorted((r["g"], r["r"]) for r in expected)
+    assert {r["v"] for r in lake.read("t").filter("g = 2").collect()} == {"y21", "y22"}
+    schema = T.StructType([T.StructField("a", T.LongType()), T.StructField("b", T.StringType())])
+    lake.append_arrow("new", pa.table({"b": ["x"], "a": [1]}), schema)  # creates it; columns by name
+    lake.append_arrow("new", pa.table({"a": [2], "b": ["y"]}), schema)
+    assert sorted(tuple(r) for r in lake.read("new").collect()) == [(1, "x"), (2, "y")]
+    with pytest.raises(SchemaMismatchError, match="lack column"):
+        lake.append_arrow("new", pa.table({"a": [3]}), schema)
 
 
 def test_schema_is_enforced(spark, lake):

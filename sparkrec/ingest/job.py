@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from .. import schemas
 from ..config import Config
-from ..lake import Lake
+from ..lake import CommitResult, Lake
 from ..logs import get_logger, log_fields
 from .canonical import validate_interactions, validate_items, validate_tags, validate_users
 from .fingerprint import INPUT_KEY, completed_runs, input_fingerprint, unchanged_since_last_ingest
@@ -96,13 +96,21 @@ def _write(lake: Lake, v: Validated, report: TableReport, dataset: str, started:
     unchanged input is skipped next time (a streaming batch has none, and a later ingest of the
     table then reads its input again)."""
     keys = schemas.KEYS[v.table]
-    # The commit carries the table's counts: ingest_runs is rebuilt from commits (see .runs).
+    lake = counted(lake, report, dataset, started, fingerprint)
+    recorded(report, lake.upsert(v.table, keep_first_provenance(lake, v.table, v.accepted(), keys), keys))
+
+
+def counted(lake: Lake, report: TableReport, dataset: str, started: float, fingerprint: str | None = None) -> Lake:
+    """The lake whose commits carry the table's counts: ingest_runs is rebuilt from commits
+    (see .runs)."""
     meta = commit_metadata(dataset, report.source, report.read, report.accepted, report.quarantined,
                            report.reasons, report.cleaned, round(time.perf_counter() - started, 3))
     if fingerprint is not None:
         meta[INPUT_KEY] = fingerprint
-    lake = lake.with_context(replace(lake.context, extra={**lake.context.extra, **meta}))
-    result = lake.upsert(v.table, keep_first_provenance(lake, v.table, v.accepted(), keys), keys)
+    return lake.with_context(replace(lake.context, extra={**lake.context.extra, **meta}))
+
+
+def recorded(report: TableReport, result: CommitResult) -> None:
     report.inserted, report.updated, report.unchanged = result.inserted, result.updated, result.unchanged
     report.version = result.version
 

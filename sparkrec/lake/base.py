@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -238,6 +239,36 @@ class Lake(abc.ABC):
         the table at that version (``NO_TABLE``: from its absence): then nothing is retried here
         and a conflict raises :class:`ConcurrentWriteError`, for the caller to recompute ``df``
         (see :meth:`transact`)."""
+
+    def columns(self, table: str) -> list[str]:
+        return self.read(table).columns
+
+    # -- rows the driver holds (a streaming micro-batch's): through Spark unless an engine
+    # -- can do without it (delta-rs does, see DeltaRsLake)
+    def read_arrow(self, table: str, columns: list[str] | None = None,
+                   where: dict[str, Sequence[Any]] | None = None, version: int | None = None) -> pa.Table:
+        """The rows whose every ``where`` column takes one of its values, as Arrow here."""
+        from ..arrowframes import collect_arrow
+
+        df = self.read(table, version)
+        for col, values in (where or {}).items():
+            df = df.filter(F.col(col).isin(list(values)))
+        return collect_arrow(df.select(*(columns or df.columns)))
+
+    def upsert_arrow(self, table: str, source: pa.Table, keys: list[str], replace_within: list[str] | None = None,
+                     read_version: int | None = None, schema: T.StructType | None = None) -> CommitResult:
+        """:meth:`upsert` of Arrow rows; ``schema``: the table's, needed when it does not exist."""
+        from ..arrowframes import to_dataframe
+
+        schema = self.read(table).schema if self.exists(table) else schema
+        if schema is None:
+            raise LakeError(f"table {table!r} does not exist: upsert_arrow needs its schema")
+        return self.upsert(table, to_dataframe(self.spark, source, schema), keys, replace_within, read_version)
+
+    def append_arrow(self, table: str, data: pa.Table, schema: T.StructType) -> CommitResult:
+        from ..arrowframes import to_dataframe
+
+        return self.append(table, to_dataframe(self.spark, data, schema))
 
     def transact(self, table: str, write: Callable[[int], CommitResult]) -> CommitResult:
         """Runs ``write(read_version)`` on the table's current version until it commits without

@@ -27,7 +27,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,8 +45,9 @@ from deltalake.transaction import AddAction, CommitProperties, RemoveAction, cre
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
-from ..arrowframes import collect_arrow
+from ..arrowframes import collect_arrow, conform, to_dataframe
 from ..logs import get_logger
 from . import arrowmerge, storage
 from .base import (
@@ -195,6 +196,9 @@ class DeltaRsLake(Lake):
             return self.spark.createDataFrame([], schema)
         return self._scan(table, files, schema)
 
+    def columns(self, table: str) -> list[str]:
+        return self._spark_schema(self._open(table)).names
+
     def _scan(self, table: str, files: list[str], schema: T.StructType, file_column: str | None = None) -> DataFrame:
         """The rows of some of the table's files (URIs from ``file_uris()``); ``file_column`` adds
         each row's file. Local files go through Spark's reader; remote ones through delta-rs'
@@ -339,6 +343,64 @@ class DeltaRsLake(Lake):
             return self._upsert_at(table, df, keys, replace_within, read_version)
         return self.transact(table, lambda version: self._upsert_at(table, df, keys, replace_within, version))
 
+    # -- the driver's own rows (a streaming micro-batch's, see sparkrec.stream.driver) -------
+    def read_arrow(self, table: str, columns: list[str] | None = None,
+                   where: dict[str, Sequence[Any]] | None = None, version: int | None = None) -> pa.Table:
+        """Without a Spark job: only the files whose statistics allow ``where``'s values are
+        read (pyarrow 14 cannot read delta-rs' own dataset, see STACK.md)."""
+        dt_ = self._open(table, version)
+        schema = to_arrow_schema(self._spark_schema(dt_))
+        columns = columns or schema.names
+        values = {c: np.unique(pa.array(v, schema.field(c).type).to_numpy(zero_copy_only=False))
+                  for c, v in (where or {}).items()}
+        numeric = {c: v for c, v in values.items()
+                   if pa.types.is_integer(schema.field(c).type) or pa.types.is_floating(schema.field(c).type)}
+        files = self._files_for(dt_, numeric, max_rows=2**62) or []
+        filters = None
+        for c, v in values.items():
+            test = pc.field(c).isin(pa.array(v, schema.field(c).type))
+            filters = test if filters is None else filters & test
+        wanted = pa.schema([schema.field(c) for c in columns])
+        filesystem = storage.table_filesystem(self.location(table), self.storage_options)
+        parts = [pq.read_table(path, filesystem=filesystem, columns=columns, filters=filters).select(columns)
+                 for path in files]
+        return pa.concat_tables([p.cast(wanted) for p in parts]) if parts else wanted.empty_table()
+
+    def upsert_arrow(self, table: str, source: pa.Table, keys: list[str], replace_within: list[str] | None = None,
+                     read_version: int | None = None, schema: T.StructType | None = None) -> CommitResult:
+        """:meth:`upsert` of rows this process holds: planned in it when they are few, without
+        collecting them back from Spark; ``schema``: the table's when it does not exist yet."""
+        if read_version is None:
+            return self.transact(table, lambda version: self.upsert_arrow(table, source, keys, replace_within,
+                                                                          version, schema))
+        if read_version != NO_TABLE and source.num_rows <= DRIVER_MERGE_ROWS:
+            dt_ = self._open(table, read_version)
+            table_schema = self._spark_schema(dt_)
+            nullable = pa.schema([f.with_nullable(True) for f in to_arrow_schema(table_schema)])
+            done = self._arrow_upsert(table, dt_, table_schema, conform(table, source, nullable), keys,
+                                      replace_within, read_version)
+            if done is not None:
+                return done
+        if read_version != NO_TABLE:
+            schema = self._spark_schema(self._open(table, read_version))
+        if schema is None:
+            raise LakeError(f"table {table!r} does not exist: upsert_arrow needs its schema")
+        return self._upsert_at(table, to_dataframe(self.spark, source, schema), keys, replace_within, read_version)
+
+    def append_arrow(self, table: str, data: pa.Table, schema: T.StructType) -> CommitResult:
+        """:meth:`append` of rows this process holds, written by it (no Spark job)."""
+        if self.exists(table):
+            schema = self._spark_schema(self._open(table))
+        data = conform(table, data, to_arrow_schema(schema))
+        with self._attempt(table) as attempt:
+            adds = self._write_arrow(table, data, attempt)
+            rows = sum(_records(a) for a in adds)
+            version = self._commit_on_top(
+                table, schema, list(adds), "append",
+                lambda base: self._props("append", base, attempt.write_id, rows=rows), attempt)
+        self._log_commit(table, version, "append", rows=rows, driver=1)
+        return CommitResult(table, version, rows_written=rows, inserted=rows)
+
     def _upsert_at(self, table: str, df: DataFrame, keys: list[str], replace_within: list[str] | None,
                    read_version: int) -> CommitResult:
         """Copy-on-write MERGE planned in Spark on ``read_version``: only the files holding
@@ -376,7 +438,11 @@ class DeltaRsLake(Lake):
         source = collect_arrow(df.limit(DRIVER_MERGE_ROWS + 1), schema)
         if source.num_rows > DRIVER_MERGE_ROWS:
             return None
-        files = self._files_for(dt_, source, replace_within or keys)
+        return self._arrow_upsert(table, dt_, schema, source, keys, replace_within, read_version)
+
+    def _arrow_upsert(self, table: str, dt_: DeltaTable, schema: T.StructType, source: pa.Table, keys: list[str],
+                      replace_within: list[str] | None, read_version: int) -> CommitResult | None:
+        files = self._files_for(dt_, arrowmerge.sorted_values(source, replace_within or keys))
         if files is None:
             return None
         # Spark's nullability flags are hints (a column it calls non-null may hold nulls in the table)
@@ -402,22 +468,22 @@ class DeltaRsLake(Lake):
         return CommitResult(table, version, rows_written=rows, **plan.counts)
 
     @staticmethod
-    def _files_for(dt_: DeltaTable, source: pa.Table, columns: list[str]) -> list[str] | None:
-        """The table's files (paths relative to its root) whose statistics allow a row with the
-        source's values in ``columns``; None when they hold over :data:`DRIVER_MERGE_TARGET_ROWS`."""
+    def _files_for(dt_: DeltaTable, values: dict[str, np.ndarray],
+                   max_rows: int = DRIVER_MERGE_TARGET_ROWS) -> list[str] | None:
+        """The table's files (paths relative to its root) whose statistics allow a row taking
+        one of ``values`` (sorted) in each of its columns; None when they hold over ``max_rows``."""
         actions = dt_.get_add_actions(flatten=True)
         names = set(actions.column_names)
 
         def column(name: str) -> list[Any]:
             return actions.column(name).to_pylist() if name in names else [None] * actions.num_rows
 
-        values = arrowmerge.sorted_values(source, columns)
         keep = arrowmerge.overlapping_files(values, {c: column(f"min.{c}") for c in values},
                                            {c: column(f"max.{c}") for c in values}, actions.num_rows)
         # a file without a record count (statistics are optional in Delta) counts a row per 8 bytes
         rows = [n if n is not None else size // 8 for n, size in zip(column("num_records"), column("size_bytes"),
                                                                      strict=True)]
-        if sum(n for n, k in zip(rows, keep, strict=True) if k) > DRIVER_MERGE_TARGET_ROWS:
+        if sum(n for n, k in zip(rows, keep, strict=True) if k) > max_rows:
             return None
         return [p for p, k in zip(column("path"), keep, strict=True) if k]
 
