@@ -567,6 +567,10 @@ class StreamConfig(StrictModel):
     # Record each accepted event's rank in its user's live and frozen lists before the batch
     # refreshes them (stream_prequential; `sparkrec evaluate --prequential` reads it).
     prequential: bool = True
+    # A micro-batch whose files hold at most this many bytes is folded in by the driver process
+    # with Arrow and delta-rs (sparkrec.stream.driver) instead of ~30 small Spark queries; 0:
+    # every batch through Spark. ~100,000 events of a MovieLens-style CSV.
+    driver_max_bytes: int = Field(4_000_000, ge=0)
     # Spark SQL evaluated interpreted while the query runs (whole-stage and expression codegen
     # off): a micro-batch is ~30 small queries over a few thousand rows, where compiling each
     # plan's generated Java costs more CPU than it saves. Measured on ml-latest-small, 1,000-event

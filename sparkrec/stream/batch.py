@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
+import numpy as np
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -33,8 +34,9 @@ from ..ingest.reader import FILE_TIME, read_input
 from ..ingest.validate import Validated
 from ..lake import Lake
 from ..logs import get_logger, log_fields
-from . import prequential
+from . import driver, prequential
 from .once import BatchTxn
+from .source import input_bytes
 from .unreadable import REASON as UNREADABLE
 from .unreadable import quarantine_rows, read_what_reads
 
@@ -63,16 +65,21 @@ class BatchReport:
 
 
 def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str], fmt: str, txn: BatchTxn,
-                  refresh: bool = True) -> BatchReport:
+                  refresh: bool = True, refresher: driver.Refresher | None = None) -> BatchReport:
     """Folds the events in ``files`` into the lake; ``refresh``: and rescores their users.
-    A file that cannot be read is quarantined whole (see :mod:`.unreadable`)."""
+    A file that cannot be read is quarantined whole (see :mod:`.unreadable`). A batch of at
+    most ``stream.driver_max_bytes`` is folded in by this process (:mod:`.driver`);
+    ``refresher`` keeps the served model loaded from one such batch to the next."""
     started = time.perf_counter()
     src = resolve_source(cfg.data)
     known_items = lake.read("items").select("item_id") if lake.exists("items") else None
+    small = in_driver(cfg, files)
 
     def read(paths: list[str]) -> tuple[Validated, TableReport]:
         raw = read_input(spark, paths, fmt, src.interactions.csv)  # type: ignore[arg-type]  # Spark takes lists
         v = validate_interactions(raw, src, cfg.ingest, known_items)
+        if small:
+            return driver.collect(v, f"{len(paths)} files from {paths[0]}")
         v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             return v, _summarise(v, f"{len(paths)} files from {paths[0]}")
@@ -93,32 +100,94 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
     try:
         rejected = [quarantine_rows(spark, unreadable, "interactions")] if unreadable else []
         if v is not None:
-            landed = v.rows.agg(F.min(FILE_TIME)).collect()[0][0]
+            landed = (driver.landed(v) if isinstance(v, driver.Collected)
+                      else v.rows.agg(F.min(FILE_TIME)).collect()[0][0])
             if counts.quarantined > len(unreadable):  # a clean batch skips the MERGE: a commit's cost
                 rejected.append(v.quarantine())
         if rejected:
             every = reduce(DataFrame.unionByName, rejected)
             _commit(txn, lake, "quarantine", report, lambda lk: _quarantine(lk, every))
-        if v is not None:
+        if isinstance(v, driver.Collected):
+            _commit(txn, lake, "interactions", report,
+                    lambda lk: driver.write_interactions(lk, v, counts, cfg.data.dataset, started))
+            if counts.accepted:
+                _fold_in_driver(cfg, spark, lake, txn, v, report, refresh, refresher or driver.Refresher(cfg, lake))
+        elif v is not None:
             _commit(txn, lake, "interactions", report,
                     lambda lk: _write(lk, v, counts, cfg.data.dataset, started))
-        if counts.accepted and v is not None:
-            users = _fold_events(cfg, lake, txn, v.accepted(), report)
-            if refresh and lake.exists(prequential.LISTS):
-                if cfg.stream.prequential:  # ranks at arrival: before this batch refreshes anyone
-                    _commit(txn, lake, prequential.TABLE, report,
-                            lambda lk: lk.append(prequential.TABLE, prequential.arrivals(lk, v.accepted(), txn)))
-                _commit(txn, lake, "recommendations", report, lambda lk: _refresh(cfg, spark, lk, users))
-            report.users_refreshed = users.count()
+            if counts.accepted:
+                _fold_in_spark(cfg, spark, lake, txn, v, report, refresh)
     finally:
-        if v is not None:
+        if v is not None and not small:
             v.rows.unpersist()
     report.seconds = round(time.perf_counter() - started, 3)
     if landed is not None:
         report.lag_seconds = round(time.time() - landed.timestamp(), 3)
-    _commit(txn, lake, BATCHES, report, lambda lk: lk.append(BATCHES, _metrics_row(spark, txn, report)))
+    if small:
+        _commit(txn, lake, BATCHES, report,
+                lambda lk: lk.append_arrow(BATCHES, driver.metrics_row(_metrics_values(txn, report)), BATCHES_SCHEMA))
+    else:
+        _commit(txn, lake, BATCHES, report, lambda lk: lk.append(BATCHES, _metrics_row(spark, txn, report)))
     log_fields(log, "micro-batch committed", **{k: v_ for k, v_ in report.__dict__.items()})
     return report
+
+
+def in_driver(cfg: Config, files: list[str]) -> bool:
+    """Whether this batch's files are small enough (``stream.driver_max_bytes``) for
+    :mod:`.driver`, and its events have an order the driver reproduces (time or file order,
+    not ``file_order: arbitrary``'s hash)."""
+    limit = cfg.stream.driver_max_bytes
+    if not limit or resolve_source(cfg.data).file_order == "arbitrary":
+        return False
+    size = input_bytes(files)
+    return size is not None and size <= limit
+
+
+def _fold_in_spark(cfg: Config, spark: SparkSession, lake: Lake, txn: BatchTxn, v: Validated, report: BatchReport,
+                   refresh: bool) -> None:
+    users = _fold_events(cfg, lake, txn, v.accepted(), report)
+    if refresh and lake.exists(prequential.LISTS):
+        if cfg.stream.prequential:  # ranks at arrival: before this batch refreshes anyone
+            _commit(txn, lake, prequential.TABLE, report,
+                    lambda lk: lk.append(prequential.TABLE, prequential.arrivals(lk, v.accepted(), txn)))
+        _commit(txn, lake, "recommendations", report, lambda lk: _refresh(cfg, spark, lk, users))
+    report.users_refreshed = users.count()
+
+
+def _fold_in_driver(cfg: Config, spark: SparkSession, lake: Lake, txn: BatchTxn, v: driver.Collected,
+                    report: BatchReport, refresh: bool, refresher: driver.Refresher) -> None:
+    """:func:`_fold_in_spark`'s steps, each by its :mod:`.driver` mirror."""
+    started = time.perf_counter()
+    accepted = v.accepted_arrow()
+    for table, id_col, idx_col in (("user_index", "user_id", "user_idx"), ("item_index", "item_id", "item_idx")):
+        driver.extend_index(lake, table, accepted.column(id_col), id_col, idx_col)  # idempotent: only new ids
+    report.steps["indexes"] = round(time.perf_counter() - started, 3)
+    index = lake.read_arrow("user_index", ["user_id", "user_idx"], where={"user_id": accepted.column("user_id")})
+    events = driver.build_events(accepted, index, lake, cfg.features.weights, resolve_source(cfg.data))
+    _commit(txn, lake, "events", report,
+            lambda lk: lk.upsert_arrow("events", events, EVENT_KEYS, schema=schemas.EVENTS))
+    user_ids = dict(zip(index.column("user_idx").to_pylist(), index.column("user_id").to_pylist(), strict=True))
+    mine = driver.UserEvents.read(lake, np.fromiter(user_ids, np.int64))
+    histories = driver.user_histories(mine, cfg.features.history_length)
+    _commit(txn, lake, "user_histories", report,
+            lambda lk: lk.upsert_arrow("user_histories", histories, ["user_idx"], schema=schemas.USER_HISTORIES))
+    if refresh and lake.exists(prequential.LISTS):
+        if cfg.stream.prequential:
+            _commit(txn, lake, prequential.TABLE, report,
+                    lambda lk: lk.append_arrow(prequential.TABLE, driver.arrivals(lk, accepted, txn.app_id,
+                                                                                  txn.batch_id), prequential.SCHEMA))
+
+        def write_lists(lk: Lake) -> Any:
+            from ..recommend.job import KEYS, TABLE
+
+            lists = refresher.lists(mine, user_ids)
+            if lists is None:
+                users = spark.createDataFrame([(u,) for u in user_ids.values()], "user_id string")
+                return _refresh(cfg, spark, lk, users)
+            return lk.upsert_arrow(TABLE, lists, KEYS, replace_within=["user_id"])
+
+        _commit(txn, lake, "recommendations", report, write_lists)
+    report.users_refreshed = len(user_ids)
 
 
 def _commit(txn: BatchTxn, lake: Lake, table: str, report: BatchReport, write: Any) -> None:
@@ -158,8 +227,13 @@ def _refresh(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame) -> 
     return run_recommend(cfg, spark, lake, users)
 
 
+def _metrics_values(txn: BatchTxn, r: BatchReport) -> tuple[Any, ...]:
+    """``stream_batches``' columns but the commit time."""
+    return (txn.app_id, txn.batch_id, r.files, r.read, r.accepted, r.quarantined, json.dumps(r.reasons, sort_keys=True),
+            r.users_refreshed, r.seconds, r.lag_seconds)
+
+
 def _metrics_row(spark: SparkSession, txn: BatchTxn, r: BatchReport) -> DataFrame:
-    row = (txn.app_id, txn.batch_id, r.files, r.read, r.accepted, r.quarantined, json.dumps(r.reasons),
-           r.users_refreshed, r.seconds, r.lag_seconds)
     without_time = T.StructType(BATCHES_SCHEMA.fields[:-1])
-    return spark.createDataFrame([row], without_time).withColumn("committed_at", F.current_timestamp())
+    return spark.createDataFrame([_metrics_values(txn, r)], without_time).withColumn("committed_at",
+                                                                                    F.current_timestamp())

@@ -15,6 +15,8 @@ format, so each batch is read and validated by the ingest stage's own reader and
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -60,3 +62,19 @@ def batch_files(cfg: Config, batch: DataFrame, batch_id: int, staging: str) -> t
         return [target], "json"
     batch.write.mode("overwrite").parquet(target)
     return [target], "parquet"
+
+
+def input_bytes(files: list[str]) -> int | None:
+    """The bytes a batch's files (or staged folders) hold; None when a path cannot be sized."""
+    total = 0
+    try:
+        for path in files:
+            fs, rel = pafs.FileSystem.from_uri(path if "://" in path else f"file://{path}")
+            info = fs.get_file_info(rel)
+            if info.type == pafs.FileType.Directory:
+                total += sum(i.size or 0 for i in fs.get_file_info(pafs.FileSelector(rel, recursive=True)))
+            else:
+                total += info.size or 0
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    return total
