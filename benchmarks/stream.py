@@ -134,6 +134,7 @@ def main() -> None:
         # the last batch's end after the last file landed: about one batch when the stream keeps up
         "drain_seconds": round((rows["committed_at"].max().timestamp() - landed_all), 1),
         **prequential(lake, cfg.recommend.k),
+        "batches_in_driver": ran[0]["batches_in_driver"] if ran else None,
         "mean_step_seconds": ran[0]["mean_step_seconds"] if ran else None}
     print(json.dumps(result, indent=2))
 

@@ -258,3 +258,29 @@ def test_conflicting_versions_follow_the_configured_rule(spark, tmp_path, rule, 
     assert sorted(r.reason for r in lake.read("quarantine").collect()) == reasons
     ratings = {r.user_id: r.rating for r in lake.read("interactions").collect()}
     assert ratings.get("1") == kept and {ratings[u] for u in "abc"} == {4.0}
+
+
+@pytest.mark.parametrize("files", [
+    ["user,item,rating\n1,2,3\n"],  # plain: read here
+    [" user ; item\n1;2\n"],  # names are trimmed, another separator
+    ['"user","item"\n1,2\n', "user,item\n"],  # quoted, and files that disagree: Spark decides
+    ["\ufeffuser,item\n1,2\n"],  # a byte-order mark: Spark decides
+    ["user,,item\n1,2,3\n"],  # an empty name: Spark names it
+])
+def test_a_csv_header_read_without_spark_is_the_one_spark_reads(spark, tmp_path, files):
+    """Streaming batches read their few small files' header in Python; it must be Spark's."""
+    from sparkrec.config import CsvOptions
+    from sparkrec.ingest.reader import _header, _plain_local_header
+
+    sep = ";" if ";" in files[0] else ","
+    opts = CsvOptions(sep=sep)
+    paths = []
+    for n, text in enumerate(files):
+        (tmp_path / f"f{n}.csv").write_text(text, encoding="utf-8")
+        paths.append(str(tmp_path / f"f{n}.csv"))
+    plain = _plain_local_header([f"file:{p}" for p in paths], opts)
+    by_spark = [c.strip() for c in spark.read.options(sep=sep, header="true").csv(paths[:1]).columns]
+    if plain is not None:
+        assert plain == by_spark
+    assert _header(spark, paths[:1], opts) == by_spark
+    assert (plain is not None) == (files in (["user,item,rating\n1,2,3\n"], [" user ; item\n1;2\n"]))

@@ -105,9 +105,10 @@ def run_batches(spark, root, driver_bytes: int, refresher_too: bool) -> list[tup
     for n, lines in enumerate(BATCHES):
         path = root / f"batch-{n}.csv"
         path.write_text(HEADER + "".join(lines))
-        assert in_driver(cfg, [str(path)]) == bool(driver_bytes)
+        assert in_driver(cfg, [str(path)]) == in_driver(cfg, [f"file:{path}"]) == bool(driver_bytes)
         report = process_batch(cfg, spark, lake, [str(path)], "csv", BatchTxn("test-driver-path", n),
                                refresher=refresher)
+        assert report.in_driver == bool(driver_bytes)
         out.append((report, {t: rows(lake, t, keys, volatile) for t, keys, volatile in TABLES}))
     if driver_bytes:  # a replayed batch commits nothing twice
         again = process_batch(cfg, spark, lake, [str(root / "batch-0.csv")], "csv", BatchTxn("test-driver-path", 0),

@@ -18,8 +18,10 @@ native timestamp and date columns are kept as ISO-8601 instants (see TIMESTAMP_P
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -55,13 +57,40 @@ class RawInput:
     timestamp_columns: frozenset[str] = frozenset()
 
 
-def _header(spark: SparkSession, path: str, opts: CsvOptions) -> list[str]:
+def _header(spark: SparkSession, path: str | list[str], opts: CsvOptions) -> list[str]:
+    plain = _plain_local_header(path, opts)
+    if plain is not None:
+        return plain
     try:
         reader = spark.read.options(sep=opts.sep, quote=opts.quote, escape=opts.escape,
                                     encoding=opts.encoding, header="true", inferSchema="false")
         return [c.strip() for c in reader.csv(path).columns]
     except Exception as exc:
         raise InputError(f"{path}: cannot read the header: {exc}") from exc
+
+
+def _plain_local_header(path: str | list[str], opts: CsvOptions) -> list[str] | None:
+    """The header read here, without a Spark job (a streaming micro-batch's files are small and
+    many), when every file is local and starts with the same plain line: no quote or escape
+    character, no byte-order mark, distinct non-empty names. None: Spark parses it."""
+    names: set[tuple[str, ...]] = set()
+    for p in [path] if isinstance(path, str) else path:
+        local = urlparse(p).path if p.startswith("file:") else p
+        if "://" in local or not os.path.isfile(local):
+            return None
+        with open(local, "rb") as f:
+            first = f.readline()
+        try:
+            line = first.decode(opts.encoding).rstrip("\r\n")
+        except (UnicodeDecodeError, LookupError):
+            return None
+        if not line.strip() or line.startswith("\ufeff") or opts.quote in line or (opts.escape and opts.escape in line):
+            return None
+        cols = tuple(c.strip() for c in line.split(opts.sep))
+        if "" in cols or len(set(cols)) != len(cols):
+            return None
+        names.add(cols)
+    return list(names.pop()) if len(names) == 1 else None
 
 
 def _number_rows(rows: DataFrame) -> DataFrame:

@@ -59,6 +59,7 @@ class BatchReport:
     skipped: list[str] = field(default_factory=list)  # tables this (replayed) batch had committed
     seconds: float = 0.0
     lag_seconds: float | None = None  # the oldest file's landing -> the batch's last commit
+    in_driver: bool = False  # folded in by the driver process (stream.driver_max_bytes), not Spark jobs
     # seconds per step (each table's commit, and "read" for reading and validating the files):
     # where a batch's latency goes, in the structured log
     steps: dict[str, float] = field(default_factory=dict)
@@ -96,6 +97,7 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
         counts.reasons = {**counts.reasons, UNREADABLE: len(unreadable)}
     report = BatchReport(txn.batch_id, len(files), counts.read, counts.accepted, counts.quarantined, counts.reasons)
     report.steps["read"] = round(read_seconds, 3)
+    report.in_driver = small
     landed = None
     try:
         rejected = [quarantine_rows(spark, unreadable, "interactions")] if unreadable else []

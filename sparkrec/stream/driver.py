@@ -333,6 +333,13 @@ class Refresher:
         self.cfg, self.lake = cfg, lake
         self._scoring: _Scoring | None = None
 
+    def prepare(self) -> None:
+        """Loads the served model now (the query's start), not in its first batch."""
+        try:
+            self._load()
+        except Exception as exc:  # no servable model yet: the batches say so when they refresh
+            log.info("no model loaded before the stream started: %s", exc)
+
     def _load(self) -> _Scoring | None:
         from ..model.registry import load_model
         from ..model.store import resolve_run

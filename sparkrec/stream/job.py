@@ -18,6 +18,7 @@ from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from .batch import BatchReport, process_batch
+from .driver import Refresher
 from .once import BatchTxn
 from .source import batch_files, read_stream
 
@@ -70,6 +71,9 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     query_id: dict[str, str] = {}
     started = threading.Event()
     reports: list[BatchReport] = []
+    refresher = Refresher(cfg, lake)  # the served model, loaded once for the driver's batches
+    if refresh and cfg.stream.driver_max_bytes:
+        refresher.prepare()
 
     def each(batch: DataFrame, batch_id: int) -> None:
         started.wait()  # foreachBatch may be called before start() has returned the query
@@ -77,7 +81,7 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
         if not files:
             return
         txn = BatchTxn(f"sparkrec-stream-{query_id['id']}", batch_id)
-        reports.append(process_batch(cfg, spark, lake, files, fmt, txn, refresh))
+        reports.append(process_batch(cfg, spark, lake, files, fmt, txn, refresh, refresher))
 
     writer = read_stream(cfg, spark).writeStream.foreachBatch(each).option("checkpointLocation", checkpoint)
     if cfg.stream.available_now:
@@ -97,7 +101,7 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
                 query.stop()
     return {"query_id": query_id["id"], "batches": len(reports), "read": sum(r.read for r in reports),
             "accepted": sum(r.accepted for r in reports), "quarantined": sum(r.quarantined for r in reports),
-            "mean_step_seconds": _mean_steps(reports)}
+            "batches_in_driver": sum(r.in_driver for r in reports), "mean_step_seconds": _mean_steps(reports)}
 
 
 def _mean_steps(reports: list[BatchReport]) -> dict[str, float]:

@@ -69,7 +69,7 @@ def input_bytes(files: list[str]) -> int | None:
     total = 0
     try:
         for path in files:
-            fs, rel = pafs.FileSystem.from_uri(path if "://" in path else f"file://{path}")
+            fs, rel = pafs.FileSystem.from_uri(path)  # a plain path, file:/x (Spark's) or a URI
             info = fs.get_file_info(rel)
             if info.type == pafs.FileType.Directory:
                 total += sum(i.size or 0 for i in fs.get_file_info(pafs.FileSelector(rel, recursive=True)))
