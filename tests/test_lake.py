@@ -193,3 +193,35 @@ def test_spark_delta_engine(spark, tmp_path):
     shrunk = lake.upsert("ranked", _ranked(spark, {"a": 3}, "y"), ["g", "r"], replace_within=["g"])
     assert (shrunk.updated, shrunk.deleted) == (3, 2) and lake.read("ranked").count() == 8
     assert lake.read("t", version=0).count() == 5
+
+
+def test_compaction_keeps_rows_transactions_and_readers(spark, lake):
+    """OPTIMIZE on delta-rs: a stream's many small files become one, in a commit that changes
+    no rows, keeps the application transactions and is no 'last write' of the data."""
+    from dataclasses import replace
+
+    for n in range(6):
+        writer = lake.with_context(replace(lake.context, txn=("app", n)))
+        writer.append("c", _rows(spark, [n], "x").coalesce(1))
+    before = sorted(tuple(r) for r in lake.read("c").select("k", "v").collect())
+    assert lake.compact("c", min_files=7) == 0  # too few files: nothing done
+    version = lake.version("c")
+    assert lake.compact("c", min_files=6) == 6
+    assert lake.version("c") == version + 1 and len(DeltaTable(lake.location("c")).file_uris()) == 1
+    assert sorted(tuple(r) for r in lake.read("c").select("k", "v").collect()) == before
+    assert lake.transaction_version("c", "app") == 5
+    assert lake.history("c")[0]["sparkrec.operation"] == "optimize"
+    assert lake.last_write("c")["version"] == version
+
+
+def test_the_frozen_lists_are_the_last_batch_written_not_a_compaction(spark, lake):
+    from dataclasses import replace
+
+    from sparkrec.stream.prequential import frozen_version
+
+    lake.overwrite("recommendations", _ranked(spark, {1: 2}, "batch").coalesce(1))
+    for n in range(3):
+        stream = lake.with_context(replace(lake.context, txn=("stream", n)))
+        stream.append("recommendations", _ranked(spark, {10 + n: 1}, "s").coalesce(1))
+    assert lake.compact("recommendations", min_files=2) > 0
+    assert frozen_version(lake) == 0

@@ -215,6 +215,13 @@ class Lake(abc.ABC):
         """Deletes the table's files that no version newer than ``retention_hours`` references
         (and orphans of crashed writes older than that); returns what it deleted."""
 
+    @abc.abstractmethod
+    def compact(self, table: str, min_files: int) -> int:
+        """Delta's OPTIMIZE when the table has at least ``min_files`` files: small files
+        rewritten into fewer in one commit that changes no rows (``dataChange=false``), then a
+        log checkpoint. Returns the files removed (0: nothing done). Why: a stream's MERGEs add
+        a small file per batch, and a table of many small files costs every later read more."""
+
     # -- writes ----------------------------------------------------------------------------
     @abc.abstractmethod
     def overwrite(self, table: str, df: DataFrame) -> CommitResult:

@@ -541,6 +541,16 @@ class DeltaRsLake(Lake):
         return sorted(i.base_name for i in _listing(filesystem)
                       if i.type == pafs.FileType.Directory and not i.base_name.startswith(("_", ".")))
 
+    def compact(self, table: str, min_files: int) -> int:
+        if not self.exists(table) or len(self._open(table).file_uris()) < min_files:
+            return 0
+        props = CommitProperties(custom_metadata=self.context.metadata("optimize"), max_commit_retries=0)
+        metrics = self._open(table).optimize.compact(commit_properties=props)
+        self._open(table).create_checkpoint()
+        log.debug("compacted", extra={"fields": {"table": table, **{k: v for k, v in metrics.items()
+                                                                      if isinstance(v, int)}}})
+        return int(metrics.get("numFilesRemoved", 0))
+
     def vacuum(self, table: str, retention_hours: int) -> list[str]:
         if self.exists(table):
             props = CommitProperties(custom_metadata=self.context.metadata("vacuum"))

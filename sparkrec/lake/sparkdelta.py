@@ -158,6 +158,15 @@ class SparkDeltaLake(Lake):
         return sorted(s.getPath().getName() for s in fs.listStatus(path)
                       if s.isDirectory() and not s.getPath().getName().startswith(("_", ".")))
 
+    def compact(self, table: str, min_files: int) -> int:
+        if not self.exists(table):
+            return 0
+        detail = self._delta_table(table).detail().collect()[0]
+        if int(detail["numFiles"]) < min_files:
+            return 0
+        metrics = self._delta_table(table).optimize().executeCompaction().collect()[0]["metrics"]
+        return int(metrics["numFilesRemoved"])
+
     def vacuum(self, table: str, retention_hours: int) -> list[str]:
         """Delta's VACUUM (which also deletes files no version references); it reports no list."""
         if not self.exists(table):

@@ -8,6 +8,7 @@ restarted on the same checkpoint commits every event once.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,12 +18,17 @@ from pyspark.sql import DataFrame, SparkSession
 from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
-from .batch import BatchReport, process_batch
+from . import prequential
+from .batch import BATCHES, BatchReport, process_batch
 from .driver import Refresher
 from .once import BatchTxn
 from .source import batch_files, read_stream
 
 log = get_logger("stream")
+
+# every table a micro-batch commits to
+STREAM_TABLES = ("interactions", "quarantine", "user_index", "item_index", "events", "user_histories",
+                 "recommendations", prequential.TABLE, BATCHES)
 
 
 # stream.interpreted_sql: no generated code to compile for a micro-batch's small queries
@@ -82,6 +88,9 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
             return
         txn = BatchTxn(f"sparkrec-stream-{query_id['id']}", batch_id)
         reports.append(process_batch(cfg, spark, lake, files, fmt, txn, refresh, refresher))
+        every = cfg.stream.compact_every
+        if every and (batch_id + 1) % every == 0:
+            compact_tables(lake, cfg.stream.compact_min_files)
 
     writer = read_stream(cfg, spark).writeStream.foreachBatch(each).option("checkpointLocation", checkpoint)
     if cfg.stream.available_now:
@@ -102,6 +111,17 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     return {"query_id": query_id["id"], "batches": len(reports), "read": sum(r.read for r in reports),
             "accepted": sum(r.accepted for r in reports), "quarantined": sum(r.quarantined for r in reports),
             "batches_in_driver": sum(r.in_driver for r in reports), "mean_step_seconds": _mean_steps(reports)}
+
+
+def compact_tables(lake: Lake, min_files: int) -> dict[str, int]:
+    """Compacts every table a micro-batch writes that has at least ``min_files`` files; returns
+    the files each one lost. Between batches, so no batch's MERGE races it (a batch job writing
+    meanwhile replans on the compacted version, as after any concurrent commit)."""
+    started = time.perf_counter()
+    removed = {t: lake.compact(t, min_files) for t in STREAM_TABLES}
+    log_fields(log, "stream tables compacted", seconds=round(time.perf_counter() - started, 3),
+               **{t: n for t, n in removed.items() if n})
+    return removed
 
 
 def _mean_steps(reports: list[BatchReport]) -> dict[str, float]:

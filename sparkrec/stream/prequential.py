@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from .. import schemas
 from ..lake import Lake
+from ..lake.base import DATA_OPERATIONS
 from .once import BatchTxn
 
 TABLE = "stream_prequential"
@@ -30,7 +31,8 @@ RANKS = {"stream": "rank_live", "frozen": "rank_frozen"}
 def frozen_version(lake: Lake) -> int | None:
     """The newest ``recommendations`` version not written by a stream (stream commits carry
     a transaction): the last batch recommend run's lists. None before any."""
-    batch_written = [int(h["version"]) for h in lake.history(LISTS) if not h.get("sparkrec.txn_app_id")]
+    batch_written = [int(h["version"]) for h in lake.history(LISTS)  # not a stream's, nor a vacuum or compaction
+                     if not h.get("sparkrec.txn_app_id") and h.get("sparkrec.operation") in DATA_OPERATIONS]
     return max(batch_written) if batch_written else None
 
 
