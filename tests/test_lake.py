@@ -217,11 +217,20 @@ def test_compaction_keeps_rows_transactions_and_readers(spark, lake):
 def test_the_frozen_lists_are_the_last_batch_written_not_a_compaction(spark, lake):
     from dataclasses import replace
 
-    from sparkrec.stream.prequential import frozen_version
+    from sparkrec.stream.prequential import FrozenLists, frozen_version
 
     lake.overwrite("recommendations", _ranked(spark, {1: 2}, "batch").coalesce(1))
-    for n in range(3):
+    tracked = FrozenLists()  # a long-running query's: after its first look, only newer commits
+    assert tracked(lake) == 0
+
+    def stream_writes(n: int) -> None:
         stream = lake.with_context(replace(lake.context, txn=("stream", n)))
         stream.append("recommendations", _ranked(spark, {10 + n: 1}, "s").coalesce(1))
+
+    for n in range(3):
+        stream_writes(n)
     assert lake.compact("recommendations", min_files=2) > 0
-    assert frozen_version(lake) == 0
+    assert frozen_version(lake) == tracked(lake) == 0
+    lake.upsert("recommendations", _ranked(spark, {1: 3}, "batch"), ["g", "r"])  # a batch refresh
+    stream_writes(3)
+    assert frozen_version(lake) == tracked(lake) == lake.version("recommendations") - 1

@@ -192,8 +192,9 @@ class Lake(abc.ABC):
     def version(self, table: str) -> int: ...
 
     @abc.abstractmethod
-    def history(self, table: str) -> list[dict[str, Any]]:
-        """Newest first: version, timestamp, operation, and the sparkrec run metadata."""
+    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Newest first: version, timestamp, operation, and the sparkrec run metadata; ``limit``:
+        only the newest that many commits."""
 
     def last_write(self, table: str) -> dict[str, Any] | None:
         """The newest commit that changed rows (a vacuum's commits are skipped), or None: whose

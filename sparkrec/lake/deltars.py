@@ -213,9 +213,9 @@ class DeltaRsLake(Lake):
     def version(self, table: str) -> int:
         return self._open(table).version()
 
-    def history(self, table: str) -> list[dict[str, Any]]:
+    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         out = []
-        for entry in self._open(table).history():
+        for entry in self._open(table).history(limit):
             row = {"version": entry.get("version"), "timestamp": entry.get("timestamp"),
                    "operation": entry.get("operation")}
             row.update({k: v for k, v in entry.items() if k.startswith("sparkrec.")})

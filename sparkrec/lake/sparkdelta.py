@@ -80,8 +80,9 @@ class SparkDeltaLake(Lake):
     def version(self, table: str) -> int:
         return int(self._delta_table(table).history(1).select("version").first()[0])
 
-    def history(self, table: str) -> list[dict[str, Any]]:
-        rows = self._delta_table(table).history().select(
+    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        history = self._delta_table(table).history(limit) if limit else self._delta_table(table).history()
+        rows = history.select(
             "version", "timestamp", "operation", "userMetadata").collect()
         out = []
         for r in rows:

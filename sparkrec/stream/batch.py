@@ -66,11 +66,14 @@ class BatchReport:
 
 
 def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str], fmt: str, txn: BatchTxn,
-                  refresh: bool = True, refresher: driver.Refresher | None = None) -> BatchReport:
+                  refresh: bool = True, refresher: driver.Refresher | None = None,
+                  frozen: prequential.FrozenLists | None = None) -> BatchReport:
     """Folds the events in ``files`` into the lake; ``refresh``: and rescores their users.
     A file that cannot be read is quarantined whole (see :mod:`.unreadable`). A batch of at
     most ``stream.driver_max_bytes`` is folded in by this process (:mod:`.driver`);
-    ``refresher`` keeps the served model loaded from one such batch to the next."""
+    ``refresher`` keeps the served model loaded from one such batch to the next, ``frozen`` the
+    version of the lists frozen at training, both for a long-running query."""
+    frozen = frozen or prequential.FrozenLists()
     started = time.perf_counter()
     src = resolve_source(cfg.data)
     known_items = lake.read("items").select("item_id") if lake.exists("items") else None
@@ -113,12 +116,13 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
             _commit(txn, lake, "interactions", report,
                     lambda lk: driver.write_interactions(lk, v, counts, cfg.data.dataset, started))
             if counts.accepted:
-                _fold_in_driver(cfg, spark, lake, txn, v, report, refresh, refresher or driver.Refresher(cfg, lake))
+                _fold_in_driver(cfg, spark, lake, txn, v, report, refresh, refresher or driver.Refresher(cfg, lake),
+                                frozen)
         elif v is not None:
             _commit(txn, lake, "interactions", report,
                     lambda lk: _write(lk, v, counts, cfg.data.dataset, started))
             if counts.accepted:
-                _fold_in_spark(cfg, spark, lake, txn, v, report, refresh)
+                _fold_in_spark(cfg, spark, lake, txn, v, report, refresh, frozen)
     finally:
         if v is not None and not small:
             v.rows.unpersist()
@@ -146,18 +150,19 @@ def in_driver(cfg: Config, files: list[str]) -> bool:
 
 
 def _fold_in_spark(cfg: Config, spark: SparkSession, lake: Lake, txn: BatchTxn, v: Validated, report: BatchReport,
-                   refresh: bool) -> None:
+                   refresh: bool, frozen: prequential.FrozenLists) -> None:
     users = _fold_events(cfg, lake, txn, v.accepted(), report)
     if refresh and lake.exists(prequential.LISTS):
         if cfg.stream.prequential:  # ranks at arrival: before this batch refreshes anyone
             _commit(txn, lake, prequential.TABLE, report,
-                    lambda lk: lk.append(prequential.TABLE, prequential.arrivals(lk, v.accepted(), txn)))
+                    lambda lk: lk.append(prequential.TABLE, prequential.arrivals(lk, v.accepted(), txn, frozen(lk))))
         _commit(txn, lake, "recommendations", report, lambda lk: _refresh(cfg, spark, lk, users))
     report.users_refreshed = users.count()
 
 
 def _fold_in_driver(cfg: Config, spark: SparkSession, lake: Lake, txn: BatchTxn, v: driver.Collected,
-                    report: BatchReport, refresh: bool, refresher: driver.Refresher) -> None:
+                    report: BatchReport, refresh: bool, refresher: driver.Refresher,
+                    frozen: prequential.FrozenLists) -> None:
     """:func:`_fold_in_spark`'s steps, each by its :mod:`.driver` mirror."""
     started = time.perf_counter()
     accepted = v.accepted_arrow()
@@ -176,8 +181,8 @@ def _fold_in_driver(cfg: Config, spark: SparkSession, lake: Lake, txn: BatchTxn,
     if refresh and lake.exists(prequential.LISTS):
         if cfg.stream.prequential:
             _commit(txn, lake, prequential.TABLE, report,
-                    lambda lk: lk.append_arrow(prequential.TABLE, driver.arrivals(lk, accepted, txn.app_id,
-                                                                                  txn.batch_id), prequential.SCHEMA))
+                    lambda lk: lk.append_arrow(prequential.TABLE, driver.arrivals(
+                        lk, accepted, txn.app_id, txn.batch_id, frozen(lk)), prequential.SCHEMA))
 
         def write_lists(lk: Lake) -> Any:
             from ..recommend.job import KEYS, TABLE

@@ -279,10 +279,9 @@ def model_inputs(events: UserEvents, user_ids: dict[int, str], n: int, gap_scale
 
 
 # --------------------------------------------------------------------------- prequential
-def arrivals(lake: Lake, accepted: pa.Table, app_id: str, batch_id: int) -> pa.Table:
+def arrivals(lake: Lake, accepted: pa.Table, app_id: str, batch_id: int, frozen_at: int | None) -> pa.Table:
     """``prequential.arrivals``: each accepted event with its item's rank in its user's live
-    and frozen list."""
-    frozen_at = prequential.frozen_version(lake)
+    and frozen (version ``frozen_at``) list."""
     events = accepted.select(["event_id", "user_id", "item_id", "event_time"])
     first = events.append_column("__row", pa.array(np.arange(events.num_rows))).group_by("event_id").aggregate(
         [("__row", "min")])

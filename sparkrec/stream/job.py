@@ -78,6 +78,7 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     started = threading.Event()
     reports: list[BatchReport] = []
     refresher = Refresher(cfg, lake)  # the served model, loaded once for the driver's batches
+    frozen = prequential.FrozenLists()  # the lists' version at training, read incrementally
     if refresh and cfg.stream.driver_max_bytes:
         refresher.prepare()
 
@@ -87,7 +88,7 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
         if not files:
             return
         txn = BatchTxn(f"sparkrec-stream-{query_id['id']}", batch_id)
-        reports.append(process_batch(cfg, spark, lake, files, fmt, txn, refresh, refresher))
+        reports.append(process_batch(cfg, spark, lake, files, fmt, txn, refresh, refresher, frozen))
         every = cfg.stream.compact_every
         if every and (batch_id + 1) % every == 0:
             compact_tables(lake, cfg.stream.compact_min_files)

@@ -14,6 +14,8 @@ and an HTML report.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -28,18 +30,43 @@ SCHEMA = schemas.STREAM_PREQUENTIAL
 RANKS = {"stream": "rank_live", "frozen": "rank_frozen"}
 
 
+def _batch_written(history: list[dict[str, Any]]) -> int | None:
+    """The newest of these commits that a batch run made with data (not a stream's, which carry
+    a transaction, nor a vacuum or a compaction)."""
+    versions = [int(h["version"]) for h in history
+                if not h.get("sparkrec.txn_app_id") and h.get("sparkrec.operation") in DATA_OPERATIONS]
+    return max(versions) if versions else None
+
+
 def frozen_version(lake: Lake) -> int | None:
-    """The newest ``recommendations`` version not written by a stream (stream commits carry
-    a transaction): the last batch recommend run's lists. None before any."""
-    batch_written = [int(h["version"]) for h in lake.history(LISTS)  # not a stream's, nor a vacuum or compaction
-                     if not h.get("sparkrec.txn_app_id") and h.get("sparkrec.operation") in DATA_OPERATIONS]
-    return max(batch_written) if batch_written else None
+    """The newest ``recommendations`` version not written by a stream: the last batch
+    recommend run's lists. None before any."""
+    return _batch_written(lake.history(LISTS))
 
 
-def arrivals(lake: Lake, accepted: DataFrame, txn: BatchTxn) -> DataFrame:
+class FrozenLists:
+    """:func:`frozen_version` for a long-running query: after the first look only the commits
+    made since are read. Why: the stream adds a version of ``recommendations`` every batch,
+    and reading the whole history each batch grows without bound."""
+
+    def __init__(self) -> None:
+        self._seen: int | None = None
+        self._frozen: int | None = None
+
+    def __call__(self, lake: Lake) -> int | None:
+        latest = lake.version(LISTS)
+        if self._seen is None or latest < self._seen:  # first look, or the table was replaced
+            self._frozen = frozen_version(lake)
+        elif latest > self._seen:
+            newer = _batch_written(lake.history(LISTS, limit=latest - self._seen))
+            self._frozen = newer if newer is not None else self._frozen
+        self._seen = latest
+        return self._frozen
+
+
+def arrivals(lake: Lake, accepted: DataFrame, txn: BatchTxn, frozen_at: int | None) -> DataFrame:
     """``accepted`` events (event_id, user_id, item_id, event_time) with their item's rank in
-    the live and the frozen list of their user (null: not in it)."""
-    frozen_at = frozen_version(lake)
+    the live and the frozen list (version ``frozen_at``) of their user (null: not in it)."""
 
     def ranks(version: int | None, name: str) -> DataFrame:
         lists = lake.read(LISTS, version=version) if version is not None else lake.read(LISTS)
