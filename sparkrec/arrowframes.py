@@ -26,18 +26,6 @@ def collect_arrow(df: DataFrame, schema: T.StructType | None = None) -> pa.Table
     return to_arrow_schema(schema or df.schema).empty_table()
 
 
-def conform(table: str, data: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``data`` as ``table``'s columns, in its order and types: a column it lacks is an error
-    naming both, not a file of the wrong shape in the table."""
-    missing = [name for name in schema.names if name not in data.column_names]
-    if missing:
-        from .lake import SchemaMismatchError
-
-        raise SchemaMismatchError(f"table {table!r}: rows to write lack column(s) {missing}; "
-                                  f"they have {data.column_names}")
-    return data.select(schema.names).cast(schema)
-
-
 def to_dataframe(spark: SparkSession, data: pa.Table, schema: T.StructType) -> DataFrame:
     """Arrow rows back as a DataFrame of ``schema`` (through pandas: pyspark 3.5 takes no Arrow)."""
     return spark.createDataFrame(data.to_pandas(), schema)

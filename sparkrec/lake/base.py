@@ -137,6 +137,16 @@ def _same_type(a: T.DataType, b: T.DataType) -> bool:
     return a == b
 
 
+def conform(table: str, data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``data`` as ``table``'s columns, in its order and types: a column it lacks is an error
+    naming both, not a file of the wrong shape in the table."""
+    missing = [name for name in schema.names if name not in data.column_names]
+    if missing:
+        raise SchemaMismatchError(f"table {table!r}: rows to write lack column(s) {missing}; "
+                                  f"they have {data.column_names}")
+    return data.select(schema.names).cast(schema)
+
+
 def check_unique_keys(table: str, df: DataFrame, keys: list[str]) -> None:
     dup = df.groupBy(*keys).count().filter(F.col("count") > 1).limit(1).collect()
     if dup:

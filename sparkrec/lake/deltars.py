@@ -47,7 +47,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from ..arrowframes import collect_arrow, conform, to_dataframe
+from ..arrowframes import collect_arrow, to_dataframe
 from ..logs import get_logger
 from . import arrowmerge, storage
 from .base import (
@@ -59,6 +59,7 @@ from .base import (
     RunContext,
     check_schema,
     check_unique_keys,
+    conform,
 )
 
 log = get_logger("lake.delta-rs")

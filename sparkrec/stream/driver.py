@@ -342,8 +342,8 @@ class Refresher:
     def _load(self) -> _Scoring | None:
         from ..model.registry import load_model
         from ..model.store import resolve_run
+        from ..recommend.catalogue import load_catalogue
         from ..recommend.job import eligibility, make_payload
-        from ..serve.state import load_catalogue
 
         served = resolve_run(self.cfg, self.lake)
         if served.model != "hybrid":
@@ -364,7 +364,7 @@ class Refresher:
         from ..recommend.job import TABLE
         from ..recommend.llm import TEMPLATE
         from ..recommend.score import score_batches
-        from ..serve.explain import explain_row
+        from ..recommend.template import explain_row
 
         lake = self.lake
         if self.cfg.explain.llm.enabled or "explanation_source" not in lake.columns(TABLE):
