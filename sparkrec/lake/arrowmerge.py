@@ -117,11 +117,12 @@ def _rows_equal(a: pa.Table, b: pa.Table, columns: list[str]) -> np.ndarray:
     Spark's JSON row hash sees them)."""
     same = np.ones(a.num_rows, dtype=bool)
     for col in columns:
-        same &= _column_equal(a.column(col), b.column(col))
+        same &= column_equal(a.column(col), b.column(col))
     return same
 
 
-def _column_equal(x: pa.ChunkedArray, y: pa.ChunkedArray) -> np.ndarray:
+def column_equal(x: pa.ChunkedArray, y: pa.ChunkedArray) -> np.ndarray:
+    """Element by element, nulls equal to nulls and NaN to NaN (as Spark's JSON row hash sees them)."""
     if pa.types.is_nested(x.type):  # lists, maps, structs: Acero compares no nested values
         return np.fromiter((p == q for p, q in zip(x.to_pylist(), y.to_pylist(), strict=True)),
                            dtype=bool, count=len(x))

@@ -44,6 +44,7 @@ from ..ingest.provenance import PROVENANCE
 from ..ingest.reader import FILE_TIME
 from ..ingest.validate import REASON, Validated
 from ..lake import NO_TABLE, CommitResult, Lake
+from ..lake.arrowmerge import column_equal
 from ..logs import get_logger
 from . import prequential
 
@@ -105,23 +106,15 @@ def carry_provenance(source: pa.Table, existing: pa.Table, keys: list[str]) -> p
     matched = left.join(right, keys, join_type="inner")
     same = np.ones(matched.num_rows, dtype=bool)
     for c in content:
-        same &= _equal(matched.column(c), matched.column(f"{old}{c}"))
+        same &= column_equal(matched.column(c), matched.column(f"{old}{c}"))
     rows = matched.column(pos).to_numpy()[same]
     if not len(rows):
         return source
-    out = {}
     for c in PROVENANCE:
         values = source.column(c).to_numpy(zero_copy_only=False).copy()
         values[rows] = matched.column(f"{old}{c}").to_numpy(zero_copy_only=False)[same]
-        out[c] = pa.array(values, source.schema.field(c).type)
-    return source.set_column(source.schema.get_field_index(PROVENANCE[0]), PROVENANCE[0], out[PROVENANCE[0]]) \
-        .set_column(source.schema.get_field_index(PROVENANCE[1]), PROVENANCE[1], out[PROVENANCE[1]])
-
-
-def _equal(x: pa.ChunkedArray, y: pa.ChunkedArray) -> np.ndarray:
-    """Spark's ``xxhash64(to_json(...))`` equality of scalars: nulls equal nulls."""
-    eq = pc.fill_null(pc.equal(x, y), False)
-    return pc.or_(eq, pc.and_(pc.is_null(x), pc.is_null(y))).to_numpy(zero_copy_only=False).astype(bool)
+        source = source.set_column(source.schema.get_field_index(c), c, pa.array(values, source.schema.field(c).type))
+    return source
 
 
 def write_interactions(lake: Lake, c: Collected, report: TableReport, dataset: str, started: float) -> None:
@@ -155,8 +148,7 @@ def extend_index(lake: Lake, table: str, ids: pa.ChunkedArray, id_col: str, idx_
         numbered = pa.table({id_col: new, idx_col: pa.array(np.arange(len(new), dtype=np.int32) + offset + 1)})
         return lake.upsert_arrow(table, numbered, [id_col], read_version=read_version, schema=schema)
 
-    read_version = lake.version(table) if lake.exists(table) else NO_TABLE
-    return write(read_version) if read_version == NO_TABLE else lake.transact(table, write)  # type: ignore[arg-type]
+    return lake.transact(table, write)  # type: ignore[arg-type]  # None: nothing new, nothing committed
 
 
 def build_events(accepted: pa.Table, users: pa.Table, lake: Lake, cfg: WeightConfig, src: GenericSource) -> pa.Table:
