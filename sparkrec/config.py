@@ -561,6 +561,12 @@ class StreamConfig(StrictModel):
     kafka_brokers: str | None = None
     kafka_topic: str | None = None
     kafka_starting_offsets: str = "latest"
+    # A second landing directory of catalogue rows, in the dataset's items columns and format
+    # (files source only): each micro-batch validates them as ingest does, MERGEs them into
+    # items, indexes, describes (item_features) and embeds the new ones, and serves them from
+    # that batch on, before its events (which may already name them) are folded in. The
+    # directory is part of the query: adding or removing it needs a new checkpoint.
+    items_path: str | None = None
     # replay: the last fraction of events by time, written in order as files of `replay_batch` events.
     replay_fraction: float = Field(0.2, gt=0, le=1)
     replay_batch: int = Field(50, gt=0)

@@ -102,3 +102,23 @@ def user_histories(events: DataFrame, length: int) -> DataFrame:
                .withColumn("h", last_n(F.col("h"), length)))
     return ordered.select("user_idx", F.col("h.item_idx").alias("item_idxs"), F.col("h.seq").alias("seqs"),
                           F.col("h.weight").cast("array<float>").alias("weights"))
+
+
+STATISTICS = ["top_tags", "n_interactions", "n_users", "mean_rating", "popularity_rank", "first_seq", "last_seq"]
+
+
+def catalogue_update(items: DataFrame, item_index: DataFrame, current: DataFrame) -> DataFrame:
+    """``item_features`` rows for catalogue rows that changed between feature runs (a streamed
+    catalogue source): the catalogue columns from ``items``, the statistics as ``current``
+    holds them. An item new to ``current`` has no event yet: no tags or counts, and the
+    popularity rank :func:`item_features` gives an item without interactions."""
+    catalogue = item_index.join(items.drop("source_file", "source_line"), "item_id")
+    stats = current.select("item_idx", *STATISTICS)
+    untouched = current.agg(
+        F.coalesce(F.max(F.when(F.col("n_interactions") == 0, F.col("popularity_rank"))),
+                   F.max("popularity_rank") + 1, F.lit(1)).alias("_unrated_rank"))
+    out = catalogue.join(stats, "item_idx", "left").crossJoin(untouched).withColumns({
+        "top_tags": F.coalesce("top_tags", F.array().cast("array<string>")),
+        "n_interactions": F.coalesce("n_interactions", F.lit(0)), "n_users": F.coalesce("n_users", F.lit(0)),
+        "popularity_rank": F.coalesce("popularity_rank", "_unrated_rank")})
+    return out.select(*[F.col(f.name).cast(f.dataType) for f in schemas.ITEM_FEATURES.fields])

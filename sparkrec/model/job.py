@@ -277,6 +277,7 @@ def fit_head(cfg: Config, prep: dict[str, Any], state: bytes) -> tuple[LinearHea
             head.cold_rows, head.cold_factors = search.cold_rows, cold
     blend = {"w_tower": w_tower, "val_ndcg_at_10": ndcg, "tower_only_val_ndcg_at_10": search.tower_only,
              "head_items": float(len(rows)), "cold_items": float(len(head.cold_rows) if head.scores_cold else 0),
+             "cold_ridge": float(search.cold_ridge),  # predicts factors for items added later (model.grow)
              **{k: float(v) for k, v in params.items()}, "trials": search.trials}
     return head, blend
 

@@ -24,7 +24,7 @@ from ..lake import Lake
 from ..logs import get_logger, log_fields
 from ..model.build import all_item_vectors
 from ..model.data import tower_inputs
-from ..model.registry import LoadedModel, load_model
+from ..model.registry import LoadedModel
 from ..model.store import resolve_run
 from ..ranking import seen_items
 from ..session import scoring_partitions
@@ -32,6 +32,7 @@ from .baseline import baseline_scores
 from .explain import EVIDENCE, explain, item_facts
 from .llm import TEMPLATE, catalogue_vocabulary, explain_rows, rewrite_explanations
 from .score import Payload, blend, pseudo_history, pseudo_states, score_users, user_vectors
+from .served import load_served
 from .topk import evidence, top_k
 
 log = get_logger("recommend")
@@ -56,7 +57,7 @@ def resolve_model(cfg: Config, lake: Lake) -> LoadedModel:
     if served.model != "hybrid":
         raise ValueError(f"recommend.model={cfg.recommend.model!r} is a {served.model} model (run {served.run_id}); "
                          "scoring interest text needs the hybrid: set recommend.model=hybrid")
-    return load_model(served.run_id, cfg.train.mlflow_uri)
+    return load_served(cfg, lake, served.run_id)
 
 
 def item_filter(cfg: Config) -> Column | None:
@@ -168,7 +169,7 @@ def run_recommend(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame
     served = resolve_run(cfg, lake)
     text_scored = baseline = None
     if served.model == "hybrid":
-        loaded = load_model(served.run_id, cfg.train.mlflow_uri)
+        loaded = load_served(cfg, lake, served.run_id)
         payload = make_payload(cfg, loaded, eligibility(cfg, lake, loaded))
         states = current_states(lake, loaded, users)
         parts = scoring_partitions(spark, rc.partitions)

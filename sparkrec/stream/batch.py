@@ -35,6 +35,7 @@ from ..ingest.validate import Validated
 from ..lake import Lake
 from ..logs import get_logger, log_fields
 from . import driver, prequential
+from .catalogue import CatalogueReport, fold_in_items
 from .once import BatchTxn
 from .source import input_bytes
 from .unreadable import REASON as UNREADABLE
@@ -63,18 +64,27 @@ class BatchReport:
     # seconds per step (each table's commit, and "read" for reading and validating the files):
     # where a batch's latency goes, in the structured log
     steps: dict[str, float] = field(default_factory=dict)
+    catalogue: CatalogueReport | None = None  # the batch's catalogue rows (stream.items_path)
 
 
 def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str], fmt: str, txn: BatchTxn,
                   refresh: bool = True, refresher: driver.Refresher | None = None,
-                  frozen: prequential.FrozenLists | None = None) -> BatchReport:
+                  frozen: prequential.FrozenLists | None = None, item_files: list[str] | None = None) -> BatchReport:
     """Folds the events in ``files`` into the lake; ``refresh``: and rescores their users.
     A file that cannot be read is quarantined whole (see :mod:`.unreadable`). A batch of at
     most ``stream.driver_max_bytes`` is folded in by this process (:mod:`.driver`);
     ``refresher`` keeps the served model loaded from one such batch to the next, ``frozen`` the
-    version of the lists frozen at training, both for a long-running query."""
+    version of the lists frozen at training, both for a long-running query. ``item_files``:
+    catalogue rows (:mod:`.catalogue`), folded in first, so the events may name their items."""
     frozen = frozen or prequential.FrozenLists()
     started = time.perf_counter()
+    catalogue = fold_in_items(cfg, spark, lake, item_files, txn) if item_files else None
+    if not files:
+        report = BatchReport(txn.batch_id, 0, catalogue=catalogue, seconds=round(time.perf_counter() - started, 3))
+        _commit(txn, lake, BATCHES, report,
+                lambda lk: lk.append_arrow(BATCHES, driver.metrics_row(_metrics_values(txn, report)), BATCHES_SCHEMA))
+        log_fields(log, "micro-batch committed", **{k: v_ for k, v_ in report.__dict__.items()})
+        return report
     src = resolve_source(cfg.data)
     known_items = lake.read("items").select("item_id") if lake.exists("items") else None
     small = in_driver(cfg, files)
@@ -98,7 +108,8 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
         counts.read += len(unreadable)
         counts.quarantined += len(unreadable)
         counts.reasons = {**counts.reasons, UNREADABLE: len(unreadable)}
-    report = BatchReport(txn.batch_id, len(files), counts.read, counts.accepted, counts.quarantined, counts.reasons)
+    report = BatchReport(txn.batch_id, len(files), counts.read, counts.accepted, counts.quarantined, counts.reasons,
+                         catalogue=catalogue)
     report.steps["read"] = round(read_seconds, 3)
     report.in_driver = small
     landed = None

@@ -332,17 +332,17 @@ class Refresher:
             log.info("no model loaded before the stream started: %s", exc)
 
     def _load(self) -> _Scoring | None:
-        from ..model.registry import load_model
         from ..model.store import resolve_run
         from ..recommend.catalogue import load_catalogue
         from ..recommend.job import eligibility, make_payload
+        from ..recommend.served import load_served
 
         served = resolve_run(self.cfg, self.lake)
         if served.model != "hybrid":
             return None
         key = (served.run_id, self.lake.version("item_features"))
         if self._scoring is None or self._scoring.key != key:
-            loaded = load_model(served.run_id, self.cfg.train.mlflow_uri)
+            loaded = load_served(self.cfg, self.lake, served.run_id)
             cat = load_catalogue(self.lake, loaded.spec.n_items, loaded.catalog.has_id)
             self._scoring = _Scoring(key, make_payload(self.cfg, loaded, eligibility(self.cfg, self.lake, loaded)),
                                      cat.facts, cat.ids, int(loaded.meta.get("history", loaded.spec.history)),

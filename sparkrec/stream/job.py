@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from ..config import Config
 from ..lake import Lake
 from ..logs import get_logger, log_fields
-from . import prequential
+from . import catalogue, prequential
 from .batch import BATCHES, BatchReport, process_batch
 from .driver import Refresher
 from .once import BatchTxn
@@ -28,7 +28,7 @@ log = get_logger("stream")
 
 # every table a micro-batch commits to
 STREAM_TABLES = ("interactions", "quarantine", "user_index", "item_index", "events", "user_histories",
-                 "recommendations", prequential.TABLE, BATCHES)
+                 "recommendations", prequential.TABLE, BATCHES, *catalogue.TABLES[1:])
 
 
 # stream.interpreted_sql: no generated code to compile for a micro-batch's small queries
@@ -84,11 +84,12 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
 
     def each(batch: DataFrame, batch_id: int) -> None:
         started.wait()  # foreachBatch may be called before start() has returned the query
-        files, fmt = batch_files(cfg, batch, batch_id, f"{checkpoint}/staging")
-        if not files:
+        landed = batch_files(cfg, batch, batch_id, f"{checkpoint}/staging")
+        if not landed:
             return
         txn = BatchTxn(f"sparkrec-stream-{query_id['id']}", batch_id)
-        reports.append(process_batch(cfg, spark, lake, files, fmt, txn, refresh, refresher, frozen))
+        reports.append(process_batch(cfg, spark, lake, landed.files, landed.format, txn, refresh, refresher, frozen,
+                                     landed.item_files))
         every = cfg.stream.compact_every
         if every and (batch_id + 1) % every == 0:
             compact_tables(lake, cfg.stream.compact_min_files)
@@ -111,6 +112,8 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
                 query.stop()
     return {"query_id": query_id["id"], "batches": len(reports), "read": sum(r.read for r in reports),
             "accepted": sum(r.accepted for r in reports), "quarantined": sum(r.quarantined for r in reports),
+            "catalogue_rows": sum(r.catalogue.read for r in reports if r.catalogue),
+            "new_items": sum(r.catalogue.new for r in reports if r.catalogue),
             "batches_in_driver": sum(r.in_driver for r in reports), "mean_step_seconds": _mean_steps(reports)}
 
 

@@ -15,6 +15,8 @@ format, so each batch is read and validated by the ingest stage's own reader and
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, SparkSession
@@ -32,14 +34,32 @@ def landing_format(cfg: Config) -> str:
     return cfg.stream.format or resolve_source(cfg.data).interactions.format
 
 
+def items_format(cfg: Config) -> str:
+    items = resolve_source(cfg.data).items
+    if items is None:
+        raise ValueError(f"stream.items_path is set, but dataset {cfg.data.dataset!r} has no items input to "
+                         "validate catalogue rows against")
+    return items.format
+
+
+def _landing(cfg: Config, spark: SparkSession, path: str, fmt: str, table: str) -> DataFrame:
+    return (spark.readStream.format("binaryFile").schema(BINARY_FILE)
+            .option("pathGlobFilter", EXTENSIONS[fmt])
+            .option("maxFilesPerTrigger", cfg.stream.max_files_per_trigger)
+            .load(path).select("path", F.lit(table).alias("table")))
+
+
 def read_stream(cfg: Config, spark: SparkSession) -> DataFrame:
     """The streaming DataFrame whose micro-batches :func:`batch_files` turns into files."""
     sc = cfg.stream
+    if sc.items_path is not None and sc.source != "files":
+        raise ValueError(f"stream.items_path (a catalogue landing directory) works with stream.source=files, "
+                         f"not {sc.source!r}")
     if sc.source == "files":
-        return (spark.readStream.format("binaryFile").schema(BINARY_FILE)
-                .option("pathGlobFilter", EXTENSIONS[landing_format(cfg)])
-                .option("maxFilesPerTrigger", sc.max_files_per_trigger)
-                .load(sc.path).select("path"))
+        events = _landing(cfg, spark, sc.path, landing_format(cfg), "interactions")
+        if sc.items_path is None:
+            return events
+        return events.unionByName(_landing(cfg, spark, sc.items_path, items_format(cfg), "items"))
     if sc.source == "kafka":
         if not (sc.kafka_brokers and sc.kafka_topic):
             raise ValueError("stream.source=kafka needs stream.kafka_brokers and stream.kafka_topic")
@@ -51,17 +71,31 @@ def read_stream(cfg: Config, spark: SparkSession) -> DataFrame:
     return spark.readStream.format("delta").option("maxFilesPerTrigger", sc.max_files_per_trigger).load(sc.path)
 
 
-def batch_files(cfg: Config, batch: DataFrame, batch_id: int, staging: str) -> tuple[list[str], str]:
-    """(files, format) holding this micro-batch's events."""
+@dataclass(frozen=True)
+class BatchInput:
+    """A micro-batch's files: events (in ``format``) and catalogue rows (the items' format)."""
+
+    files: list[str]
+    format: str
+    item_files: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.files or self.item_files)
+
+
+def batch_files(cfg: Config, batch: DataFrame, batch_id: int, staging: str) -> BatchInput:
+    """The files holding this micro-batch's events and catalogue rows."""
     sc = cfg.stream
     if sc.source == "files":
-        return sorted(r["path"] for r in batch.collect()), landing_format(cfg)  # one row per file
+        rows = batch.collect()  # one row per file
+        return BatchInput(sorted(r["path"] for r in rows if r["table"] == "interactions"), landing_format(cfg),
+                          sorted(r["path"] for r in rows if r["table"] == "items"))
     target = f"{staging.rstrip('/')}/batch={batch_id}"
     if sc.source == "kafka":  # each message value is one event as a JSON object
         batch.coalesce(1).write.mode("overwrite").text(target)
-        return [target], "json"
+        return BatchInput([target], "json")
     batch.write.mode("overwrite").parquet(target)
-    return [target], "parquet"
+    return BatchInput([target], "parquet")
 
 
 def input_bytes(files: list[str]) -> int | None:

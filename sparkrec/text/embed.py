@@ -78,11 +78,12 @@ def _donor(reuse: DataFrame, key: str, fingerprint: str) -> DataFrame:
 
 
 def _plan(source: DataFrame, existing: DataFrame, key: str, idx: str, fingerprint: str,
-          reuse: DataFrame | None = None) -> DataFrame:
-    """Source rows and table keys side by side, each with its ``__status``."""
+          reuse: DataFrame | None = None, complete: bool = True) -> DataFrame:
+    """Source rows and table keys side by side, each with its ``__status``; ``complete``:
+    the source is the whole catalogue, so table keys it lacks are ``removed``."""
     old = existing.select(key, F.col(idx).alias("__old_idx"), F.col("text_hash").alias("__old_hash"),
                           F.col("model_fingerprint").alias("__old_fp"), F.lit(True).alias("__in_old"))
-    joined = source.withColumn("__in_src", F.lit(True)).join(old, on=key, how="full_outer")
+    joined = source.withColumn("__in_src", F.lit(True)).join(old, on=key, how="full_outer" if complete else "left")
     status = (F.when(F.col("__in_src").isNull(), "removed")
               .when(F.col("__in_old").isNull(), "new")
               .when(~F.col("__old_hash").eqNullSafe(F.col("text_hash"))
@@ -111,11 +112,13 @@ def _count(plan: DataFrame, key: str, table: str) -> dict[str, int]:
 
 def sync_embeddings(lake: Lake, table: str, source: DataFrame, key: str, idx: str,
                     encoder: TextEncoder, schema: T.StructType, partitions: int,
-                    batch_size: int, reuse: DataFrame | None = None) -> SyncStats:
+                    batch_size: int, reuse: DataFrame | None = None, complete: bool = True) -> SyncStats:
     """Bring ``table`` in step with ``source`` (columns ``idx``, ``key``, ``text``).
 
     ``reuse``: a table of the same schema whose vectors may be copied for rows with the same
     key, text hash and model fingerprint (the all-data table, for a split's table).
+    ``complete=False``: ``source`` is a part of the catalogue (a streamed batch of items), so
+    nothing is removed.
 
     The rows to embed are spread evenly over ``partitions`` (after a join, adaptive execution
     may leave them in one partition, i.e. on one core) and sorted by length inside each, so a
@@ -129,7 +132,7 @@ def sync_embeddings(lake: Lake, table: str, source: DataFrame, key: str, idx: st
            .withColumn("text_hash", text_hash(F.col("text"))))
     exists = lake.exists(table)
     existing = lake.read(table) if exists else spark.createDataFrame([], schema)
-    plan = _plan(src, existing, key, idx, fingerprint, reuse).persist()
+    plan = _plan(src, existing, key, idx, fingerprint, reuse, complete).persist()
     try:
         counts = _count(plan, key, table)
         stats = SyncStats(table, seen=sum(n for s, n in counts.items() if s != "removed"),
