@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import tempfile
 import threading
@@ -49,9 +50,10 @@ from typing import Any
 import numpy as np
 from pyspark.sql import functions as F
 
-from sparkrec.config import load_config
+from sparkrec.config import Config, load_config
 from sparkrec.features.job import run_features
 from sparkrec.ingest.job import run_ingest
+from sparkrec.ingest.presets import resolve_source
 from sparkrec.lake import DeltaRsLake, Lake, RunContext
 from sparkrec.logs import setup_logging
 from sparkrec.model.job import run_train
@@ -60,7 +62,7 @@ from sparkrec.session import get_spark
 from sparkrec.stream import run_replay, run_stream
 from sparkrec.stream.batch import BATCHES
 from sparkrec.stream.prequential import TABLE, prequential_rows
-from sparkrec.stream.replay import held_out
+from sparkrec.stream.replay import encode_rows, held_out, kept
 
 
 def prequential(lake: Lake, k: int) -> dict[str, float]:
@@ -75,6 +77,32 @@ def prequential(lake: Lake, k: int) -> dict[str, float]:
         out |= {f"{metric}@{k}_stream": round(stream, 4), f"{metric}@{k}_frozen": round(frozen, 4),
                 f"{metric}@{k}_ratio": round(stream / frozen, 3) if frozen else float("nan")}
     return out
+
+
+def training_copy(cfg: Config, spark: Any, cut: float, target: Path) -> list[str]:
+    """A copy of the dataset without its replayed part (``replay.kept``): the interactions file
+    rewritten in its own format, the other files linked; returns the overrides that point the
+    batch stages at it. For sources without time (Book-Crossing)."""
+    src = resolve_source(cfg.data)
+    spec = src.interactions
+    original = Path(spec.path)
+    target.mkdir(parents=True, exist_ok=True)
+    fmt = spec.format
+    with open(target / original.name, "wb") as out:
+        rows = kept(cfg, spark, cut).toLocalIterator()
+        first = True
+        for chunk in iter(lambda: list(itertools.islice(rows, 100_000)), []):
+            data = encode_rows(chunk, list(chunk[0].asDict()), fmt, cfg)
+            if not first and fmt == "csv":  # one header, at the top
+                data = data.split(b"\n", 1)[1]
+            out.write(data)
+            first = False
+    if cfg.data.dataset == "generic":
+        return [f"data.generic.interactions.path={target / original.name}"]
+    for other in original.parent.iterdir():  # a preset reads its files from one folder
+        if other.name != original.name:
+            (target / other.name).symlink_to(other.resolve())
+    return [f"data.paths.{cfg.data.dataset}={target}"]
 
 
 def main() -> None:
@@ -104,7 +132,10 @@ def main() -> None:
     spark = get_spark(cfg.spark)
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))
     _, _, cut = held_out(cfg, spark)
-    batch_cfg = load_config(None, [*common, f"ingest.timestamp_max='{dt.datetime.fromtimestamp(cut - 1, dt.UTC)}'"])
+    if resolve_source(cfg.data).interactions.columns.timestamp is not None:
+        batch_cfg = load_config(None, [*common, f"ingest.timestamp_max='{dt.datetime.fromtimestamp(cut - 1, dt.UTC)}'"])
+    else:  # no time to hold the replayed part out by: the batch stages read a copy without it
+        batch_cfg = load_config(None, [*common, *training_copy(cfg, spark, cut, root / "train-data")])
     t = time.perf_counter()
     for stage in (run_ingest, run_features, run_train, run_recommend):
         stage(batch_cfg, spark, lake)

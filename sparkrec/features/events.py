@@ -57,3 +57,26 @@ def build_events(interactions: DataFrame, user_index: DataFrame, item_index: Dat
                     implicit_weight(F.col("rating"), cfg, src).alias("weight"),
                     "event_time", seq.alias("seq"),
                     is_positive(F.col("rating"), cfg, src).alias("is_positive")))
+
+
+def in_arrival_order(interactions: DataFrame) -> DataFrame:
+    """``source_line`` renumbered 1..n over the rows' files and lines (a stream's files are
+    named in landing order): the position :func:`build_events` orders a source without time by."""
+    return interactions.withColumn("source_line", F.row_number().over(
+        Window.orderBy("source_file", "source_line")).cast("long"))
+
+
+def continue_sequences(events: DataFrame, existing: DataFrame) -> DataFrame:
+    """``seq`` for events of a source without time that arrive after ``existing`` (a stream's
+    batch, numbered by arrival): a (user, item) pair the user already has keeps its seq (the
+    event is that pair's, updated, as a re-ingest of the source would), a new pair comes after
+    the user's latest event, in arrival order. Without it a streamed event's position would
+    be its line in the landing file, before most of the user's history."""
+    mine = existing.join(events.select("user_idx").distinct(), "user_idx")
+    pairs = mine.groupBy("user_idx", "item_idx").agg(F.min("seq").alias("_old_seq"))
+    latest = mine.groupBy("user_idx").agg(F.max("seq").alias("_latest"))
+    out = events.join(pairs, ["user_idx", "item_idx"], "left").join(latest, "user_idx", "left")
+    new = F.col("_old_seq").isNull()
+    rank = F.row_number().over(Window.partitionBy("user_idx", new).orderBy("seq", "item_idx"))
+    seq = F.when(new, F.coalesce(F.col("_latest"), F.lit(0)) + rank).otherwise(F.col("_old_seq")).cast("long")
+    return out.withColumn("seq", seq).select(*events.columns)

@@ -22,9 +22,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .. import schemas
-from ..config import Config
+from ..config import Config, GenericSource
 from ..features.builders import user_histories
-from ..features.events import build_events
+from ..features.events import build_events, continue_sequences, in_arrival_order
 from ..features.indexing import extend_index
 from ..ingest.canonical import validate_interactions
 from ..ingest.job import TableReport, _summarise, _write
@@ -149,12 +149,20 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
     return report
 
 
+def arrival_source(cfg: Config) -> tuple[GenericSource, bool]:
+    """The source as a batch's events are numbered by, and whether it has no time. Streamed
+    events of a source without time are ordered by arrival (their files and lines), whatever
+    its ``file_order`` says of its own file, and continue each user's sequence
+    (``continue_sequences``)."""
+    src = resolve_source(cfg.data)
+    timeless = src.interactions.columns.timestamp is None
+    return (src.model_copy(update={"file_order": "chronological"}) if timeless else src), timeless
+
+
 def in_driver(cfg: Config, files: list[str]) -> bool:
-    """Whether this batch's files are small enough (``stream.driver_max_bytes``) for
-    :mod:`.driver`, and its events have an order the driver reproduces (time or file order,
-    not ``file_order: arbitrary``'s hash)."""
+    """Whether this batch's files are small enough (``stream.driver_max_bytes``) for :mod:`.driver`."""
     limit = cfg.stream.driver_max_bytes
-    if not limit or resolve_source(cfg.data).file_order == "arbitrary":
+    if not limit:
         return False
     size = input_bytes(files)
     return size is not None and size <= limit
@@ -181,7 +189,11 @@ def _fold_in_driver(cfg: Config, spark: SparkSession, lake: Lake, txn: BatchTxn,
         driver.extend_index(lake, table, accepted.column(id_col), id_col, idx_col)  # idempotent: only new ids
     report.steps["indexes"] = round(time.perf_counter() - started, 3)
     index = lake.read_arrow("user_index", ["user_id", "user_idx"], where={"user_id": accepted.column("user_id")})
-    events = driver.build_events(accepted, index, lake, cfg.features.weights, resolve_source(cfg.data))
+    src, timeless = arrival_source(cfg)
+    events = driver.build_events(driver.in_arrival_order(accepted) if timeless else accepted, index, lake,
+                                 cfg.features.weights, src)
+    if timeless:
+        events = driver.continue_sequences(events, lake)
     _commit(txn, lake, "events", report,
             lambda lk: lk.upsert_arrow("events", events, EVENT_KEYS, schema=schemas.EVENTS))
     user_ids = dict(zip(index.column("user_idx").to_pylist(), index.column("user_id").to_pylist(), strict=True))
@@ -228,8 +240,11 @@ def _fold_events(cfg: Config, lake: Lake, txn: BatchTxn, accepted: DataFrame, re
         extend_index(lake, table, accepted.select(id_col), id_col, idx_col)  # idempotent: only new ids
     report.steps["indexes"] = round(time.perf_counter() - started, 3)
     user_index = lake.read("user_index")
-    events = build_events(accepted, user_index, lake.read("item_index"), cfg.features.weights,
-                          resolve_source(cfg.data)).dropDuplicates(EVENT_KEYS)
+    src, timeless = arrival_source(cfg)
+    events = build_events(in_arrival_order(accepted) if timeless else accepted, user_index, lake.read("item_index"),
+                          cfg.features.weights, src).dropDuplicates(EVENT_KEYS)
+    if timeless:
+        events = continue_sequences(events, lake.read("events"))
     _commit(txn, lake, "events", report, lambda lk: lk.upsert("events", events, EVENT_KEYS))
     affected = accepted.select("user_id").distinct().join(user_index, "user_id")
     mine = lake.read("events").join(affected.select("user_idx"), "user_idx")

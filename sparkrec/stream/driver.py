@@ -19,7 +19,7 @@ unchanged) and every later step is done on Arrow tables and committed by delta-r
 
 Each step names the Spark step it mirrors; ``tests/test_stream_driver.py`` runs the same files
 through both paths and compares every table they write. Big batches (``stream.driver_rows``),
-sources whose events have no order but a hash (``file_order: arbitrary``), a served baseline,
+a served baseline,
 LLM explanations and users known only by interest text stay on the Spark path.
 """
 
@@ -177,6 +177,33 @@ def build_events(accepted: pa.Table, users: pa.Table, lake: Lake, cfg: WeightCon
     first = events.append_column("__row", pa.array(np.arange(events.num_rows))).group_by(
         ["user_idx", "item_idx", "seq"]).aggregate([("__row", "min")])
     return events.take(np.sort(first.column("__row_min").to_numpy()))
+
+
+def in_arrival_order(accepted: pa.Table) -> pa.Table:
+    """``features.events.in_arrival_order``: ``source_line`` renumbered 1..n by file and line."""
+    order = pc.sort_indices(accepted, [("source_file", "ascending"), ("source_line", "ascending")])
+    position = np.empty(accepted.num_rows, np.int64)
+    position[order.to_numpy()] = np.arange(1, accepted.num_rows + 1)
+    return accepted.set_column(accepted.schema.get_field_index("source_line"), "source_line",
+                               pa.array(position, accepted.schema.field("source_line").type))
+
+
+def continue_sequences(events: pa.Table, lake: Lake) -> pa.Table:
+    """``features.events.continue_sequences``: a known (user, item) pair keeps its seq, a new one
+    follows the user's latest event, in arrival order."""
+    old = lake.read_arrow("events", ["user_idx", "item_idx", "seq"], where={"user_idx": events.column("user_idx")})
+    df = pd.DataFrame({"u": events.column("user_idx").to_numpy(), "i": events.column("item_idx").to_numpy(),
+                       "s": events.column("seq").to_numpy()})
+    known = old.to_pandas().rename(columns={"user_idx": "u", "item_idx": "i", "seq": "s"})
+    df = df.merge(known.groupby(["u", "i"], as_index=False)["s"].min().rename(columns={"s": "old"}),
+                  on=["u", "i"], how="left")
+    df = df.merge(known.groupby("u", as_index=False)["s"].max().rename(columns={"s": "latest"}), on="u", how="left")
+    new = df["old"].isna().to_numpy()
+    rank = np.zeros(len(df), np.int64)
+    fresh = df[new].sort_values(["u", "s", "i"])
+    rank[fresh.index.to_numpy()] = fresh.groupby("u").cumcount().to_numpy() + 1
+    seq = np.where(new, df["latest"].fillna(0).to_numpy(np.int64) + rank, df["old"].fillna(0).to_numpy(np.int64))
+    return events.set_column(events.schema.get_field_index("seq"), "seq", pa.array(seq, pa.int64()))
 
 
 # --------------------------------------------------------------------------- per-user state

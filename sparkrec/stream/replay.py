@@ -31,20 +31,41 @@ from .source import landing_format
 log = get_logger("stream.replay")
 
 
+def _ordered(cfg: Config, spark: SparkSession) -> tuple[DataFrame, list[str]]:
+    """The raw interactions with ``_t``, the order they are replayed in: their time or, for a
+    source without time, its line order, or a seeded shuffle where that order is not time
+    (``file_order: arbitrary``: Book-Crossing's file is sorted by user and ISBN, and replaying
+    it in that order would stream one user after another)."""
+    src = resolve_source(cfg.data)
+    spec = src.interactions
+    ts = spec.columns.timestamp
+    raw = read_input(spark, spec.path, spec.format, spec.csv)
+    if ts is not None:
+        order = parse_timestamp(F.col(f"`{ts}`"), spec.timestamp_format, native=ts in raw.timestamp_columns)
+        order = order.cast("double")
+    elif src.file_order == "arbitrary":
+        order = F.xxhash64(F.lit("sparkrec-replay"), F.col(FILE), F.col(LINE)).cast("double")
+    else:
+        order = F.col(LINE).cast("double")
+    return raw.df.withColumn("_t", order).filter(F.col("_t").isNotNull()), raw.columns
+
+
 def held_out(cfg: Config, spark: SparkSession) -> tuple[DataFrame, list[str], float]:
     """The last ``stream.replay_fraction`` of the interactions by time (raw columns, as text),
-    ordered by time, the columns to write, and the cut (epoch seconds: the first held-out time)."""
-    spec = resolve_source(cfg.data).interactions
-    ts = spec.columns.timestamp
-    if ts is None:
-        raise ValueError("sparkrec replay needs a dataset with timestamps (data interactions columns.timestamp)")
-    raw = read_input(spark, spec.path, spec.format, spec.csv)
-    timed = raw.df.withColumn("_t", parse_timestamp(F.col(f"`{ts}`"), spec.timestamp_format,
-                                                    native=ts in raw.timestamp_columns).cast("double"))
-    timed = timed.filter(F.col("_t").isNotNull())
-    cut = timed.approxQuantile("_t", [1.0 - cfg.stream.replay_fraction], 0.0001)[0]
-    tail = timed.filter(F.col("_t") >= cut).orderBy("_t", FILE, LINE)
-    return tail, raw.columns, float(cut)
+    ordered by time, the columns to write, and the cut (epoch seconds: the first held-out time).
+    A source without time is cut and ordered by :func:`_ordered`'s order instead, and its cut
+    is a position in that order (:func:`kept` is then how to train without the held-out part)."""
+    ordered, columns = _ordered(cfg, spark)
+    cut = ordered.approxQuantile("_t", [1.0 - cfg.stream.replay_fraction], 0.0001)[0]
+    tail = ordered.filter(F.col("_t") >= cut).orderBy("_t", FILE, LINE)
+    return tail, columns, float(cut)
+
+
+def kept(cfg: Config, spark: SparkSession, cut: float) -> DataFrame:
+    """The interactions before ``cut`` (raw columns, in the source's order): what a benchmark
+    trains on when the source has no time for ``ingest.timestamp_max`` to hold the rest out."""
+    ordered, columns = _ordered(cfg, spark)
+    return ordered.filter(F.col("_t") < cut).orderBy(FILE, LINE).select(*[F.col(f"`{c}`") for c in columns])
 
 
 def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -58,7 +79,7 @@ def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _encode(rows: list[Any], columns: list[str], fmt: str, cfg: Config) -> bytes:
+def encode_rows(rows: list[Any], columns: list[str], fmt: str, cfg: Config) -> bytes:
     if fmt == "json":
         return "".join(json.dumps({c: r[c] for c in columns}) + "\n" for r in rows).encode()
     if fmt == "parquet":
@@ -89,7 +110,7 @@ def run_replay(cfg: Config, spark: SparkSession, rate: float, limit: int | None 
     prefix = f"replay-{int(time.time() * 1000)}"
     for chunk in _chunks(tail.toLocalIterator(), cfg.stream.replay_batch):
         name = f"{prefix}-{files:06d}.{fmt}"
-        (landing / f".{name}.tmp").write_bytes(_encode(chunk, columns, fmt, cfg))
+        (landing / f".{name}.tmp").write_bytes(encode_rows(chunk, columns, fmt, cfg))
         os.replace(landing / f".{name}.tmp", landing / name)
         events, files = events + len(chunk), files + 1
         if rate > 0:  # hold the rate: the next file is due when its events would have arrived
