@@ -41,6 +41,7 @@ import argparse
 import datetime as dt
 import itertools
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -61,6 +62,7 @@ from sparkrec.recommend import run_recommend
 from sparkrec.session import get_spark
 from sparkrec.stream import run_replay, run_stream
 from sparkrec.stream.batch import BATCHES
+from sparkrec.stream.job import checkpoint_location
 from sparkrec.stream.prequential import TABLE, prequential_rows
 from sparkrec.stream.replay import encode_rows, held_out, kept
 
@@ -119,6 +121,9 @@ def main() -> None:
     ap.add_argument("--files-per-batch", type=int, default=1000, help="stream.max_files_per_trigger")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every stage (e.g. stream.interpreted_sql=false); repeatable")
+    ap.add_argument("--keep-setup", action="store_true",
+                    help="with --workdir: save the lake after the setup stages, and on a later run with the same "
+                         "options stream into a fresh copy of it instead of ingesting and training again")
     args = ap.parse_args()
     setup_logging("WARNING")
     root = Path(args.workdir or tempfile.mkdtemp(prefix="sparkrec-stream-bench-"))
@@ -131,15 +136,28 @@ def main() -> None:
     cfg = load_config(None, common)
     spark = get_spark(cfg.spark)
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))
-    _, _, cut = held_out(cfg, spark)
-    if resolve_source(cfg.data).interactions.columns.timestamp is not None:
-        batch_cfg = load_config(None, [*common, f"ingest.timestamp_max='{dt.datetime.fromtimestamp(cut - 1, dt.UTC)}'"])
-    else:  # no time to hold the replayed part out by: the batch stages read a copy without it
-        batch_cfg = load_config(None, [*common, *training_copy(cfg, spark, cut, root / "train-data")])
-    t = time.perf_counter()
-    for stage in (run_ingest, run_features, run_train, run_recommend):
-        stage(batch_cfg, spark, lake)
-    print(f"setup {time.perf_counter() - t:.0f} s")
+    saved, marker = root / "setup-lake", root / "setup.json"
+    if args.keep_setup and marker.exists():  # the lake as the last setup left it, before any stream
+        if json.loads(marker.read_text()) != common:
+            raise SystemExit(f"{marker} was set up with other options: use another --workdir")
+        for stale in (root / "lake", root / "landing", Path(checkpoint_location(cfg))):
+            shutil.rmtree(stale, ignore_errors=True)
+        shutil.copytree(saved, root / "lake")
+        print(f"setup reused from {saved}")
+    else:
+        _, _, cut = held_out(cfg, spark)
+        if resolve_source(cfg.data).interactions.columns.timestamp is not None:
+            batch_cfg = load_config(None, [*common,
+                                           f"ingest.timestamp_max='{dt.datetime.fromtimestamp(cut - 1, dt.UTC)}'"])
+        else:  # no time to hold the replayed part out by: the batch stages read a copy without it
+            batch_cfg = load_config(None, [*common, *training_copy(cfg, spark, cut, root / "train-data")])
+        t = time.perf_counter()
+        for stage in (run_ingest, run_features, run_train, run_recommend):
+            stage(batch_cfg, spark, lake)
+        print(f"setup {time.perf_counter() - t:.0f} s")
+        if args.keep_setup:
+            shutil.copytree(root / "lake", saved)
+            marker.write_text(json.dumps(common))
 
     ran: list[dict[str, Any]] = []
     stream = threading.Thread(target=lambda: ran.append(run_stream(cfg, spark, lake)), daemon=True)

@@ -16,7 +16,6 @@ from functools import reduce
 from typing import Any
 
 import numpy as np
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -27,7 +26,7 @@ from ..features.builders import user_histories
 from ..features.events import build_events, continue_sequences, in_arrival_order
 from ..features.indexing import extend_index
 from ..ingest.canonical import validate_interactions
-from ..ingest.job import TableReport, _summarise, _write
+from ..ingest.job import TableReport, _write
 from ..ingest.presets import resolve_source
 from ..ingest.provenance import keep_first_provenance
 from ..ingest.reader import FILE_TIME, read_input
@@ -38,8 +37,7 @@ from . import driver, prequential
 from .catalogue import CatalogueReport, fold_in_items
 from .once import BatchTxn
 from .source import input_bytes
-from .unreadable import REASON as UNREADABLE
-from .unreadable import quarantine_rows, read_what_reads
+from .unreadable import persisted, quarantine_rows, read_counted
 
 log = get_logger("stream")
 
@@ -92,22 +90,11 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
     def read(paths: list[str]) -> tuple[Validated, TableReport]:
         raw = read_input(spark, paths, fmt, src.interactions.csv)  # type: ignore[arg-type]  # Spark takes lists
         v = validate_interactions(raw, src, cfg.ingest, known_items)
-        if small:
-            return driver.collect(v, f"{len(paths)} files from {paths[0]}")
-        v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            return v, _summarise(v, f"{len(paths)} files from {paths[0]}")
-        except Exception:
-            v.rows.unpersist()
-            raise
+        source = f"{len(paths)} files from {paths[0]}"
+        return driver.collect(v, source) if small else persisted(v, source)
 
-    read_ok, unreadable = read_what_reads(files, read, lambda done: done[0].rows.unpersist())
+    v, counts, unreadable = read_counted(files, "interactions", read)
     read_seconds = time.perf_counter() - started
-    v, counts = read_ok if read_ok else (None, TableReport("interactions", f"{len(files)} files", 0, 0, 0))
-    if unreadable:
-        counts.read += len(unreadable)
-        counts.quarantined += len(unreadable)
-        counts.reasons = {**counts.reasons, UNREADABLE: len(unreadable)}
     report = BatchReport(txn.batch_id, len(files), counts.read, counts.accepted, counts.quarantined, counts.reasons,
                          catalogue=catalogue)
     report.steps["read"] = round(read_seconds, 3)

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
 from .. import schemas
@@ -30,7 +29,7 @@ from ..config import Config
 from ..features.builders import catalogue_update
 from ..features.indexing import extend_index
 from ..ingest.canonical import validate_items
-from ..ingest.job import TableReport, _summarise, _write
+from ..ingest.job import TableReport, _write
 from ..ingest.presets import resolve_source
 from ..ingest.provenance import keep_first_provenance
 from ..ingest.reader import read_input
@@ -41,8 +40,7 @@ from ..text.embed import item_source, sync_embeddings
 from ..text.embedding_tables import ITEM_EMBEDDINGS, ITEM_EMBEDDINGS_TABLE, ITEM_FEATURES_TABLE
 from ..text.encoders import TextEncoder, make_encoder
 from .once import BatchTxn
-from .unreadable import REASON as UNREADABLE
-from .unreadable import quarantine_rows, read_what_reads
+from .unreadable import persisted, quarantine_rows, read_counted
 
 log = get_logger("stream.catalogue")
 
@@ -93,19 +91,12 @@ def fold_in_items(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
     report = CatalogueReport(len(files))
 
     def read(paths: list[str]) -> tuple[Validated, TableReport]:
-        v = validate_items(read_input(spark, paths, spec.format, spec.csv), src, cfg.ingest)  # type: ignore[arg-type]
-        v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            return v, _summarise(v, f"{len(paths)} catalogue files from {paths[0]}")
-        except Exception:
-            v.rows.unpersist()
-            raise
+        raw = read_input(spark, paths, spec.format, spec.csv)  # type: ignore[arg-type]  # Spark takes lists
+        return persisted(validate_items(raw, src, cfg.ingest), f"{len(paths)} catalogue files from {paths[0]}")
 
-    read_ok, unreadable = read_what_reads(files, read, lambda done: done[0].rows.unpersist())
-    v, counts = read_ok if read_ok else (None, TableReport("items", f"{len(files)} catalogue files", 0, 0, 0))
-    report.read, report.accepted = counts.read + len(unreadable), counts.accepted
-    report.quarantined = counts.quarantined + len(unreadable)
-    report.reasons = {**counts.reasons, **({UNREADABLE: len(unreadable)} if unreadable else {})}
+    v, counts, unreadable = read_counted(files, "items", read)
+    report.read, report.accepted, report.quarantined = counts.read, counts.accepted, counts.quarantined
+    report.reasons = counts.reasons
     report.steps["catalogue read"] = round(time.perf_counter() - started, 3)
 
     def commit(table: str, write: Callable[[Lake], Any]) -> None:
@@ -116,7 +107,7 @@ def fold_in_items(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
 
     try:
         rejected = [quarantine_rows(spark, unreadable, "items")] if unreadable else []
-        if v is not None and counts.quarantined:
+        if v is not None and counts.quarantined > len(unreadable):
             rejected.append(v.quarantine())
         if rejected:
             rows = rejected[0]

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TypeVar
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from ..ingest.job import TableReport, _summarise
 from ..ingest.reader import InputError
-from ..ingest.validate import stable_id
+from ..ingest.validate import Validated, stable_id
 from ..logs import get_logger, log_fields
 
 log = get_logger("stream")
@@ -85,3 +87,27 @@ def quarantine_rows(spark: SparkSession, unreadable: list[Unreadable], table: st
         F.lit(table).alias("target_table"), "source_file", F.lit(None).cast("long").alias("source_line"),
         F.lit(REASON).alias("reason"), F.lit("file").alias("field"), "value",
         F.lit(None).cast("string").alias("raw"))
+
+
+def persisted(v: Validated, source: str) -> tuple[Validated, TableReport]:
+    """``v`` with its rows persisted (the MERGE and the quarantine read them again) and
+    counted; a failed count leaves nothing persisted behind (``read_what_reads`` retries)."""
+    v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return v, _summarise(v, source)
+    except Exception:
+        v.rows.unpersist()
+        raise
+
+
+def read_counted(files: list[str], table: str, read: Callable[[list[str]], tuple[Validated, TableReport]]
+                 ) -> tuple[Validated | None, TableReport, list[Unreadable]]:
+    """:func:`read_what_reads` of validated files, with each unreadable file counted as one
+    record read and quarantined (reason ``unreadable_file``) in the table's counts."""
+    read_ok, unreadable = read_what_reads(files, read, lambda done: done[0].rows.unpersist())
+    v, counts = read_ok if read_ok else (None, TableReport(table, f"{len(files)} files", 0, 0, 0))
+    if unreadable:
+        counts.read += len(unreadable)
+        counts.quarantined += len(unreadable)
+        counts.reasons = {**counts.reasons, REASON: len(unreadable)}
+    return v, counts, unreadable
