@@ -444,7 +444,7 @@ def new_item(cfg: Config, spark: Any, lake: Any, description: str, genres: Seque
     with torch.no_grad():  # every catalogue item through the same tower, in eval mode
         items_matrix = loaded.model.eval().item_vectors(torch.arange(loaded.spec.n_items + 1)).numpy()
     facts = lake.read("item_features").select("item_idx", "item_id", "title", "genres").toPandas()
-    facts = facts[facts["item_idx"] < loaded.spec.n_items]  # items added since the fit are not in the model
+    facts = facts[facts["item_idx"] < loaded.spec.n_items]  # the served model covers every item, grown or trained
     facts = facts.sort_values("item_idx").reset_index(drop=True)
     sims = items_matrix[facts["item_idx"].to_numpy() + 1] @ vec
     top = np.argsort(-sims)[:k]
