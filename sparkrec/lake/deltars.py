@@ -27,7 +27,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -68,6 +68,7 @@ log = get_logger("lake.delta-rs")
 # match them, are planned and written on the driver (see :mod:`.arrowmerge`).
 DRIVER_MERGE_ROWS = 100_000
 DRIVER_MERGE_TARGET_ROWS = 2_000_000
+_FOOTER_ROWS: dict[tuple[str, str], int] = {}  # (table location, file) -> rows: see DeltaRsLake._footer_rows
 
 _FILE_META = T.StructType([
     T.StructField("path", T.StringType()),
@@ -87,7 +88,10 @@ class _Stats:
 
     def __init__(self, schema: pa.Schema) -> None:
         self.rows = 0
-        self.nulls = {f.name: 0 for f in schema}
+        # Flat columns only: Delta wants a nested column's null counts nested per field, and one
+        # flat count for a struct (an explanation's evidence) made delta-rs drop the whole file's
+        # statistics, record count and min/max included, so no MERGE could prune or size it.
+        self.nulls = {f.name: 0 for f in schema if not pa.types.is_nested(f.type)}
         self.numeric = [f.name for f in schema
                         if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
         self.mins: dict[str, Any] = {}
@@ -443,7 +447,8 @@ class DeltaRsLake(Lake):
 
     def _arrow_upsert(self, table: str, dt_: DeltaTable, schema: T.StructType, source: pa.Table, keys: list[str],
                       replace_within: list[str] | None, read_version: int) -> CommitResult | None:
-        files = self._files_for(dt_, arrowmerge.sorted_values(source, replace_within or keys))
+        files = self._files_for(dt_, arrowmerge.sorted_values(source, replace_within or keys),
+                                count_rows=lambda path: self._footer_rows(table, path))
         if files is None:
             return None
         # Spark's nullability flags are hints (a column it calls non-null may hold nulls in the table)
@@ -468,11 +473,25 @@ class DeltaRsLake(Lake):
         self._log_commit(table, version, "merge", rows=rows, driver=1, **plan.counts)
         return CommitResult(table, version, rows_written=rows, **plan.counts)
 
+    def _footer_rows(self, table: str, path: str) -> int:
+        """A data file's row count from its Parquet footer, for a file whose Delta statistics
+        lack it (the files Spark writes for this lake carry none); files never change, so each
+        footer is read once per process."""
+        key = (self.location(table), path)
+        if key not in _FOOTER_ROWS:
+            filesystem = storage.table_filesystem(self.location(table), self.storage_options)
+            with filesystem.open_input_file(path) as fh:
+                _FOOTER_ROWS[key] = pq.ParquetFile(fh).metadata.num_rows
+        return _FOOTER_ROWS[key]
+
     @staticmethod
-    def _files_for(dt_: DeltaTable, values: dict[str, np.ndarray],
-                   max_rows: int = DRIVER_MERGE_TARGET_ROWS) -> list[str] | None:
+    def _files_for(dt_: DeltaTable, values: dict[str, np.ndarray], max_rows: int = DRIVER_MERGE_TARGET_ROWS,
+                   count_rows: Callable[[str], int] | None = None) -> list[str] | None:
         """The table's files (paths relative to its root) whose statistics allow a row taking
-        one of ``values`` (sorted) in each of its columns; None when they hold over ``max_rows``."""
+        one of ``values`` (sorted) in each of its columns; None when they hold over ``max_rows``.
+        ``count_rows``: a file's rows where its statistics lack the count (otherwise estimated
+        at one row per 8 bytes, which made a 1.6M-row table of explained lists look like 8M and
+        sent every streamed refresh of Book-Crossing's lists to a 27 s Spark MERGE)."""
         actions = dt_.get_add_actions(flatten=True)
         names = set(actions.column_names)
 
@@ -482,11 +501,12 @@ class DeltaRsLake(Lake):
         keep = arrowmerge.overlapping_files(values, {c: column(f"min.{c}") for c in values},
                                            {c: column(f"max.{c}") for c in values}, actions.num_rows)
         # a file without a record count (statistics are optional in Delta) counts a row per 8 bytes
-        rows = [n if n is not None else size // 8 for n, size in zip(column("num_records"), column("size_bytes"),
-                                                                     strict=True)]
+        paths = column("path")
+        rows = [n if n is not None else count_rows(p) if count_rows is not None and k else size // 8
+                for n, size, p, k in zip(column("num_records"), column("size_bytes"), paths, keep, strict=True)]
         if sum(n for n, k in zip(rows, keep, strict=True) if k) > max_rows:
             return None
-        return [p for p, k in zip(column("path"), keep, strict=True) if k]
+        return [p for p, k in zip(paths, keep, strict=True) if k]
 
     def _spark_upsert(self, table: str, dt_: DeltaTable, schema: T.StructType, df: DataFrame, keys: list[str],
                       replace_within: list[str] | None, read_version: int) -> CommitResult:
