@@ -142,7 +142,7 @@ class BlendSearch:
         factors (each is scored at every weight on the grid)."""
         held = head.entries(indptr, rows, weights)
         if start not in self._products:
-            self._products[start] = unit_scale(head.dense(held) @ head.weights)
+            self._products[start] = unit_scale(head.item_item(held))
         if self._factors_of is not head.factors:
             self._factor_parts.clear()
             self._factors_of = head.factors
