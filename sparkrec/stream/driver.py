@@ -334,7 +334,7 @@ def metrics_row(values: tuple[Any, ...]) -> pa.Table:
 # --------------------------------------------------------------------------- refresh
 @dataclass
 class _Scoring:
-    key: tuple[str, int]  # (served run, item_features version)
+    key: tuple[str, int, int]  # (served run, item_features version, item_embeddings version)
     payload: Any  # recommend.score.Payload
     facts: Any  # serve.explain.ItemFacts, by model row
     ids: list[str | None]  # item_id by model row
@@ -344,8 +344,8 @@ class _Scoring:
 
 class Refresher:
     """``run_recommend`` for a batch's users, with the served hybrid, its scoring payload and the
-    catalogue's explanation facts loaded once and kept while the served run and
-    ``item_features`` stay the same (the Spark path loads them every batch)."""
+    catalogue's explanation facts loaded once and kept while the served run, ``item_features``
+    and ``item_embeddings`` stay the same (the Spark path loads them every batch)."""
 
     def __init__(self, cfg: Config, lake: Lake) -> None:
         self.cfg, self.lake = cfg, lake
@@ -367,7 +367,9 @@ class Refresher:
         served = resolve_run(self.cfg, self.lake)
         if served.model != "hybrid":
             return None
-        key = (served.run_id, self.lake.version("item_features"))
+        # new items reach the served model through both (recommend.served): their rows, their text
+        vectors = self.lake.version("item_embeddings") if self.lake.exists("item_embeddings") else -1
+        key = (served.run_id, self.lake.version("item_features"), vectors)
         if self._scoring is None or self._scoring.key != key:
             loaded = load_served(self.cfg, self.lake, served.run_id)
             cat = load_catalogue(self.lake, loaded.spec.n_items, loaded.catalog.has_id)
