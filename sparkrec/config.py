@@ -588,6 +588,9 @@ class StreamConfig(StrictModel):
     # plan's generated Java costs more CPU than it saves. Measured on ml-latest-small, 1,000-event
     # batches, 2 cores: 6.8-7.6 s a batch against 8.1-9.1 s compiled (11-13 vs 15-17 CPU s).
     interpreted_sql: bool = True
+    # How often a long-running query asks MLflow which model to serve (recommend.model): a new
+    # training run or champion is served within this many seconds. 0: before every batch.
+    model_check_seconds: float = Field(30.0, ge=0)
 
 
 class FaissIndexConfig(StrictModel):

@@ -26,6 +26,7 @@ LLM explanations and users known only by interest text stay on the Spark path.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,6 +351,18 @@ class Refresher:
     def __init__(self, cfg: Config, lake: Lake) -> None:
         self.cfg, self.lake = cfg, lake
         self._scoring: _Scoring | None = None
+        self._served: tuple[float, Any] | None = None  # (when resolved, ServedRun)
+
+    def _served_run(self) -> Any:
+        """``resolve_run``, asked again only every ``stream.model_check_seconds``: it queries
+        MLflow and checks the run's provenance (0.3-1 s, measured), which a batch of ~2 s cannot
+        pay every time; a new training run or champion is picked up within that interval."""
+        from ..model.store import resolve_run
+
+        now = time.monotonic()
+        if self._served is None or now - self._served[0] >= self.cfg.stream.model_check_seconds:
+            self._served = (now, resolve_run(self.cfg, self.lake))
+        return self._served[1]
 
     def prepare(self) -> None:
         """Loads the served model now (the query's start), not in its first batch."""
@@ -359,12 +372,11 @@ class Refresher:
             log.info("no model loaded before the stream started: %s", exc)
 
     def _load(self) -> _Scoring | None:
-        from ..model.store import resolve_run
         from ..recommend.catalogue import load_catalogue
         from ..recommend.job import eligibility, make_payload
         from ..recommend.served import load_served
 
-        served = resolve_run(self.cfg, self.lake)
+        served = self._served_run()
         if served.model != "hybrid":
             return None
         # new items reach the served model through both (recommend.served): their rows, their text

@@ -3,6 +3,9 @@
 Every source is reduced to the same thing, a list of files in the dataset's interactions
 format, so each batch is read and validated by the ingest stage's own reader and rules
 (``sparkrec.ingest``): the same reasons, line numbers and quarantine keys as a batch ingest.
+With ``stream.items_path`` the query also lists a second landing directory, of catalogue rows
+in the dataset's items format (:mod:`.catalogue` folds them in), as one union of the two file
+sources: one checkpoint covers both.
 
 - ``files``: the stream lists new files only (``binaryFile`` without its content column);
   the file source's checkpoint records which files each batch took.
