@@ -475,8 +475,8 @@ class DeltaRsLake(Lake):
 
     def _footer_rows(self, table: str, path: str) -> int:
         """A data file's row count from its Parquet footer, for a file whose Delta statistics
-        lack it (the files Spark writes for this lake carry none); files never change, so each
-        footer is read once per process."""
+        lack it (written before nested columns' null counts were fixed, or by a writer that
+        keeps none); files never change, so each footer is read once per process."""
         key = (self.location(table), path)
         if key not in _FOOTER_ROWS:
             filesystem = storage.table_filesystem(self.location(table), self.storage_options)

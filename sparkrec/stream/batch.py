@@ -35,7 +35,7 @@ from ..lake import Lake
 from ..logs import get_logger, log_fields
 from . import driver, prequential
 from .catalogue import CatalogueReport, fold_in_items
-from .once import BatchTxn
+from .once import BatchTxn, timed_write
 from .source import input_bytes
 from .unreadable import persisted, quarantine_rows, read_counted
 
@@ -79,10 +79,7 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
     catalogue = fold_in_items(cfg, spark, lake, item_files, txn) if item_files else None
     if not files:
         report = BatchReport(txn.batch_id, 0, catalogue=catalogue, seconds=round(time.perf_counter() - started, 3))
-        _commit(txn, lake, BATCHES, report,
-                lambda lk: lk.append_arrow(BATCHES, driver.metrics_row(_metrics_values(txn, report)), BATCHES_SCHEMA))
-        log_fields(log, "micro-batch committed", **{k: v_ for k, v_ in report.__dict__.items()})
-        return report
+        return _record(spark, lake, txn, report, small=True)
     src = resolve_source(cfg.data)
     known_items = lake.read("items").select("item_id") if lake.exists("items") else None
     small = in_driver(cfg, files)
@@ -127,13 +124,7 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
     report.seconds = round(time.perf_counter() - started, 3)
     if landed is not None:
         report.lag_seconds = round(time.time() - landed.timestamp(), 3)
-    if small:
-        _commit(txn, lake, BATCHES, report,
-                lambda lk: lk.append_arrow(BATCHES, driver.metrics_row(_metrics_values(txn, report)), BATCHES_SCHEMA))
-    else:
-        _commit(txn, lake, BATCHES, report, lambda lk: lk.append(BATCHES, _metrics_row(spark, txn, report)))
-    log_fields(log, "micro-batch committed", **{k: v_ for k, v_ in report.__dict__.items()})
-    return report
+    return _record(spark, lake, txn, report, small)
 
 
 def arrival_source(cfg: Config) -> tuple[GenericSource, bool]:
@@ -208,10 +199,18 @@ def _fold_in_driver(cfg: Config, spark: SparkSession, lake: Lake, txn: BatchTxn,
 
 
 def _commit(txn: BatchTxn, lake: Lake, table: str, report: BatchReport, write: Any) -> None:
-    started = time.perf_counter()
-    if not txn.write(lake, table, write):
-        report.skipped.append(table)
-    report.steps[table] = round(time.perf_counter() - started, 3)
+    timed_write(txn, lake, table, report, write)
+
+
+def _record(spark: SparkSession, lake: Lake, txn: BatchTxn, report: BatchReport, small: bool) -> BatchReport:
+    """The batch's ``stream_batches`` row (written by this process for a small batch) and log line."""
+    if small:
+        _commit(txn, lake, BATCHES, report,
+                lambda lk: lk.append_arrow(BATCHES, driver.metrics_row(_metrics_values(txn, report)), BATCHES_SCHEMA))
+    else:
+        _commit(txn, lake, BATCHES, report, lambda lk: lk.append(BATCHES, _metrics_row(spark, txn, report)))
+    log_fields(log, "micro-batch committed", **{k: v_ for k, v_ in report.__dict__.items()})
+    return report
 
 
 def _quarantine(lake: Lake, rejected: DataFrame) -> Any:

@@ -39,7 +39,7 @@ from ..logs import get_logger, log_fields
 from ..text.embed import item_source, sync_embeddings
 from ..text.embedding_tables import ITEM_EMBEDDINGS, ITEM_EMBEDDINGS_TABLE, ITEM_FEATURES_TABLE
 from ..text.encoders import TextEncoder, make_encoder
-from .once import BatchTxn
+from .once import BatchTxn, timed_write
 from .unreadable import persisted, quarantine_rows, read_counted
 
 log = get_logger("stream.catalogue")
@@ -100,10 +100,7 @@ def fold_in_items(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
     report.steps["catalogue read"] = round(time.perf_counter() - started, 3)
 
     def commit(table: str, write: Callable[[Lake], Any]) -> None:
-        begun = time.perf_counter()
-        if not txn.write(lake, table, write):
-            report.skipped.append(table)
-        report.steps[f"catalogue {table}"] = round(time.perf_counter() - begun, 3)
+        timed_write(txn, lake, table, report, write, f"catalogue {table}")
 
     try:
         rejected = [quarantine_rows(spark, unreadable, "items")] if unreadable else []

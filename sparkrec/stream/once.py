@@ -11,8 +11,10 @@ batch once. The app id is the streaming query's id, which its checkpoint keeps a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from ..lake import Lake
 from ..logs import get_logger, log_fields
@@ -38,3 +40,20 @@ class BatchTxn:
             return False
         write(lake.with_context(replace(lake.context, txn=(self.app_id, self.batch_id))))
         return True
+
+
+class Timed(Protocol):
+    """A batch's report: seconds per step, and the tables a replayed batch skipped."""
+
+    steps: dict[str, float]
+    skipped: list[str]
+
+
+def timed_write(txn: BatchTxn, lake: Lake, table: str, report: Timed, write: Callable[[Lake], object],
+                step: str | None = None) -> None:
+    """:meth:`BatchTxn.write`, its seconds recorded as ``report.steps[step or table]`` and a
+    skipped table in ``report.skipped``."""
+    started = time.perf_counter()
+    if not txn.write(lake, table, write):
+        report.skipped.append(table)
+    report.steps[step or table] = round(time.perf_counter() - started, 3)
