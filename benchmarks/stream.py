@@ -127,6 +127,9 @@ def main() -> None:
     ap.add_argument("--keep-setup", action="store_true",
                     help="with --workdir: save the lake after the setup stages, and on a later run with the same "
                          "options stream into a fresh copy of it instead of ingesting and training again")
+    ap.add_argument("--rerun-recommend", action="store_true",
+                    help="with --keep-setup and a saved setup: run the recommend stage on it again (after a change "
+                         "to how the lists are written) and save the result as the setup")
     args = ap.parse_args()
     setup_logging("WARNING")
     root = Path(args.workdir or tempfile.mkdtemp(prefix="sparkrec-stream-bench-"))
@@ -149,6 +152,12 @@ def main() -> None:
             shutil.rmtree(stale, ignore_errors=True)
         shutil.copytree(saved, root / "lake")
         print(f"setup reused from {saved}")
+        if args.rerun_recommend:
+            t = time.perf_counter()
+            run_recommend(cfg, spark, lake)
+            print(f"recommend stage run again on the setup: {time.perf_counter() - t:.0f} s")
+            shutil.rmtree(saved)
+            shutil.copytree(root / "lake", saved)
     else:
         _, _, cut = held_out(cfg, spark)
         if resolve_source(cfg.data).interactions.columns.timestamp is not None:

@@ -535,6 +535,9 @@ class RecommendConfig(StrictModel):
     item_block_rows: int = Field(65_536, gt=0)  # items scored per matrix product; bounds executor memory
     user_batch: int = Field(1024, gt=0)  # users per matrix product inside one Spark task
     partitions: int | None = Field(None, gt=0)  # None: 2 x Spark's default parallelism
+    # Users per file of the recommendations table, files kept in user_id order (lake.Clustering):
+    # a refresh of a few hundred users (a stream's micro-batch) rewrites only the files holding them.
+    file_users: int = Field(64, gt=0)
     # Explanations: how many history items are cited, how many shared attributes are named.
     explain_items: int = Field(2, gt=0)
     explain_attributes: int = Field(3, ge=0)

@@ -1,6 +1,7 @@
 """The delta-rs engine against real Delta tables on disk, checked with deltalake itself."""
 
 import datetime as dt
+import itertools
 import json
 
 import numpy as np
@@ -257,3 +258,60 @@ def test_the_frozen_lists_are_the_last_batch_written_not_a_compaction(spark, lak
     lake.upsert("recommendations", _ranked(spark, {1: 3}, "batch"), ["g", "r"])  # a batch refresh
     stream_writes(3)
     assert frozen_version(lake) == tracked(lake) == lake.version("recommendations") - 1
+
+
+def _files(lake, table):
+    """Each file's path, rows and min/max of ``g``, as the Delta log records them."""
+    import pyarrow as pa
+
+    actions = pa.table(DeltaTable(lake.location(table)).get_add_actions(flatten=True)).to_pylist()
+    return {a["path"]: (a["num_records"], a.get("min.g"), a.get("max.g")) for a in actions}
+
+
+def test_a_clustered_table_keeps_narrow_ranges_through_merges_and_compaction(spark, lake):
+    """Why: a streamed refresh MERGEs a few users' lists; in files of narrow user ranges it
+    rewrites only theirs (Book-Crossing's 1.6M rows were rewritten whole every batch)."""
+    import pyarrow as pa
+
+    from sparkrec.lake import Clustering
+
+    clustering = Clustering(("g",), file_rows=20)
+    groups = {f"u{g:03d}": 4 for g in range(40)}  # 160 rows: 8 files of 5 whole groups each
+    lake.overwrite("c", _ranked(spark, groups, "x").repartition(3), clustering)
+    files = _files(lake, "c")
+    assert sorted(n for n, _, _ in files.values()) == [20] * 8
+    ranges = sorted((lo, hi) for _, lo, hi in files.values())
+    assert all(hi < next_lo for (_, hi), (next_lo, _) in itertools.pairwise(ranges))  # disjoint
+    # string statistics are written only when short: the longer ones would bloat the log
+    lake.overwrite("long", spark.createDataFrame([Row(g="a", v="x" * 40)]))
+    stats = pa.table(DeltaTable(lake.location("long")).get_add_actions(flatten=True)).to_pylist()[0]
+    assert stats["min.g"] == "a" and stats.get("min.v") is None
+
+    # three users refreshed (one rank fewer for u012), one new user in the middle of the range
+    source = collect_arrow(_ranked(spark, {"u005": 4, "u012": 3, "u031": 4, "u020a": 2}, "y"))
+    before = _files(lake, "c")
+    result = lake.upsert_arrow("c", source, ["g", "r"], replace_within=["g"])
+    assert (result.inserted, result.updated, result.deleted) == (2, 11, 1)
+    after = _files(lake, "c")
+    removed, added = set(before) - set(after), set(after) - set(before)
+    assert len(removed) == 3 and len(added) == 4  # each rewritten in place of itself, plus the new user's
+    for path in removed:
+        _, lo, hi = before[path]
+        assert sum(1 for p in added if lo <= after[p][1] and after[p][2] <= hi) >= 1
+    expected = {**{(g, r): f"x{g}{r}" for g, n in groups.items() for r in range(1, n + 1)
+                   if g not in ("u005", "u012", "u031")},
+                **{(g, r): f"y{g}{r}" for g, n in {"u005": 4, "u012": 3, "u031": 4, "u020a": 2}.items()
+                   for r in range(1, n + 1)}}
+    assert {(r.g, r.r): r.v for r in lake.read("c").collect()} == expected
+
+    # more new users: small files, which the clustered compaction merges in order, alone
+    for n in range(3):
+        lake.upsert_arrow("c", pa.table({"g": [f"v{n}"], "r": [1], "v": ["z"]}), ["g", "r"], replace_within=["g"])
+    full = {p for p, (n, _, _) in _files(lake, "c").items() if n >= 10}
+    last = lake.last_write("c")["version"]
+    assert lake.compact("c", min_files=2, clustering=clustering) == 4
+    compacted = _files(lake, "c")
+    assert full <= set(compacted)  # the narrow files are left as they are
+    assert sum(1 for n, _, _ in compacted.values() if n < 10) == 1
+    assert len(expected) + 3 == lake.read("c").count()
+    assert lake.last_write("c")["version"] == last  # a compaction is no write of the data

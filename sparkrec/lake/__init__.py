@@ -12,14 +12,23 @@ from pyspark.sql import SparkSession
 
 from ..config import Config
 from ..logs import get_logger
-from .base import NO_TABLE, CommitResult, ConcurrentWriteError, Lake, LakeError, RunContext, SchemaMismatchError
+from .base import (
+    NO_TABLE,
+    Clustering,
+    CommitResult,
+    ConcurrentWriteError,
+    Lake,
+    LakeError,
+    RunContext,
+    SchemaMismatchError,
+)
 
 if TYPE_CHECKING:
     from .deltars import DeltaRsLake
     from .sparkdelta import SparkDeltaLake
 
-__all__ = ["NO_TABLE", "CommitResult", "ConcurrentWriteError", "DeltaRsLake", "Lake", "LakeError", "RunContext",
-           "SchemaMismatchError", "SparkDeltaLake", "delta_jars_available", "open_lake"]
+__all__ = ["NO_TABLE", "Clustering", "CommitResult", "ConcurrentWriteError", "DeltaRsLake", "Lake", "LakeError",
+           "RunContext", "SchemaMismatchError", "SparkDeltaLake", "delta_jars_available", "open_lake"]
 
 log = get_logger("lake")
 

@@ -35,6 +35,16 @@ class ArrowMergePlan:
     changed: pa.Table
     dropped: dict[int, np.ndarray]
     counts: dict[str, int]
+    # per changed row: the target file that held rows of its group (replace_within, else its
+    # keys) before, -1 for a group no target file held
+    homes: np.ndarray
+
+    def changed_for(self, file: int | None, rewritten: set[int] | None = None) -> pa.Table:
+        """The changed rows whose group lived in ``file``; with None, those whose group lived
+        in none of the ``rewritten`` files (they need a file of their own)."""
+        if file is not None:
+            return self.changed.filter(pa.array(self.homes == file))
+        return self.changed.filter(pa.array(~np.isin(self.homes, sorted(rewritten or ()))))
 
 
 def check_unique(table: str, source: pa.Table, keys: list[str]) -> None:
@@ -62,13 +72,15 @@ def overlapping_files(values: dict[str, np.ndarray], mins: dict[str, Sequence], 
 
 
 def sorted_values(source: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:
-    """The distinct non-null values of the source's numeric columns among ``columns`` (the
-    ones file statistics can prune on)."""
+    """The distinct non-null values of the source's numeric and string columns among
+    ``columns`` (the ones file statistics can prune on). Strings sort by code point, which is
+    the UTF-8 byte order Delta's statistics use."""
     out = {}
     for col in columns:
         arr = source.column(col)
-        if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
-            out[col] = np.unique(pc.drop_null(arr).to_numpy())
+        if (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_string(arr.type)
+                or pa.types.is_large_string(arr.type)):
+            out[col] = np.unique(pc.drop_null(arr).to_numpy(zero_copy_only=False))
     return out
 
 
@@ -98,7 +110,21 @@ def plan_merge(table: str, source: pa.Table, targets: list[pa.Table], keys: list
     changed = source.take(np.sort(np.concatenate([inserted, updated_src])))
     counts = {"inserted": len(inserted), "updated": len(updated_src),
               "unchanged": int(same.sum()), "deleted": len(stale)}
-    return ArrowMergePlan(changed, _per_file(np.concatenate([updated_tgt, stale]), sizes), counts)
+    homes = _homes(changed, target_keys, replace_within or keys, sizes)
+    return ArrowMergePlan(changed, _per_file(np.concatenate([updated_tgt, stale]), sizes), counts, homes)
+
+
+def _homes(changed: pa.Table, target_keys: pa.Table, groups: list[str], sizes: list[int]) -> np.ndarray:
+    """Per changed row, the target file holding the first target row of its group, or -1."""
+    if not changed.num_rows:
+        return np.zeros(0, dtype=np.int64)
+    first = target_keys.group_by(groups).aggregate([(_ROW, "min")])
+    rows = changed.select(groups).append_column(_SRC, pa.array(np.arange(changed.num_rows)))
+    found = rows.join(first, groups, join_type="inner")
+    starts = np.cumsum([0, *sizes])
+    homes = np.full(changed.num_rows, -1, dtype=np.int64)
+    homes[_positions(found, _SRC)] = np.searchsorted(starts, _positions(found, f"{_ROW}_min"), side="right") - 1
+    return homes
 
 
 def _positions(t: pa.Table, column: str) -> np.ndarray:

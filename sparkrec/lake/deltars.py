@@ -52,6 +52,7 @@ from ..logs import get_logger
 from . import arrowmerge, storage
 from .base import (
     NO_TABLE,
+    Clustering,
     CommitResult,
     ConcurrentWriteError,
     Lake,
@@ -68,6 +69,7 @@ log = get_logger("lake.delta-rs")
 # match them, are planned and written on the driver (see :mod:`.arrowmerge`).
 DRIVER_MERGE_ROWS = 100_000
 DRIVER_MERGE_TARGET_ROWS = 2_000_000
+STRING_STAT_CHARS = 32  # Spark's Delta writer truncates string statistics at this length
 _FOOTER_ROWS: dict[tuple[str, str], int] = {}  # (table location, file) -> rows: see DeltaRsLake._footer_rows
 
 _FILE_META = T.StructType([
@@ -82,9 +84,12 @@ _ARROW_FILE_META = pa.schema([("path", pa.string()), ("size", pa.int64()),
 
 # --------------------------------------------------------------------------- executor side
 class _Stats:
-    """Per-file Delta statistics: record count, null counts, min/max of numeric columns
-    (enough for data skipping on ids and scores; strings and timestamps are left out because
-    Delta's truncation rules for them are easy to get wrong)."""
+    """Per-file Delta statistics: record count, null counts, min/max of numeric columns and
+    of short strings (enough for data skipping on ids, string keys such as ``user_id`` and
+    scores). A string column's bounds are written only when both fit in
+    :data:`STRING_STAT_CHARS` characters: exact bounds are always valid statistics, and longer
+    ones (explanations) would only bloat the log; Delta's truncation rules are not needed.
+    Timestamps are left out."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self.rows = 0
@@ -92,8 +97,7 @@ class _Stats:
         # flat count for a struct (an explanation's evidence) made delta-rs drop the whole file's
         # statistics, record count and min/max included, so no MERGE could prune or size it.
         self.nulls = {f.name: 0 for f in schema if not pa.types.is_nested(f.type)}
-        self.numeric = [f.name for f in schema
-                        if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+        self.bounded = [f.name for f in schema if _has_bounds(f.type)]
         self.mins: dict[str, Any] = {}
         self.maxs: dict[str, Any] = {}
 
@@ -101,7 +105,7 @@ class _Stats:
         self.rows += batch.num_rows
         for name in self.nulls:
             self.nulls[name] += batch.column(name).null_count
-        for name in self.numeric:
+        for name in self.bounded:
             mm = pc.min_max(batch.column(name)).as_py()
             lo, hi = mm["min"], mm["max"]
             if lo is None or lo != lo or hi != hi:  # all null, or NaN present
@@ -110,8 +114,16 @@ class _Stats:
             self.maxs[name] = hi if name not in self.maxs else max(self.maxs[name], hi)
 
     def to_json(self) -> str:
+        short = {n for n in self.mins if not isinstance(self.mins[n], str)
+                 or max(len(self.mins[n]), len(self.maxs[n])) <= STRING_STAT_CHARS}
         return json.dumps({"numRecords": self.rows, "nullCount": self.nulls,
-                           "minValues": self.mins, "maxValues": self.maxs})
+                           "minValues": {n: v for n, v in self.mins.items() if n in short},
+                           "maxValues": {n: v for n, v in self.maxs.items() if n in short}})
+
+
+def _has_bounds(type_: pa.DataType) -> bool:
+    return (pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_string(type_)
+            or pa.types.is_large_string(type_))
 
 
 def _file_prefix(write_id: str) -> str:
@@ -138,20 +150,22 @@ def _write_parquet_files(table_uri: str, max_rows: int, storage_options: dict[st
                         "stats": stats.to_json()})
         writer = None
 
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        if writer is None:
-            name = f"{_file_prefix(write_id)}{uuid.uuid4().hex}-c000.zstd.parquet"
-            # The writer opens (and on close() finishes) the file: an object store upload
-            # completes only when its stream is closed.
-            writer = pq.ParquetWriter(name, batch.schema, filesystem=filesystem, compression="zstd")
-            stats = _Stats(batch.schema)
-        writer.write_batch(batch)
-        assert stats is not None
-        stats.update(batch)
-        if stats.rows >= max_rows:
-            close()
+    for whole in batches:
+        start = 0
+        while start < whole.num_rows:  # a file ends at exactly max_rows (a clustered table's ranges)
+            if writer is None:
+                name = f"{_file_prefix(write_id)}{uuid.uuid4().hex}-c000.zstd.parquet"
+                # The writer opens (and on close() finishes) the file: an object store upload
+                # completes only when its stream is closed.
+                writer = pq.ParquetWriter(name, whole.schema, filesystem=filesystem, compression="zstd")
+                stats = _Stats(whole.schema)
+            assert stats is not None
+            batch = whole.slice(start, max_rows - stats.rows)
+            start += batch.num_rows
+            writer.write_batch(batch)
+            stats.update(batch)
+            if stats.rows >= max_rows:
+                close()
     close()
     yield pa.RecordBatch.from_pylist(written, schema=_ARROW_FILE_META)
 
@@ -249,17 +263,19 @@ class DeltaRsLake(Lake):
             log.info("deleted files of a write that did not commit", extra={"fields": {
                 "table": table, "files": len(doomed), "write_id": attempt.write_id}})
 
-    def _write_files(self, table: str, df: DataFrame, attempt: _Attempt) -> list[AddAction]:
-        fn = partial(_write_parquet_files, self.location(table), self.target_file_rows,
+    def _write_files(self, table: str, df: DataFrame, attempt: _Attempt,
+                     file_rows: int | None = None) -> list[AddAction]:
+        fn = partial(_write_parquet_files, self.location(table), file_rows or self.target_file_rows,
                      self.storage_options, attempt.write_id)
         return _add_actions(df.mapInArrow(fn, _FILE_META).collect())  # one small row per file
 
-    def _write_arrow(self, table: str, data: pa.Table, attempt: _Attempt) -> list[AddAction]:
+    def _write_arrow(self, table: str, data: pa.Table, attempt: _Attempt, file_rows: int | None = None,
+                     data_change: bool = True) -> list[AddAction]:
         """The driver's own rows (a small MERGE's) written as :meth:`_write_files` writes a
         DataFrame's, without a Spark job."""
-        metas = _write_parquet_files(self.location(table), self.target_file_rows, self.storage_options,
+        metas = _write_parquet_files(self.location(table), file_rows or self.target_file_rows, self.storage_options,
                                      attempt.write_id, iter(data.to_batches()))
-        return _add_actions([row for batch in metas for row in batch.to_pylist()])
+        return _add_actions([row for batch in metas for row in batch.to_pylist()], data_change)
 
     def _props(self, operation: str, read_version: int, write_id: str, **counts: int) -> CommitProperties:
         meta = self.context.metadata(operation)
@@ -321,17 +337,20 @@ class DeltaRsLake(Lake):
                 return base + 1
         raise ConcurrentWriteError(table, base, self._latest(table), f" ({self.commit_retries + 1} lost races)")
 
-    def overwrite(self, table: str, df: DataFrame) -> CommitResult:
-        return self._write_on_top(table, df, "overwrite")
+    def overwrite(self, table: str, df: DataFrame, clustering: Clustering | None = None) -> CommitResult:
+        if clustering is None:
+            return self._write_on_top(table, df, "overwrite")
+        with clustering.arranged(df) as arranged:
+            return self._write_on_top(table, arranged, "overwrite", clustering.file_rows)
 
     def append(self, table: str, df: DataFrame) -> CommitResult:
         if self.exists(table):
             check_schema(table, self._spark_schema(self._open(table)), df.schema)
         return self._write_on_top(table, df, "append")
 
-    def _write_on_top(self, table: str, df: DataFrame, mode: str) -> CommitResult:
+    def _write_on_top(self, table: str, df: DataFrame, mode: str, file_rows: int | None = None) -> CommitResult:
         with self._attempt(table) as attempt:
-            adds = self._write_files(table, df, attempt)
+            adds = self._write_files(table, df, attempt, file_rows)
             rows = sum(_records(a) for a in adds)
             version = self._commit_on_top(
                 table, df.schema, list(adds), mode,
@@ -358,9 +377,8 @@ class DeltaRsLake(Lake):
         columns = columns or schema.names
         values = {c: np.unique(pa.array(v, schema.field(c).type).to_numpy(zero_copy_only=False))
                   for c, v in (where or {}).items()}
-        numeric = {c: v for c, v in values.items()
-                   if pa.types.is_integer(schema.field(c).type) or pa.types.is_floating(schema.field(c).type)}
-        files = self._files_for(dt_, numeric, max_rows=2**62) or []
+        bounded = {c: v for c, v in values.items() if _has_bounds(schema.field(c).type)}
+        files = self._files_for(dt_, bounded, max_rows=2**62) or []
         filters = None
         for c, v in values.items():
             test = pc.field(c).isin(pa.array(v, schema.field(c).type))
@@ -460,14 +478,17 @@ class DeltaRsLake(Lake):
         plan = arrowmerge.plan_merge(table, source, targets, keys, replace_within)
         with self._attempt(table) as attempt:
             actions: list[AddAction | RemoveAction] = []
-            if plan.dropped:
-                now = int(time.time() * 1000)
-                actions.extend(RemoveAction(files[i], True, now) for i in plan.dropped)
-                kept = [targets[i].filter(pa.array(~np.isin(np.arange(targets[i].num_rows), rows)))
-                        for i, rows in plan.dropped.items()]
-                actions.extend(self._write_arrow(table, pa.concat_tables([*kept, plan.changed]), attempt))
-            elif plan.changed.num_rows:
-                actions.extend(self._write_arrow(table, plan.changed, attempt))
+            now = int(time.time() * 1000)
+            # Each file that loses rows is rewritten as one file: its other rows and the changed
+            # rows of the groups it held, so a clustered table keeps its narrow ranges. Changed
+            # rows of groups no rewritten file held (new users, say) go to new files.
+            for i, lost in plan.dropped.items():
+                kept = targets[i].filter(pa.array(~np.isin(np.arange(targets[i].num_rows), lost)))
+                actions.append(RemoveAction(files[i], True, now))
+                actions.extend(self._write_arrow(table, pa.concat_tables([kept, plan.changed_for(i)]), attempt))
+            rest = plan.changed_for(None, rewritten=set(plan.dropped))
+            if rest.num_rows:
+                actions.extend(self._write_arrow(table, rest, attempt))
             rows = sum(_records(a) for a in actions if isinstance(a, AddAction))
             version = self._commit_merge(table, schema, actions, read_version, attempt, rows=rows, **plan.counts)
         self._log_commit(table, version, "merge", rows=rows, driver=1, **plan.counts)
@@ -562,15 +583,46 @@ class DeltaRsLake(Lake):
         return sorted(i.base_name for i in _listing(filesystem)
                       if i.type == pafs.FileType.Directory and not i.base_name.startswith(("_", ".")))
 
-    def compact(self, table: str, min_files: int) -> int:
+    def compact(self, table: str, min_files: int, clustering: Clustering | None = None) -> int:
         if not self.exists(table) or len(self._open(table).file_uris()) < min_files:
             return 0
         props = CommitProperties(custom_metadata=self.context.metadata("optimize"), max_commit_retries=0)
-        metrics = self._open(table).optimize.compact(commit_properties=props)
+        if clustering is not None:
+            metrics = {"numFilesRemoved": self._merge_small_files(table, clustering, props)}
+        else:
+            metrics = self._open(table).optimize.compact(commit_properties=props)
         self._open(table).create_checkpoint()
         log.debug("compacted", extra={"fields": {"table": table, **{k: v for k, v in metrics.items()
                                                                       if isinstance(v, int)}}})
         return int(metrics.get("numFilesRemoved", 0))
+
+    def _merge_small_files(self, table: str, clustering: Clustering, props: CommitProperties) -> int:
+        """A clustered table's compaction: the files under half of ``file_rows`` (what MERGEs of
+        new groups leave) merged in order into full ones; the rest, narrow ranges, stay as they
+        are (delta-rs' bin-packing would merge them all into a few wide files). A lost race
+        with a writer skips it: the next compaction tries again."""
+        dt_ = self._open(table)
+        base = dt_.version()
+        actions = dt_.get_add_actions(flatten=True)
+        paths = actions.column("path").to_pylist()
+        rows = [n if n is not None else self._footer_rows(table, p)
+                for n, p in zip(actions.column("num_records").to_pylist(), paths, strict=True)]
+        small = [p for p, n in zip(paths, rows, strict=True) if n < clustering.file_rows // 2]
+        if len(small) < 2:
+            return 0
+        schema = self._spark_schema(dt_)
+        filesystem = storage.table_filesystem(self.location(table), self.storage_options)
+        nullable = pa.schema([f.with_nullable(True) for f in to_arrow_schema(schema)])
+        merged = pa.concat_tables([pq.read_table(p, filesystem=filesystem).select(schema.names).cast(nullable)
+                                   for p in small])
+        merged = merged.sort_by([(c, "ascending") for c in clustering.columns])
+        now = int(time.time() * 1000)
+        with self._attempt(table) as attempt:
+            adds = self._write_arrow(table, merged, attempt, clustering.file_rows, data_change=False)
+            removes = [RemoveAction(p, False, now) for p in small]
+            if not self._try_commit(table, base, schema, [*removes, *adds], "append", props, attempt):
+                return 0
+        return len(small)
 
     def vacuum(self, table: str, retention_hours: int) -> list[str]:
         if self.exists(table):
@@ -589,9 +641,9 @@ class DeltaRsLake(Lake):
         return [i.base_name for i in doomed]
 
 
-def _add_actions(metas: list[Any]) -> list[AddAction]:
+def _add_actions(metas: list[Any], data_change: bool = True) -> list[AddAction]:
     now = int(time.time() * 1000)
-    return [AddAction(m["path"], m["size"], {}, now, True, m["stats"]) for m in metas]
+    return [AddAction(m["path"], m["size"], {}, now, data_change, m["stats"]) for m in metas]
 
 
 @dataclass

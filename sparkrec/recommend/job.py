@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from .. import schemas
 from ..config import Config
-from ..lake import Lake
+from ..lake import Clustering, Lake
 from ..logs import get_logger, log_fields
 from ..model.build import all_item_vectors
 from ..model.data import tower_inputs
@@ -39,6 +39,11 @@ log = get_logger("recommend")
 
 TABLE = "recommendations"
 KEYS = ["user_id", "rank"]
+
+
+def clustering(cfg: Config) -> Clustering:
+    """The recommendations table's layout: a user's rows together, files in user_id order."""
+    return Clustering(("user_id",), cfg.recommend.file_users * cfg.recommend.k)
 RECOMMENDATIONS = schemas.RECOMMENDATIONS
 
 
@@ -201,7 +206,7 @@ def run_recommend(cfg: Config, spark: SparkSession, lake: Lake, users: DataFrame
     if legacy:
         out = out.drop("explanation_source")
     try:
-        commit = (lake.overwrite(TABLE, out) if users is None
+        commit = (lake.overwrite(TABLE, out, clustering(cfg)) if users is None
                   else lake.upsert(TABLE, out, KEYS, replace_within=["user_id"]))
     finally:
         if cached is not None:

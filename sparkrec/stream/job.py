@@ -92,7 +92,7 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
                                      landed.item_files))
         every = cfg.stream.compact_every
         if every and (batch_id + 1) % every == 0:
-            compact_tables(lake, cfg.stream.compact_min_files)
+            compact_tables(lake, cfg)
 
     writer = read_stream(cfg, spark).writeStream.foreachBatch(each).option("checkpointLocation", checkpoint)
     if cfg.stream.available_now:
@@ -117,12 +117,16 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
             "batches_in_driver": sum(r.in_driver for r in reports), "mean_step_seconds": _mean_steps(reports)}
 
 
-def compact_tables(lake: Lake, min_files: int) -> dict[str, int]:
-    """Compacts every table a micro-batch writes that has at least ``min_files`` files; returns
-    the files each one lost. Between batches, so no batch's MERGE races it (a batch job writing
-    meanwhile replans on the compacted version, as after any concurrent commit)."""
+def compact_tables(lake: Lake, cfg: Config) -> dict[str, int]:
+    """Compacts every table a micro-batch writes that has at least ``stream.compact_min_files``
+    files (recommendations keeping their user order); returns the files each one lost. Between
+    batches, so no batch's MERGE races it (a batch job writing meanwhile replans on the
+    compacted version, as after any concurrent commit)."""
+    from ..recommend.job import TABLE, clustering
+
     started = time.perf_counter()
-    removed = {t: lake.compact(t, min_files) for t in STREAM_TABLES}
+    removed = {t: lake.compact(t, cfg.stream.compact_min_files, clustering(cfg) if t == TABLE else None)
+               for t in STREAM_TABLES}
     log_fields(log, "stream tables compacted", seconds=round(time.perf_counter() - started, 3),
                **{t: n for t, n in removed.items() if n})
     return removed
