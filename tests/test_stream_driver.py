@@ -30,9 +30,10 @@ TABLES = [("interactions", ["event_id"], []), ("quarantine", ["record_id"], []),
           ("stream_batches", ["batch_id"], ["seconds", "lag_seconds", "committed_at"])]
 
 BATCHES = [
-    # known users' new events, a new user, a rejected row of each kind, a duplicate, an unknown item
+    # known users' new events, a new user, a rejected row of each kind, a duplicate, an unknown item,
+    # a rejected line twice (the second copy has a quarantine key of its own)
     [event("u1", 61, 1), event("u1", 62, 2), event("u2", 5, 3, rating="5"), event("u77", 7, 4),
-     event("u77", 8, 5), event("u77", 8, 5), "u1,,4,1600000006\n", event("u2", 999, 7),
+     event("u77", 8, 5), event("u77", 8, 5), "u1,,4,1600000006\n", "u1,,4,1600000006\n", event("u2", 999, 7),
      event("u2", 63, 8, rating="x"), event("u3", 64, 9, rating="9")],
     # a re-delivered event (same content: keeps its first file and line), a re-rating, a new
     # user with one negative event, a new item id the catalogue has but no event had

@@ -103,7 +103,10 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
             landed = (driver.landed(v) if isinstance(v, driver.Collected)
                       else v.rows.agg(F.min(FILE_TIME)).collect()[0][0])
             if counts.quarantined > len(unreadable):  # a clean batch skips the MERGE: a commit's cost
-                rejected.append(v.quarantine())
+                if isinstance(v, driver.Collected) and not rejected:
+                    _commit(txn, lake, "quarantine", report, lambda lk: driver.write_quarantine(lk, v))
+                else:
+                    rejected.append(v.quarantine())
         if rejected:
             every = reduce(DataFrame.unionByName, rejected)
             _commit(txn, lake, "quarantine", report, lambda lk: _quarantine(lk, every))
