@@ -28,6 +28,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -384,8 +385,8 @@ class DeltaRsLake(Lake):
         wanted = pa.schema([schema.field(c) for c in columns])
         filesystem = storage.table_filesystem(self.location(table), self.storage_options)
         files = _holding(files, filesystem, list(values), filters)
-        parts = [pq.read_table(path, filesystem=filesystem, columns=columns, filters=filters).select(columns)
-                 for path in files]
+        parts = _each(files, lambda path: pq.read_table(path, filesystem=filesystem, columns=columns,
+                                                        filters=filters).select(columns))
         return pa.concat_tables([p.cast(wanted) for p in parts]) if parts else wanted.empty_table()
 
     def upsert_arrow(self, table: str, source: pa.Table, keys: list[str], replace_within: list[str] | None = None,
@@ -474,8 +475,8 @@ class DeltaRsLake(Lake):
         filesystem = storage.table_filesystem(self.location(table), self.storage_options)
         groups = replace_within or keys
         files = _holding(files, filesystem, groups, _membership({c: pc.unique(source.column(c)) for c in groups}))
-        targets = [pq.read_table(path, filesystem=filesystem).select(schema.names).cast(nullable)
-                   for path in files]
+        targets = _each(files, lambda path: pq.read_table(path, filesystem=filesystem).select(schema.names)
+                        .cast(nullable))
         plan = arrowmerge.plan_merge(table, source, targets, keys, replace_within)
         with self._attempt(table) as attempt:
             actions: list[AddAction | RemoveAction] = []
@@ -483,10 +484,13 @@ class DeltaRsLake(Lake):
             # Each file that loses rows is rewritten as one file: its other rows and the changed
             # rows of the groups it held, so a clustered table keeps its narrow ranges. Changed
             # rows of groups no rewritten file held (new users, say) go to new files.
-            for i, lost in plan.dropped.items():
+            def rewrite(item: tuple[int, np.ndarray]) -> list[AddAction]:
+                i, lost = item
                 kept = targets[i].filter(pa.array(~np.isin(np.arange(targets[i].num_rows), lost)))
-                actions.append(RemoveAction(files[i], True, now))
-                actions.extend(self._write_arrow(table, pa.concat_tables([kept, plan.changed_for(i)]), attempt))
+                return self._write_arrow(table, pa.concat_tables([kept, plan.changed_for(i)]), attempt)
+
+            actions.extend(RemoveAction(files[i], True, now) for i in plan.dropped)
+            actions.extend(add for adds in _each(list(plan.dropped.items()), rewrite) for add in adds)
             rest = plan.changed_for(None, rewritten=set(plan.dropped))
             if rest.num_rows:
                 actions.extend(self._write_arrow(table, rest, attempt))
@@ -661,8 +665,17 @@ def _holding(files: list[str], filesystem: pafs.FileSystem, columns: list[str],
     candidates (a clustered table's, already pruned by their ranges) are read directly."""
     if test is None or not 1 < len(files) <= KEY_PASS_MAX_FILES:
         return files
-    return [path for path in files
-            if pq.read_table(path, filesystem=filesystem, columns=columns, filters=test).num_rows]
+    rows = _each(files, lambda path: pq.read_table(path, filesystem=filesystem, columns=columns, filters=test).num_rows)
+    return [path for path, n in zip(files, rows, strict=True) if n]
+
+
+def _each(items: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
+    """``fn`` over ``items`` in order, on a thread per core: a streamed refresh reads and writes
+    hundreds of small files, each mostly Parquet decoding or encoding, which releases the GIL."""
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 1)) as pool:
+        return list(pool.map(fn, items))
 
 
 def _add_actions(metas: list[Any], data_change: bool = True) -> list[AddAction]:
