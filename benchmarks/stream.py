@@ -174,11 +174,14 @@ def main() -> None:
             marker.write_text(json.dumps(setup_options))
 
     ran: list[dict[str, Any]] = []
+    Path(cfg.stream.path).mkdir(parents=True, exist_ok=True)  # the query's source must exist before it starts
     stream = threading.Thread(target=lambda: ran.append(run_stream(cfg, spark, lake)), daemon=True)
     stream.start()
     # a steady rate into a running query: the stream's start (the served model loaded, ~30 s on
     # Book-Crossing's catalogue) is not part of any event's latency
-    while not spark.streams.active and stream.is_alive():
+    while not spark.streams.active:
+        if not stream.is_alive():
+            raise SystemExit("the stream stopped before its query started (its error is above)")
         time.sleep(0.2)
     replayed = run_replay(cfg, spark, args.rate, args.events)
     landed_all = time.time()
