@@ -78,10 +78,15 @@ def sorted_values(source: pa.Table, columns: list[str]) -> dict[str, np.ndarray]
     out = {}
     for col in columns:
         arr = source.column(col)
-        if (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_string(arr.type)
-                or pa.types.is_large_string(arr.type)):
+        if has_bounds(arr.type):
             out[col] = np.unique(pc.drop_null(arr).to_numpy(zero_copy_only=False))
     return out
+
+
+def has_bounds(type_: pa.DataType) -> bool:
+    """Whether the lake writes min/max statistics for a column of this type (numbers, strings)."""
+    return (pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_string(type_)
+            or pa.types.is_large_string(type_))
 
 
 def plan_merge(table: str, source: pa.Table, targets: list[pa.Table], keys: list[str],

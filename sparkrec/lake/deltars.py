@@ -99,7 +99,7 @@ class _Stats:
         # flat count for a struct (an explanation's evidence) made delta-rs drop the whole file's
         # statistics, record count and min/max included, so no MERGE could prune or size it.
         self.nulls = {f.name: 0 for f in schema if not pa.types.is_nested(f.type)}
-        self.bounded = [f.name for f in schema if _has_bounds(f.type)]
+        self.bounded = [f.name for f in schema if arrowmerge.has_bounds(f.type)]
         self.mins: dict[str, Any] = {}
         self.maxs: dict[str, Any] = {}
 
@@ -122,10 +122,6 @@ class _Stats:
                            "minValues": {n: v for n, v in self.mins.items() if n in short},
                            "maxValues": {n: v for n, v in self.maxs.items() if n in short}})
 
-
-def _has_bounds(type_: pa.DataType) -> bool:
-    return (pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_string(type_)
-            or pa.types.is_large_string(type_))
 
 
 def _file_prefix(write_id: str) -> str:
@@ -379,7 +375,7 @@ class DeltaRsLake(Lake):
         columns = columns or schema.names
         values = {c: np.unique(pa.array(v, schema.field(c).type).to_numpy(zero_copy_only=False))
                   for c, v in (where or {}).items()}
-        bounded = {c: v for c, v in values.items() if _has_bounds(schema.field(c).type)}
+        bounded = {c: v for c, v in values.items() if arrowmerge.has_bounds(schema.field(c).type)}
         files = self._files_for(dt_, bounded, max_rows=2**62) or []
         filters = _membership({c: pa.array(v, schema.field(c).type) for c, v in values.items()})
         wanted = pa.schema([schema.field(c) for c in columns])
@@ -399,7 +395,7 @@ class DeltaRsLake(Lake):
         if read_version != NO_TABLE and source.num_rows <= DRIVER_MERGE_ROWS:
             dt_ = self._open(table, read_version)
             table_schema = self._spark_schema(dt_)
-            nullable = pa.schema([f.with_nullable(True) for f in to_arrow_schema(table_schema)])
+            nullable = _nullable(to_arrow_schema(table_schema))
             done = self._arrow_upsert(table, dt_, table_schema, conform(table, source, nullable), keys,
                                       replace_within, read_version)
             if done is not None:
@@ -469,14 +465,12 @@ class DeltaRsLake(Lake):
                                 count_rows=lambda path: self._footer_rows(table, path))
         if files is None:
             return None
-        # Spark's nullability flags are hints (a column it calls non-null may hold nulls in the table)
-        nullable = pa.schema([f.with_nullable(True) for f in source.schema])
+        nullable = _nullable(source.schema)
         source = source.cast(nullable)
         filesystem = storage.table_filesystem(self.location(table), self.storage_options)
         groups = replace_within or keys
         files = _holding(files, filesystem, groups, _membership({c: pc.unique(source.column(c)) for c in groups}))
-        targets = _each(files, lambda path: pq.read_table(path, filesystem=filesystem).select(schema.names)
-                        .cast(nullable))
+        targets = _each(files, lambda path: _read_file(filesystem, path, nullable))
         plan = arrowmerge.plan_merge(table, source, targets, keys, replace_within)
         with self._attempt(table) as attempt:
             actions: list[AddAction | RemoveAction] = []
@@ -617,9 +611,8 @@ class DeltaRsLake(Lake):
             return 0
         schema = self._spark_schema(dt_)
         filesystem = storage.table_filesystem(self.location(table), self.storage_options)
-        nullable = pa.schema([f.with_nullable(True) for f in to_arrow_schema(schema)])
-        merged = pa.concat_tables([pq.read_table(p, filesystem=filesystem).select(schema.names).cast(nullable)
-                                   for p in small])
+        nullable = _nullable(to_arrow_schema(schema))
+        merged = pa.concat_tables(_each(small, lambda path: _read_file(filesystem, path, nullable)))
         merged = merged.sort_by([(c, "ascending") for c in clustering.columns])
         now = int(time.time() * 1000)
         with self._attempt(table) as attempt:
@@ -644,6 +637,16 @@ class DeltaRsLake(Lake):
         for info in doomed:
             filesystem.delete_file(info.path)
         return [i.base_name for i in doomed]
+
+
+def _nullable(schema: pa.Schema) -> pa.Schema:
+    """Spark's nullability flags are hints (a column it calls non-null may hold nulls in the table)."""
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
+def _read_file(filesystem: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table:
+    """A data file's rows in the table's column order and ``schema``'s types."""
+    return pq.read_table(path, filesystem=filesystem).select(schema.names).cast(schema)
 
 
 def _membership(values: dict[str, pa.Array]) -> pc.Expression | None:
