@@ -32,13 +32,15 @@ import pstats
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from sparkrec.config import load_config
 from sparkrec.lake import DeltaRsLake, RunContext
 from sparkrec.logs import setup_logging
 from sparkrec.session import get_spark
 from sparkrec.stream.batch import process_batch
-from sparkrec.stream.driver import Refresher
+from sparkrec.stream.driver import KnownItems, Refresher
+from sparkrec.stream.job import INTERPRETED, session_conf
 from sparkrec.stream.once import BatchTxn
 from sparkrec.stream.prequential import FrozenLists
 from sparkrec.stream.source import landing_format
@@ -62,10 +64,20 @@ def main() -> None:
     setup_logging("WARNING")
     spark = get_spark(cfg.spark)
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))
-    refresher, frozen = Refresher(cfg, lake), FrozenLists()
+    refresher, frozen, known = Refresher(cfg, lake), FrozenLists(), KnownItems()
     refresher.prepare()
     files = sorted(str(p) for p in (root / "landing").iterdir())
     profile = cProfile.Profile()
+    # the running query's session settings (stream.interpreted_sql) and its state kept across batches
+    with session_conf(spark, INTERPRETED if cfg.stream.interpreted_sql else {}):
+        run_batches(args, cfg, spark, lake, files, (refresher, frozen, known), profile)
+    if args.profile:
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+
+
+def run_batches(args: argparse.Namespace, cfg: Any, spark: Any, lake: DeltaRsLake, files: list[str],
+                state: tuple[Refresher, FrozenLists, KnownItems], profile: cProfile.Profile) -> None:
+    refresher, frozen, known = state
     for n in range(args.batches):
         batch = files[n * args.files:(n + 1) * args.files]
         if not batch:
@@ -75,13 +87,11 @@ def main() -> None:
             profile.enable()
         started = time.perf_counter()
         report = process_batch(cfg, spark, lake, batch, landing_format(cfg), BatchTxn("bench-steps", n),
-                               refresher=refresher, frozen=frozen)
+                               refresher=refresher, frozen=frozen, known=known)
         if last and args.profile:
             profile.disable()
         print(json.dumps({"batch": n, "events": report.read, "users": report.users_refreshed,
                           "seconds": round(time.perf_counter() - started, 2), "steps": report.steps}), flush=True)
-    if args.profile:
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from sparkrec.config import load_config
 from sparkrec.ingest.job import run_ingest
@@ -284,3 +285,32 @@ def test_a_csv_header_read_without_spark_is_the_one_spark_reads(spark, tmp_path,
         assert plain == by_spark
     assert _header(spark, paths[:1], opts) == by_spark
     assert (plain is not None) == (files in (["user,item,rating\n1,2,3\n"], [" user ; item\n1;2\n"]))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_lines_are_numbered_alike_across_blocks_and_in_one_window(spark, tmp_path, fmt):
+    """A big file is read in several blocks, numbered by block offsets; a micro-batch's small
+    files by one window per file (``small_files``). Both must give every row its physical line."""
+    from sparkrec.config import CsvOptions
+    from sparkrec.ingest.reader import LINE, read_input
+
+    paths = []
+    for f in range(2):
+        lines = ["line,value"] if fmt == "csv" else []
+        for n in range(1, 1500):
+            physical = n + 1 if fmt == "csv" else n
+            lines.append(f"{physical},{'x' * (n % 7)}" if fmt == "csv" else f'{{"line": "{physical}", "value": "v"}}')
+        path = tmp_path / f"f{f}.{fmt}"
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(str(path))
+    before = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "4096")  # several blocks a file
+    try:
+        blocks = spark.read.text(paths).select("_metadata.file_path", "_metadata.file_block_start").distinct()
+        assert blocks.count() >= 6
+        for small in (False, True):
+            raw = read_input(spark, paths, fmt, CsvOptions(), small_files=small)
+            rows = raw.df.select(F.col("line").cast("long").alias("line"), LINE).toPandas()
+            assert len(rows) == 2 * 1499 and (rows["line"] == rows[LINE]).all(), small
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", before)

@@ -54,10 +54,12 @@ def scores(lake, user: str) -> dict[str, float]:
 
 def test_new_items_are_embedded_and_recommended_in_their_batch(served):
     from sparkrec.stream.batch import process_batch
-    from sparkrec.stream.driver import Refresher
+    from sparkrec.stream.driver import KnownItems, Refresher
     from sparkrec.stream.once import BatchTxn
 
     cfg, lake, root = served
+    known = KnownItems()  # as a running query holds it: built on the catalogue before this batch grows it
+    assert known(lake.spark, lake) is not None
     items_file, events_file = root / "new-items.csv", root / "events.csv"
     items_file.write_text("".join(NEW))
     # a comedy user takes the item that arrives in this very batch; a horror user one old item
@@ -65,7 +67,7 @@ def test_new_items_are_embedded_and_recommended_in_their_batch(served):
     trained_items = lake.read("item_index").count()
     txn = BatchTxn("test-catalogue", 0)
     report = process_batch(cfg, lake.spark, lake, [str(events_file)], "csv", txn, refresher=Refresher(cfg, lake),
-                           item_files=[str(items_file)])
+                           item_files=[str(items_file)], known=known)
     cat = report.catalogue
     assert cat is not None and report.in_driver
     assert (cat.read, cat.accepted, cat.quarantined, cat.reasons) == (3, 2, 1, {"missing_item_id": 1})

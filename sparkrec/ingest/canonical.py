@@ -11,6 +11,7 @@ from .. import schemas
 from ..config import GenericSource, IngestConfig
 from .reader import CARRIED, FILE, LINE, RawInput, require_columns
 from .validate import (
+    Membership,
     Validated,
     apply_rules,
     cleaned,
@@ -45,7 +46,7 @@ def _keep(raw: RawInput, **columns: F.Column) -> DataFrame:
 
 
 def validate_interactions(raw: RawInput, src: GenericSource, cfg: IngestConfig,
-                          known_items: DataFrame | None) -> Validated:
+                          known_items: DataFrame | Membership | None) -> Validated:
     spec = src.interactions
     cols = spec.columns
     require_columns(raw, cols.model_dump())

@@ -12,7 +12,7 @@ quote) come first: such a line's fields cannot be trusted for any later rule.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pyspark.sql import Column, DataFrame, Window
@@ -170,9 +170,16 @@ def reject_duplicates(df: DataFrame, key: list[str], content: list[str], key_nam
     return df.drop("_dup_same", "_dup_key", "_versions")
 
 
-def reject_unknown_items(df: DataFrame, known_items: DataFrame | None, cfg: IngestConfig) -> DataFrame:
+Membership = Callable[[Column], Column]  # a column of ids -> whether each is known
+
+
+def reject_unknown_items(df: DataFrame, known_items: DataFrame | Membership | None, cfg: IngestConfig) -> DataFrame:
+    """``known_items``: the catalogue's ``item_id`` rows, joined; or, for a batch of a few rows,
+    a membership test (a set the executors hold), which skips a join against every item."""
     if known_items is None or cfg.unknown_items == "keep":
         return df
+    if not isinstance(known_items, DataFrame):
+        return reject_where(df, "unknown_item", "item", ~known_items(F.col("item_id")), F.col("item_id"))
     known = known_items.select("item_id").distinct().withColumn("_known", F.lit(True))
     df = df.join(known, on="item_id", how="left")
     return reject_where(df, "unknown_item", "item", F.col("_known").isNull(), F.col("item_id")).drop("_known")

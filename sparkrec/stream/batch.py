@@ -67,13 +67,15 @@ class BatchReport:
 
 def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str], fmt: str, txn: BatchTxn,
                   refresh: bool = True, refresher: driver.Refresher | None = None,
-                  frozen: prequential.FrozenLists | None = None, item_files: list[str] | None = None) -> BatchReport:
+                  frozen: prequential.FrozenLists | None = None, item_files: list[str] | None = None,
+                  known: driver.KnownItems | None = None) -> BatchReport:
     """Folds the events in ``files`` into the lake; ``refresh``: and rescores their users.
     A file that cannot be read is quarantined whole (see :mod:`.unreadable`). A batch of at
     most ``stream.driver_max_bytes`` is folded in by this process (:mod:`.driver`);
     ``refresher`` keeps the served model loaded from one such batch to the next, ``frozen`` the
-    version of the lists frozen at training, both for a long-running query. ``item_files``:
-    catalogue rows (:mod:`.catalogue`), folded in first, so the events may name their items."""
+    version of the lists frozen at training, ``known`` the catalogue's ids for a small batch's
+    validation, all three for a long-running query. ``item_files``: catalogue rows
+    (:mod:`.catalogue`), folded in first, so the events may name their items."""
     frozen = frozen or prequential.FrozenLists()
     started = time.perf_counter()
     catalogue = fold_in_items(cfg, spark, lake, item_files, txn) if item_files else None
@@ -81,11 +83,14 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
         report = BatchReport(txn.batch_id, 0, catalogue=catalogue, seconds=round(time.perf_counter() - started, 3))
         return _record(spark, lake, txn, report, small=True)
     src = resolve_source(cfg.data)
-    known_items = lake.read("items").select("item_id") if lake.exists("items") else None
     small = in_driver(cfg, files)
+    if small:
+        known_items = (known or driver.KnownItems())(spark, lake)
+    else:
+        known_items = lake.read("items").select("item_id") if lake.exists("items") else None
 
     def read(paths: list[str]) -> tuple[Validated, TableReport]:
-        raw = read_input(spark, paths, fmt, src.interactions.csv)  # type: ignore[arg-type]  # Spark takes lists
+        raw = read_input(spark, paths, fmt, src.interactions.csv, small)  # type: ignore[arg-type]  # Spark takes lists
         v = validate_interactions(raw, src, cfg.ingest, known_items)
         source = f"{len(paths)} files from {paths[0]}"
         return driver.collect(v, source) if small else persisted(v, source)

@@ -36,7 +36,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from .. import schemas
@@ -45,7 +47,7 @@ from ..config import Config, GenericSource, WeightConfig
 from ..ingest.job import TableReport, counted, recorded
 from ..ingest.provenance import PROVENANCE
 from ..ingest.reader import FILE, FILE_TIME, LINE, RAW
-from ..ingest.validate import FIELD, REASON, VALUE, Validated
+from ..ingest.validate import FIELD, REASON, VALUE, Membership, Validated
 from ..lake import NO_TABLE, CommitResult, Lake
 from ..lake.arrowmerge import column_equal
 from ..logs import get_logger
@@ -88,6 +90,51 @@ def collect(v: Validated, source: str) -> tuple[Collected, TableReport]:
     read = accepted + sum(reasons.values())
     report = TableReport(v.table, source, read, accepted, read - accepted, reasons, cleaned)
     return Collected(v.table, v.rows, v.output_columns, v.cleaned, arrow), report
+
+
+class KnownItems:
+    """The catalogue's item ids as a set the executors hold, for a small batch's unknown-item
+    rule (``reject_unknown_items``): a lookup per row instead of a join against every item.
+    Why: on Book-Crossing's 271k items the join was about half of a 100-event batch's
+    validation (~0.6 s of ~1.3 s, measured). The set is broadcast once and rebuilt only when
+    ``items`` gets a new version (the stream's catalogue rows); a catalogue of more than
+    ``max_ids`` items keeps the join, whose cost does not sit in the driver's memory."""
+
+    def __init__(self, max_ids: int = 1_000_000) -> None:
+        self.max_ids = max_ids
+        self._version: int | None = None
+        self._test: Membership | None = None
+        self._broadcast: Any = None
+
+    def __call__(self, spark: SparkSession, lake: Lake) -> DataFrame | Membership | None:
+        """What ``validate_interactions`` takes as ``known_items`` for this batch."""
+        if not lake.exists("items"):
+            return None
+        version = lake.version("items")
+        if version != self._version:
+            self._release()
+            if lake.read("items").count() <= self.max_ids:
+                ids = lake.read_arrow("items", ["item_id"]).column("item_id")
+                self._broadcast = spark.sparkContext.broadcast(frozenset(ids.to_pylist()))
+                self._test = _member_of(self._broadcast)
+            self._version = version
+        return self._test if self._test is not None else lake.read("items").select("item_id")
+
+    def _release(self) -> None:
+        if self._broadcast is not None:
+            self._broadcast.unpersist()
+        self._broadcast, self._test = None, None
+
+
+def _member_of(ids: Any) -> Membership:
+    """A vectorised UDF: whether each id is in the broadcast set ``ids`` (null: not known,
+    as the join would say)."""
+    @F.pandas_udf(T.BooleanType())
+    def known(values: pd.Series) -> pd.Series:
+        held = ids.value
+        return pd.Series([v in held for v in values], index=values.index, dtype=bool)
+
+    return known
 
 
 def landed(c: Collected) -> dt.datetime | None:

@@ -20,7 +20,7 @@ from ..lake import Lake
 from ..logs import get_logger, log_fields
 from . import catalogue, prequential
 from .batch import BATCHES, BatchReport, process_batch
-from .driver import Refresher
+from .driver import KnownItems, Refresher
 from .once import BatchTxn
 from .source import batch_files, read_stream
 
@@ -79,6 +79,7 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
     reports: list[BatchReport] = []
     refresher = Refresher(cfg, lake)  # the served model, loaded once for the driver's batches
     frozen = prequential.FrozenLists()  # the lists' version at training, read incrementally
+    known = KnownItems()  # the catalogue's ids, for the driver's batches' validation
     if refresh and cfg.stream.driver_max_bytes:
         refresher.prepare()
 
@@ -89,7 +90,7 @@ def run_stream(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]:
             return
         txn = BatchTxn(f"sparkrec-stream-{query_id['id']}", batch_id)
         reports.append(process_batch(cfg, spark, lake, landed.files, landed.format, txn, refresh, refresher, frozen,
-                                     landed.item_files))
+                                     landed.item_files, known))
         every = cfg.stream.compact_every
         if every and (batch_id + 1) % every == 0:
             compact_tables(lake, cfg)
