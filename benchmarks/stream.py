@@ -38,7 +38,11 @@ p50 38.5 s / p95 50.7 s (batches of ~1,500 users each rewrite the 1.6M-row lists
 sustained at `--rate 2000`. Targets not met on this catalogue. Later that day, with the lists table
 clustered by user (a refresh rewrites only its users' files), the quarantine and interactions MERGEs off
 Spark, and the replay started once the query runs (`stream-bookcrossing-clustered.txt`): p50 42.0 s /
-p95 49.2 s; full batches ran at ~98 events/s, under the landing rate, so batches still grow.
+p95 49.2 s; full batches ran at ~98 events/s, under the landing rate, so batches still grow. With the
+small batches' validation checking items against a broadcast set (4882447; the same saved setup, old code
+right after): Book-Crossing p50 12.17 s / p95 13.40 s (before: 16.67 / 19.07 s), keeping up at 106.5
+events/s; ml-latest-small p50 1.91 / p95 2.48 s (before: 2.32 / 2.88 s); Book-Crossing at `--rate 2000
+--events 20000 --batch 500`: 209.2 events/s sustained (`benchmarks/results/2026-12-07/*known-set*.txt`).
 """
 
 from __future__ import annotations

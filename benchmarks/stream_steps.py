@@ -21,6 +21,10 @@ Measured (2026-12-07, Book-Crossing setup of that day, 50 events a landing file;
 - `--files 20` (1,000 events, ~760 users): 16.8-17.7 s after the first: lists 8.9-10.0 s (scoring
   ~2.5 s, explanations ~1.5 s, reading and rewriting ~520 of the table's 1,272 files, planning the
   MERGE), read+validate 3.8-4.1 s, ranks at arrival 1.5-1.7 s.
+- Code of 4882447 (the items checked against a broadcast set; the batches under the query's
+  interpreted SQL), a fresh setup on a quicker day (`stream-steps-bookcrossing-known-set.txt`):
+  `--files 10` (500 events, ~400 users): 5.2-6.0 s, read+validate 0.7-1.0 s, lists ~2.9 s;
+  500-event files, `--files 10` (5,000 events, ~2,800 users): 20 s, lists 13-15 s.
 """
 
 from __future__ import annotations
@@ -78,11 +82,10 @@ def main() -> None:
 def run_batches(args: argparse.Namespace, cfg: Any, spark: Any, lake: DeltaRsLake, files: list[str],
                 state: tuple[Refresher, FrozenLists, KnownItems], profile: cProfile.Profile) -> None:
     refresher, frozen, known = state
-    for n in range(args.batches):
-        batch = files[n * args.files:(n + 1) * args.files]
-        if not batch:
-            break
-        last = n == args.batches - 1
+    chunks = [files[n * args.files:(n + 1) * args.files] for n in range(args.batches)]
+    chunks = [batch for batch in chunks if batch]
+    for n, batch in enumerate(chunks):
+        last = n == len(chunks) - 1
         if last and args.profile:
             profile.enable()
         started = time.perf_counter()
