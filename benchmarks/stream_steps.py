@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=2, help="landing files per batch")
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--profile", action="store_true", help="print the last batch's cProfile")
+    ap.add_argument("--sort", default="cumulative", help="the profile's order (pstats: cumulative, tottime, ...)")
     args = ap.parse_args()
     root = Path(args.workdir)
     setup = root / "setup.json"
@@ -76,7 +77,7 @@ def main() -> None:
     with session_conf(spark, INTERPRETED if cfg.stream.interpreted_sql else {}):
         run_batches(args, cfg, spark, lake, files, (refresher, frozen, known), profile)
     if args.profile:
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+        pstats.Stats(profile).sort_stats(args.sort).print_stats(40)
 
 
 def run_batches(args: argparse.Namespace, cfg: Any, spark: Any, lake: DeltaRsLake, files: list[str],
