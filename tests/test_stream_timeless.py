@@ -83,9 +83,15 @@ def test_replay_holds_out_a_share_of_a_source_without_time(spark, tmp_path, orde
     if order == "chronological":  # the file's last lines, in file order
         in_file = [tuple(line.split(",")[:2]) for line in TRAIN.splitlines()[1:]]
         assert tail_rows == in_file[-len(tail_rows):]
-    else:  # a seeded shuffle: not the file's tail, the same on every run
+    else:  # a seeded shuffle: not the file's tail, the same on every run and in every directory
         assert tail_rows != [r for r in tail_rows if r[0] == "u2"]
         assert tail_rows == [(r["user"], r["item"]) for r in held_out(cfg, spark)[0].collect()]
+        elsewhere = tmp_path / "another" / "checkout"
+        elsewhere.mkdir(parents=True)
+        shutil.copy(tmp_path / "interactions.csv", elsewhere / "interactions.csv")
+        moved = load_config(None, [*overrides(tmp_path, order), "stream.replay_fraction=0.3",
+                                   f"data.generic.interactions.path={elsewhere / 'interactions.csv'}"])
+        assert tail_rows == [(r["user"], r["item"]) for r in held_out(moved, spark)[0].collect()]
 
 
 def test_both_paths_continue_the_sequences_of_a_source_without_time(spark, tmp_path):
