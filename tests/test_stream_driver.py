@@ -95,7 +95,7 @@ def same(a: pd.DataFrame, b: pd.DataFrame, table: str) -> None:
 def run_batches(spark, root, driver_bytes: int, refresher_too: bool) -> list[tuple[object, dict]]:
     """Each batch's report and every table's rows after it, on the lake as the fixture left it."""
     from sparkrec.stream.batch import in_driver, process_batch
-    from sparkrec.stream.driver import Refresher
+    from sparkrec.stream.driver import KnownItems, Refresher
     from sparkrec.stream.job import compact_tables
     from sparkrec.stream.once import BatchTxn
 
@@ -103,20 +103,22 @@ def run_batches(spark, root, driver_bytes: int, refresher_too: bool) -> list[tup
                              "features.weights.positive_min_rating=3"])
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="test"))
     refresher = Refresher(cfg, lake) if refresher_too else None
+    known = KnownItems() if driver_bytes else None  # the driver path as the query runs it: items by set
     out = []
     for n, lines in enumerate(BATCHES):
         path = root / f"batch-{n}.csv"
         path.write_text(HEADER + "".join(lines))
         assert in_driver(cfg, [str(path)]) == in_driver(cfg, [f"file:{path}"]) == bool(driver_bytes)
         report = process_batch(cfg, spark, lake, [str(path)], "csv", BatchTxn("test-driver-path", n),
-                               refresher=refresher)
+                               refresher=refresher, known=known)
         assert report.in_driver == bool(driver_bytes)
         out.append((report, {t: rows(lake, t, keys, volatile) for t, keys, volatile in TABLES}))
         if driver_bytes:  # the long-running query's compaction changes no table's rows
             compacting = cfg.model_copy(deep=True)
             compacting.stream.compact_min_files = 2
             assert sum(compact_tables(lake, compacting).values()) > 0
-    if driver_bytes:  # a replayed batch commits nothing twice, compacted tables or not
+    if driver_bytes:  # the batches tested items by the set; a replayed batch commits nothing twice
+        assert known is not None and known(spark, lake) is not None
         again = process_batch(cfg, spark, lake, [str(root / "batch-0.csv")], "csv", BatchTxn("test-driver-path", 0),
                               refresher=refresher)
         assert {"interactions", "events", "recommendations", "stream_batches"} <= set(again.skipped)

@@ -84,10 +84,9 @@ def process_batch(cfg: Config, spark: SparkSession, lake: Lake, files: list[str]
         return _record(spark, lake, txn, report, small=True)
     src = resolve_source(cfg.data)
     small = in_driver(cfg, files)
-    if small:
-        known_items = (known or driver.KnownItems())(spark, lake)
-    else:
-        known_items = lake.read("items").select("item_id") if lake.exists("items") else None
+    # a long-running query's small batches test membership in a set it keeps; else the join
+    membership = known(spark, lake) if small and known is not None else None
+    known_items = membership or (lake.read("items").select("item_id") if lake.exists("items") else None)
 
     def read(paths: list[str]) -> tuple[Validated, TableReport]:
         raw = read_input(spark, paths, fmt, src.interactions.csv, small)  # type: ignore[arg-type]  # Spark takes lists

@@ -107,8 +107,9 @@ class KnownItems:
         self._test: Membership | None = None
         self._broadcast: Any = None
 
-    def __call__(self, spark: SparkSession, lake: Lake) -> DataFrame | Membership | None:
-        """What ``validate_interactions`` takes as ``known_items`` for this batch."""
+    def __call__(self, spark: SparkSession, lake: Lake) -> Membership | None:
+        """The membership test for ``validate_interactions``' ``known_items``; None: no ``items``
+        table, or one over ``max_ids`` (the caller joins it)."""
         if not lake.exists("items"):
             return None
         version = lake.version("items")
@@ -119,7 +120,7 @@ class KnownItems:
                 self._broadcast = spark.sparkContext.broadcast(frozenset(ids.to_pylist()))
                 self._test = _member_of(self._broadcast)
             self._version = version
-        return self._test if self._test is not None else lake.read("items").select("item_id")
+        return self._test
 
     def _release(self) -> None:
         if self._broadcast is not None:
