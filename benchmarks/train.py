@@ -1,6 +1,8 @@
 """Training benchmark, all in one run on one machine:
 
-1. samples/s of the training loop fed by Petastorm vs the same loop fed from in-memory tensors;
+1. samples/s of the training loop fed by Petastorm vs the same loop fed from in-memory tensors,
+   and with the ID tables on sparse row gradients (SparseAdam) vs dense ones (AdamW over every
+   row): ``train.sparse_ids``;
 2. 1 vs 2 workers on CPU with each distributed backend (TorchDistributor, Horovod), with the
    validation Recall@20 each reaches after the same number of steps per worker;
 3. GPU samples/s when a CUDA device is present;
@@ -9,6 +11,7 @@
 
     python benchmarks/train.py                      # ml-latest-small (../shared/datasets)
     python benchmarks/train.py --epochs 12 --skip-scaling
+    python benchmarks/train.py --dataset bookcrossing --no-text --skip-scaling --skip-quality
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="training steps per throughput measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the feed comparison")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true", help="throughput only (sections 1-3)")
     parser.add_argument("--no-text", action="store_true", help="train without item text embeddings")
     args = parser.parse_args()
     setup_logging("WARNING")
@@ -101,6 +105,17 @@ def main() -> None:
     print(f"in-memory    {inmem:>10,.0f} samples/s  (rounds: {', '.join(f'{x:,.0f}' for x in mem_runs)})")
     print(f"ratio petastorm / in-memory (medians): {fed / inmem:.2f} (goal >= 0.8)")
 
+    print(f"\n== 1b. ID tables ({params['spec']['n_items']:,} items, {params['spec']['n_users']:,} users): "
+          f"sparse row gradients + SparseAdam vs dense + AdamW, Petastorm feed, one worker ==")
+    ways = {way: {**feed, "train": {**params["train"], "sparse_ids": way == "sparse"}} for way in ("dense", "sparse")}
+    rounds: dict[str, list[float]] = {way: [] for way in ways}
+    for _ in range(args.rounds):
+        for way, way_params in ways.items():
+            rounds[way].append(_one_epoch(cfg, way_params, "local", 1, args.steps)["samples_per_s"])
+    for way, runs in rounds.items():
+        print(f"{way:<12}{float(np.median(runs)):>11,.0f} samples/s  (rounds: {', '.join(f'{x:,.0f}' for x in runs)})")
+    print(f"ratio sparse / dense (medians): {np.median(rounds['sparse']) / np.median(rounds['dense']):.2f}")
+
     if not args.skip_scaling:
         print(f"\n== 2. workers on CPU: {args.steps} steps per worker, Petastorm feed ==")
         print(f"{'backend':<18}{'workers':>8}{'samples/s':>12}{'epoch s':>9}{'val recall@20':>15}")
@@ -125,6 +140,10 @@ def main() -> None:
     else:
         print("no CUDA device on this machine: GPU throughput not measured")
     converter.delete()
+    if args.skip_quality:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     print(f"\n== 4. quality: {args.dataset}, temporal leave-last-one, all items ranked, seen items excluded ==")
     started = time.perf_counter()

@@ -78,6 +78,8 @@ GENERIC = "data.generic={interactions: {path: x.csv, columns: {user: u, item: i}
      "data.generic.interactions.timestamp_format = 'YYYY-ww': not a valid datetime pattern: letter 'Y'"),
     (["data.dataset=generic", GENERIC, "data.generic.interactions.csv.encoding=klingon"],
      "data.generic.interactions.csv.encoding = 'klingon': unknown encoding"),
+    (["train.sparse_ids=true", "train.weight_decay=0.01"],
+     "train: sparse_ids: true steps the ID tables with SparseAdam, which has no weight decay"),
 ])
 def test_bad_values_and_cross_field_rules_fail_at_load_in_one_line(overrides, expected):
     """Each was accepted before (issue 15, finding 5) and failed late or never."""
@@ -99,3 +101,13 @@ def test_split_names_are_the_features_stage_splits():
     from sparkrec.features.splits import enabled_splits
 
     assert set(enabled_splits(SplitConfig(), has_timestamps=True)) == set(SPLIT_NAMES)
+
+
+def test_sparse_id_tables_are_chosen_by_device_and_decay():
+    """auto: sparse on CPU (gloo and Horovod all-reduce sparse rows), dense on a GPU (NCCL cannot)
+    and wherever weight decay is set (SparseAdam has none)."""
+    auto = load_config(None, []).train
+    assert auto.sparse_ids == "auto" and auto.sparse_id_tables("cpu") and not auto.sparse_id_tables("cuda")
+    assert not load_config(None, ["train.weight_decay=0.01"]).train.sparse_id_tables("cpu")
+    assert load_config(None, ["train.sparse_ids=true"]).train.sparse_id_tables("cuda")
+    assert not load_config(None, ["train.sparse_ids=false"]).train.sparse_id_tables("cpu")

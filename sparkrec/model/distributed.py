@@ -8,11 +8,27 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+
+class Optimizers:
+    """Several optimizers stepped as one: the dense weights' fused AdamW and the ID tables'
+    SparseAdam (see ``train.sparse_ids``) each own a disjoint share of the parameters."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        self.optimizers = list(optimizers)
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad()  # Horovod's optimizer takes no set_to_none
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
 
 
 class Dist(abc.ABC):
@@ -24,8 +40,9 @@ class Dist(abc.ABC):
         return self.rank == 0
 
     @abc.abstractmethod
-    def wrap(self, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """Returns the module to call forward on and the optimizer to step."""
+    def wrap(self, model: nn.Module, opts: Sequence[torch.optim.Optimizer]) -> tuple[nn.Module, Optimizers]:
+        """Returns the module to call forward on and the optimizers to step. An ID table that
+        takes sparse gradients must be switched to them before this (DDP reads it here)."""
 
     @abc.abstractmethod
     def broadcast(self, value: float) -> float:
@@ -39,8 +56,8 @@ class Dist(abc.ABC):
 
 
 class SingleProcess(Dist):
-    def wrap(self, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
-        return model, opt
+    def wrap(self, model: nn.Module, opts: Sequence[torch.optim.Optimizer]) -> tuple[nn.Module, Optimizers]:
+        return model, Optimizers(opts)
 
     def broadcast(self, value: float) -> float:
         return value
@@ -61,11 +78,13 @@ class TorchDist(Dist):
         self.rank, self.world = td.get_rank(), td.get_world_size()
         self.device = device
 
-    def wrap(self, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def wrap(self, model: nn.Module, opts: Sequence[torch.optim.Optimizer]) -> tuple[nn.Module, Optimizers]:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids), opt
+        # gloo all-reduces the sparse row gradients of a sparse nn.Embedding; NCCL cannot
+        # (train.sparse_ids "auto" keeps them dense on a GPU).
+        return DistributedDataParallel(model, device_ids=ids), Optimizers(opts)
 
     def _collective(self, value: float, op: str) -> float:
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
@@ -97,11 +116,18 @@ class HorovodDist(Dist):
         self.hvd = hvd
         self.rank, self.world = hvd.rank(), hvd.size()
 
-    def wrap(self, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def wrap(self, model: nn.Module, opts: Sequence[torch.optim.Optimizer]) -> tuple[nn.Module, Optimizers]:
+        """One DistributedOptimizer per optimizer, each over its own parameters: Horovod
+        all-gathers a sparse row gradient (SparseAdam's) and all-reduces the dense ones."""
         hvd = self.hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(opt, root_rank=0)
-        return model, hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+        wrapped = []
+        for opt in opts:
+            mine = {id(p) for group in opt.param_groups for p in group["params"]}
+            hvd.broadcast_optimizer_state(opt, root_rank=0, model=model)
+            wrapped.append(hvd.DistributedOptimizer(
+                opt, named_parameters=[(n, p) for n, p in model.named_parameters() if id(p) in mine]))
+        return model, Optimizers(wrapped)
 
     def broadcast(self, value: float) -> float:
         return float(self.hvd.broadcast(torch.tensor([value], dtype=torch.float64), root_rank=0).item())

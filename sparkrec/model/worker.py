@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from .build import all_item_vectors, build_model
 from .data import Catalog
 from .distributed import Dist, make_dist
 from .towers import ModelSpec, TwoTower
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 from .validation import EarlyStopping, ValSet, ranking_quality
 
 BATCH_KEYS = ("user", "hist", "gaps", "target", "weight")
@@ -59,6 +62,28 @@ def ranking_at_k(model: TwoTower, val: ValSet, k: int, chunk: int = 256) -> dict
     return {f"recall@{k}": float(np.concatenate(recall).mean()), f"ndcg@{k}": float(np.concatenate(ndcg).mean())}
 
 
+def id_tables(model: TwoTower) -> list[torch.nn.Embedding]:
+    """The embedding tables that grow with the catalogue and the user base."""
+    return [model.items.id_emb] + ([model.users.id_emb] if model.spec.user_id else [])
+
+
+def optimizers(model: TwoTower, tc: TrainConfig, sparse_ids: bool) -> list[torch.optim.Optimizer]:
+    """Fused AdamW for the dense weights (one kernel per step instead of a dozen passes over
+    every parameter: the unfused update took 55% of a CPU step on Book-Crossing). With
+    ``sparse_ids`` the ID tables switch to sparse row gradients and a lazy SparseAdam: a batch
+    touches a few thousand of their 550k rows, and a dense gradient meant filling, zeroing and
+    stepping all 35M weights every step (a third of a CPU step there)."""
+    if not sparse_ids:
+        return [torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)]
+    tables = id_tables(model)
+    for table in tables:
+        table.sparse = True
+    sparse = {id(t.weight) for t in tables}
+    dense = [p for p in model.parameters() if id(p) not in sparse]
+    return [torch.optim.AdamW(dense, lr=tc.lr, weight_decay=tc.weight_decay, fused=True),
+            torch.optim.SparseAdam([t.weight for t in tables], lr=tc.lr)]
+
+
 def _petastorm_batches(converter: Any, batch_size: int, dist: Dist, seed: int) -> Iterator[dict]:
     """Full batches from one Petastorm reader per pass over the examples, pass ``p`` seeded
     ``seed + p``, read by one reader thread.
@@ -67,11 +92,18 @@ def _petastorm_batches(converter: Any, batch_size: int, dist: Dist, seed: int) -
     order they finish, and an endless reader (``num_epochs=None``) reshuffles its row groups
     each time its ventilator polls a full queue at a pass boundary, a timing-dependent number
     of times. Same data and seed now give the same weights (tests/test_model.py).
+
+    The batched loader shuffles and slices whole column tensors (torch's generator, seeded by the
+    worker); Petastorm's default loader moved every row through Python one at a time (48k rows/s
+    on Book-Crossing's examples against 230k+, in the training process's own time).
     """
+    from petastorm.pytorch import BatchedDataLoader
+
     for n_pass in itertools.count():
         with converter.make_torch_dataloader(batch_size=batch_size, num_epochs=1, cur_shard=dist.rank,
                                              shard_count=dist.world, shuffling_queue_capacity=batch_size * 8,
-                                             seed=seed + n_pass, workers_count=1) as loader:
+                                             seed=seed + n_pass, workers_count=1,
+                                             data_loader_fn=BatchedDataLoader) as loader:
             full = 0
             for batch in loader:  # a pass's short last batch is dropped, unless it is the whole pass
                 if len(batch["target"]) == batch_size or not full:
@@ -120,11 +152,7 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
     np.random.seed(tc.seed + dist.rank)
     catalog = Catalog.load(params["catalog_path"])
     model = build_model(spec, catalog, device)
-    # fused: one kernel per step instead of a dozen passes over every parameter. The ID tables
-    # grow with the catalogue (35M weights on Book-Crossing), and the unfused update took 55%
-    # of a CPU step there (0.21 s of 0.38 s; fused 0.02 s).
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
-    fwd, opt = dist.wrap(model, opt)
+    fwd, opt = dist.wrap(model, optimizers(model, tc, tc.sparse_id_tables(device.type)))
     torch.manual_seed(tc.seed + 1000 * (dist.rank + 1))  # different dropout / negatives per rank
     refit = bool(params.get("refit"))  # a fixed number of epochs on every row: no validation, keep the last
     val = ValSet.load(params["val_path"]) if dist.is_main and not refit else None
@@ -150,7 +178,7 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
                 batch = _to_device(next(batches), device)
                 with autocast:
                     loss = fwd(batch, tc.logq_correction, tc.extra_negatives)
-                opt.zero_grad()  # Horovod's optimizer takes no set_to_none
+                opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(batch["target"])
