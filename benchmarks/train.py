@@ -11,7 +11,8 @@
 
     python benchmarks/train.py                      # ml-latest-small (../shared/datasets)
     python benchmarks/train.py --epochs 12 --skip-scaling
-    python benchmarks/train.py --dataset bookcrossing --no-text --skip-scaling --skip-quality
+    python benchmarks/train.py --dataset bookcrossing --no-text --skip-scaling --skip-quality \
+        --set train.batched_feed=true
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the feed comparison")
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--skip-quality", action="store_true", help="throughput only (sections 1-3)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.batched_feed=true")
     parser.add_argument("--no-text", action="store_true", help="train without item text embeddings")
     args = parser.parse_args()
     setup_logging("WARNING")
@@ -72,7 +75,7 @@ def main() -> None:
     cfg = load_config(REPO / "conf" / "local.yaml", [
         f"lake.root={work / 'lake'}", f"data.dataset={args.dataset}", "logging.level=WARNING",
         f"train.workdir={work / 'train'}", f"train.mlflow_uri={work / 'mlruns'}", "train.progress=false",
-        f"train.epochs={args.epochs}", "train.split=temporal_loo"])
+        f"train.epochs={args.epochs}", "train.split=temporal_loo", *args.set])
     spark = get_spark(cfg.spark)
     lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, context=RunContext(stage="bench"))
     t0 = time.perf_counter()

@@ -487,8 +487,13 @@ class TrainConfig(StrictModel):
     # lazy Adam (torch SparseAdam: only the rows a batch touched move) instead of a dense gradient
     # and a dense AdamW step over every row: filling, zeroing and stepping 140 MB per batch was a
     # third of a CPU step. "auto": on for CPU training (gloo, Horovod) without weight decay; NCCL
-    # cannot all-reduce sparse gradients, and SparseAdam has no weight decay.
-    sparse_ids: bool | Literal["auto"] = "auto"
+    # cannot all-reduce sparse gradients, and SparseAdam has no weight decay. Off by default: it
+    # trains other towers, and the head's blend search did not choose as well on them (README).
+    sparse_ids: bool | Literal["auto"] = False
+    # Petastorm's BatchedDataLoader (whole column tensors shuffled and sliced) instead of its row
+    # loader (every row through Python: 48k rows/s against 230k+ on Book-Crossing). Off by default
+    # for the same reason: another batch order trains other towers.
+    batched_feed: bool = False
     temperature: float = Field(0.05, gt=0)
     logq_correction: bool = True
     extra_negatives: int = Field(0, ge=0)  # uniform negatives on top of the in-batch ones

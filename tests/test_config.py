@@ -104,10 +104,11 @@ def test_split_names_are_the_features_stage_splits():
 
 
 def test_sparse_id_tables_are_chosen_by_device_and_decay():
-    """auto: sparse on CPU (gloo and Horovod all-reduce sparse rows), dense on a GPU (NCCL cannot)
-    and wherever weight decay is set (SparseAdam has none)."""
-    auto = load_config(None, []).train
-    assert auto.sparse_ids == "auto" and auto.sparse_id_tables("cpu") and not auto.sparse_id_tables("cuda")
-    assert not load_config(None, ["train.weight_decay=0.01"]).train.sparse_id_tables("cpu")
+    """Off by default; auto: sparse on CPU (gloo and Horovod all-reduce sparse rows), dense on a
+    GPU (NCCL cannot) and wherever weight decay is set (SparseAdam has none)."""
+    assert not load_config(None, []).train.sparse_id_tables("cpu")
+    auto = load_config(None, ["train.sparse_ids=auto"]).train
+    assert auto.sparse_id_tables("cpu") and not auto.sparse_id_tables("cuda")
+    assert not load_config(None, ["train.sparse_ids=auto", "train.weight_decay=0.01"]).train.sparse_id_tables("cpu")
     assert load_config(None, ["train.sparse_ids=true"]).train.sparse_id_tables("cuda")
     assert not load_config(None, ["train.sparse_ids=false"]).train.sparse_id_tables("cpu")

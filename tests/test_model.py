@@ -203,6 +203,9 @@ def trained(spark, temporal_model):
     for backend in ["torchdistributor"] + (["horovod"] if _horovod_built() else []):
         run_cfg = cfg.model_copy(deep=True)
         run_cfg.train.backend, run_cfg.train.num_workers = backend, 2
+        # The opt-in paths, where two workers exchange gradients: sparse ID rows (DDP on gloo,
+        # Horovod's all-gather) and Petastorm's batched loader on a shard each.
+        run_cfg.train.sparse_ids, run_cfg.train.batched_feed = True, True
         runs[backend] = run_train(run_cfg, spark, lake)
     return cfg, lake, runs
 

@@ -84,7 +84,7 @@ def optimizers(model: TwoTower, tc: TrainConfig, sparse_ids: bool) -> list[torch
             torch.optim.SparseAdam([t.weight for t in tables], lr=tc.lr)]
 
 
-def _petastorm_batches(converter: Any, batch_size: int, dist: Dist, seed: int) -> Iterator[dict]:
+def _petastorm_batches(converter: Any, batch_size: int, dist: Dist, seed: int, batched: bool) -> Iterator[dict]:
     """Full batches from one Petastorm reader per pass over the examples, pass ``p`` seeded
     ``seed + p``, read by one reader thread.
 
@@ -93,9 +93,10 @@ def _petastorm_batches(converter: Any, batch_size: int, dist: Dist, seed: int) -
     each time its ventilator polls a full queue at a pass boundary, a timing-dependent number
     of times. Same data and seed now give the same weights (tests/test_model.py).
 
-    The batched loader shuffles and slices whole column tensors (torch's generator, seeded by the
-    worker); Petastorm's default loader moved every row through Python one at a time (48k rows/s
-    on Book-Crossing's examples against 230k+, in the training process's own time).
+    ``batched`` (``train.batched_feed``): Petastorm's batched loader, which shuffles and slices
+    whole column tensors (torch's generator, seeded by the worker); its default loader moves every
+    row through Python one at a time (48k rows/s on Book-Crossing's examples against 230k+, in the
+    training process's own time).
     """
     from petastorm.pytorch import BatchedDataLoader
 
@@ -103,7 +104,7 @@ def _petastorm_batches(converter: Any, batch_size: int, dist: Dist, seed: int) -
         with converter.make_torch_dataloader(batch_size=batch_size, num_epochs=1, cur_shard=dist.rank,
                                              shard_count=dist.world, shuffling_queue_capacity=batch_size * 8,
                                              seed=seed + n_pass, workers_count=1,
-                                             data_loader_fn=BatchedDataLoader) as loader:
+                                             data_loader_fn=BatchedDataLoader if batched else None) as loader:
             full = 0
             for batch in loader:  # a pass's short last batch is dropped, unless it is the whole pass
                 if len(batch["target"]) == batch_size or not full:
@@ -158,7 +159,7 @@ def worker_main(params: dict[str, Any]) -> dict[str, Any]:
     val = ValSet.load(params["val_path"]) if dist.is_main and not refit else None
 
     if params.get("converter") is not None:
-        batches = _petastorm_batches(params["converter"], tc.batch_size, dist, tc.seed)
+        batches = _petastorm_batches(params["converter"], tc.batch_size, dist, tc.seed, tc.batched_feed)
     else:
         batches = _memory_batches(params["memory_path"], tc.batch_size, dist, tc.seed)
     steps = tc.steps_per_epoch or max(1, math.ceil(params["n_examples"] / (tc.batch_size * dist.world)))
