@@ -24,10 +24,10 @@ from .build import all_item_vectors, build_model
 from .data import Catalog
 from .distributed import Dist, make_dist
 from .towers import ModelSpec, TwoTower
+from .validation import EarlyStopping, ValSet, ranking_quality
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
-from .validation import EarlyStopping, ValSet, ranking_quality
 
 BATCH_KEYS = ("user", "hist", "gaps", "target", "weight")
 
