@@ -57,6 +57,19 @@ def _one_epoch(cfg: Config, params: dict[str, Any], backend: str, workers: int, 
     return result["history"][0]
 
 
+def _alternated(cfg: Config, ways: dict[str, dict[str, Any]], rounds: int, steps: int) -> dict[str, float]:
+    """samples/s of each way, median of ``rounds`` rounds taken in turn (this machine's load
+    drifts within a run, so the ways share it); prints each way's rounds."""
+    runs: dict[str, list[float]] = {way: [] for way in ways}
+    for _ in range(rounds):
+        for way, way_params in ways.items():
+            runs[way].append(_one_epoch(cfg, way_params, "local", 1, steps)["samples_per_s"])
+    medians = {way: float(np.median(r)) for way, r in runs.items()}
+    for way, r in runs.items():
+        print(f"{way:<12}{medians[way]:>11,.0f} samples/s  (rounds: {', '.join(f'{x:,.0f}' for x in r)})")
+    return medians
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="movielens", choices=["movielens", "sample", "bookcrossing"])
@@ -98,26 +111,14 @@ def main() -> None:
 
     print(f"\n== 1. data feed: {args.steps} steps of batch {cfg.train.batch_size}, one worker "
           f"({len(converter):,} examples) ==")
-    # Alternate the two feeds and take medians: this machine's load drifts within a run.
-    fed_runs, mem_runs = [], []
-    for _ in range(args.rounds):
-        fed_runs.append(_one_epoch(cfg, feed, "local", 1, args.steps)["samples_per_s"])
-        mem_runs.append(_one_epoch(cfg, mem, "local", 1, args.steps)["samples_per_s"])
-    fed, inmem = float(np.median(fed_runs)), float(np.median(mem_runs))
-    print(f"petastorm    {fed:>10,.0f} samples/s  (rounds: {', '.join(f'{x:,.0f}' for x in fed_runs)})")
-    print(f"in-memory    {inmem:>10,.0f} samples/s  (rounds: {', '.join(f'{x:,.0f}' for x in mem_runs)})")
-    print(f"ratio petastorm / in-memory (medians): {fed / inmem:.2f} (goal >= 0.8)")
+    feeds = _alternated(cfg, {"petastorm": feed, "in-memory": mem}, args.rounds, args.steps)
+    print(f"ratio petastorm / in-memory (medians): {feeds['petastorm'] / feeds['in-memory']:.2f} (goal >= 0.8)")
 
     print(f"\n== 1b. ID tables ({params['spec']['n_items']:,} items, {params['spec']['n_users']:,} users): "
           f"sparse row gradients + SparseAdam vs dense + AdamW, Petastorm feed, one worker ==")
-    ways = {way: {**feed, "train": {**params["train"], "sparse_ids": way == "sparse"}} for way in ("dense", "sparse")}
-    rounds: dict[str, list[float]] = {way: [] for way in ways}
-    for _ in range(args.rounds):
-        for way, way_params in ways.items():
-            rounds[way].append(_one_epoch(cfg, way_params, "local", 1, args.steps)["samples_per_s"])
-    for way, runs in rounds.items():
-        print(f"{way:<12}{float(np.median(runs)):>11,.0f} samples/s  (rounds: {', '.join(f'{x:,.0f}' for x in runs)})")
-    print(f"ratio sparse / dense (medians): {np.median(rounds['sparse']) / np.median(rounds['dense']):.2f}")
+    ids = _alternated(cfg, {way: {**feed, "train": {**params["train"], "sparse_ids": way == "sparse"}}
+                            for way in ("dense", "sparse")}, args.rounds, args.steps)
+    print(f"ratio sparse / dense (medians): {ids['sparse'] / ids['dense']:.2f}")
 
     if not args.skip_scaling:
         print(f"\n== 2. workers on CPU: {args.steps} steps per worker, Petastorm feed ==")
