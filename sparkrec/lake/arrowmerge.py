@@ -99,7 +99,7 @@ def plan_merge(table: str, source: pa.Table, targets: list[pa.Table], keys: list
     sizes = [t.num_rows for t in targets]
     target = pa.concat_tables(targets) if targets else source.schema.empty_table()
     source_keys = source.select(keys).append_column(_SRC, pa.array(np.arange(source.num_rows)))
-    target_keys = target.select(keys).append_column(_ROW, pa.array(np.arange(target.num_rows)))
+    target_keys = _in_source_groups(target, source, keys, replace_within or keys)
 
     matched = source_keys.join(target_keys, keys, join_type="inner")
     src_rows, tgt_rows = _positions(matched, _SRC), _positions(matched, _ROW)
@@ -117,6 +117,20 @@ def plan_merge(table: str, source: pa.Table, targets: list[pa.Table], keys: list
               "unchanged": int(same.sum()), "deleted": len(stale)}
     homes = _homes(changed, target_keys, replace_within or keys, sizes)
     return ArrowMergePlan(changed, _per_file(np.concatenate([updated_tgt, stale]), sizes), counts, homes)
+
+
+def _in_source_groups(target: pa.Table, source: pa.Table, keys: list[str], groups: list[str]) -> pa.Table:
+    """The target's ``keys`` and row positions (``_ROW``) of the rows whose every ``groups``
+    column takes one of the source's values there: a superset of the rows any join below can
+    match. Why: a refresh of 400 users' lists reads the ~350 files holding them, ~450k rows, of
+    which 8,000 are theirs, and hash-joining all of them cost most of the plan (0.44 of 0.66 s)."""
+    mask = None
+    for col in groups:
+        one = pc.is_in(target.column(col), value_set=pc.unique(source.column(col)))
+        mask = one if mask is None else pc.and_(mask, one)
+    rows = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)) if mask is not None \
+        else np.arange(target.num_rows)
+    return target.select(keys).take(rows).append_column(_ROW, pa.array(rows.astype(np.int64)))
 
 
 def _homes(changed: pa.Table, target_keys: pa.Table, groups: list[str], sizes: list[int]) -> np.ndarray:
