@@ -19,16 +19,6 @@ on plain EASE (no side information); stage two searches the side-information wei
 fits implicit-ALS factors over the head's items (:mod:`sparkrec.model.factors`) for each point of
 a small (reg, alpha) grid and searches their weight in the head beside the tower weight; the
 factors are kept only if they beat the head without them on validation.
-
-Both choices of the first two stages are noise-aware. Validation NDCG is a mean over a few
-hundred users, and neighbouring points of stage one's grid (5.6x apart in ``lam``) or of stage
-two's ridge often differ by less than its standard error: on ml-latest-small, towers trained
-with another optimizer made stage one pick lam 126.5 over 22.5 by 0.0004 (a paired standard error
-is ~0.002), stage two then drifted to lam 234 with heavy side information, and test NDCG@10 fell
-from 0.382 to 0.356. So stage one takes the geometric centre of the grid points tied with its best
-(within one paired standard error, :func:`tied_with_best`), and the final choice among the
-trials tied with the best is the one whose ``lam`` is nearest stage one's: side information is
-kept where validation can tell it helps, not where noise favours one point of a flat ridge.
 """
 
 from __future__ import annotations
@@ -86,9 +76,6 @@ class BlendSearch:
     k: int = 10
     chunk: int = 512
     trials: list[dict[str, Any]] = field(default_factory=list)
-    # Per-user validation NDCG of each trial in ``trials`` at its chosen tower weight (stages
-    # one and two), for the paired comparisons of :func:`tied_with_best`.
-    per_user: list[np.ndarray] = field(default_factory=list, repr=False)
     tower_only: float = 0.0  # validation NDCG of the towers alone, for the record
     # Stage three: the fit part's positives over head columns (indptr, columns, weights), the
     # (reg, alpha) grid, rank and iterations; None: no factor term.
@@ -127,12 +114,8 @@ class BlendSearch:
         ``reuse``: the head's item-item weights are those of the previous call with ``reuse``
         (stage three varies only the factor term), so their products are kept, not redone
         (:meth:`_head_part`)."""
-        return {w: float(v.mean()) if len(v) else 0.0 for w, v in self.per_user_quality(head, reuse).items()}
-
-    def per_user_quality(self, head: LinearHead | None, reuse: bool = False) -> dict[float, np.ndarray]:
-        """:meth:`quality`'s NDCG@k per validation user, by tower weight."""
         weights = TOWER_WEIGHTS if head is not None else (1.0,)
-        parts: dict[float, list[np.ndarray]] = {w: [] for w in weights}
+        totals = dict.fromkeys(weights, 0.0)
         n = len(self.val)
         for start in range(0, n, self.chunk):
             stop = min(start + self.chunk, n)
@@ -149,8 +132,8 @@ class BlendSearch:
                 scores = tower_scale(u, self.items, head, weight) @ items.T
                 if extra is not None:
                     scores[:, extra[0]] += extra[1]
-                parts[weight].append(ranking_quality(scores, self.val, start, self.k, columns)[1])
-        return {w: np.concatenate(p) if p else np.zeros(0) for w, p in parts.items()}
+                totals[weight] += float(ranking_quality(scores, self.val, start, self.k, columns)[1].sum())
+        return {w: t / max(n, 1) for w, t in totals.items()}
 
     def _head_part(self, head: LinearHead, start: int, indptr: np.ndarray, rows: np.ndarray,
                    weights: np.ndarray) -> np.ndarray:
@@ -182,13 +165,10 @@ class BlendSearch:
         params = {**dict.fromkeys((f"beta_{name}" for name in self.sides), 0.0),
                   **head_params(trial, sides, lam_range)}
         head = solve_head(self.grams[bool(params["binary"])], self.sides, self.rows, params)
-        per_user = self.per_user_quality(head)
-        by_weight = {w: float(v.mean()) for w, v in per_user.items()}
+        by_weight = self.quality(head)
         weight = max(by_weight, key=lambda w: (by_weight[w], -w))
         trial.set_user_attr("w_tower", weight)
         trial.set_user_attr("params", params)
-        trial.set_user_attr("record", len(self.trials))
-        self.per_user.append(per_user[weight])
         record = {**params, "w_tower": weight, f"ndcg@{self.k}": by_weight[weight],
                   "seconds": round(time.perf_counter() - started, 1)}
         self.trials.append(record)
@@ -234,37 +214,6 @@ def plain_grid(n: int) -> list[tuple[float, int]]:
             for binary, size in enumerate(halves) for i in range(size)]
 
 
-def tied_with_best(per_user: list[np.ndarray]) -> list[int]:
-    """Indices of the trials whose mean is within one paired standard error of the best's
-    (the best included): per-user differences, so the users' own spread cancels out."""
-    means = [float(v.mean()) for v in per_user]
-    best = int(np.argmax(means))
-    tied = []
-    for i, v in enumerate(per_user):
-        diff = per_user[best] - v
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
-        if means[best] - means[i] <= se:
-            tied.append(i)
-    return tied
-
-
-def _tied_centre(search: BlendSearch, records: list[int]) -> float:
-    """Stage one's ``lam``: the geometric mean of the ``lam`` of the grid points tied with the
-    best and sharing its binary flag."""
-    tied = [records[i] for i in tied_with_best([search.per_user[r] for r in records])]
-    binary = search.trials[max(tied, key=lambda r: search.trials[r][f"ndcg@{search.k}"])]["binary"]
-    lams = [search.trials[r]["lam"] for r in tied if search.trials[r]["binary"] == binary]
-    return float(np.exp(np.mean(np.log(lams))))
-
-
-def _nearest_tied(search: BlendSearch, records: list[int], lam: float) -> int:
-    """Of the trials tied with the best, the one whose ``lam`` is nearest ``lam`` (ratio), the
-    better on validation between equally near ones."""
-    tied = [records[i] for i in tied_with_best([search.per_user[r] for r in records])]
-    key = f"ndcg@{search.k}"
-    return min(tied, key=lambda r: (abs(np.log(search.trials[r]["lam"] / lam)), -search.trials[r][key]))
-
-
 def search_blend(search: BlendSearch, n_trials: int, seed: int) -> tuple[dict[str, float], float, float]:
     """(head params, tower weight, validation NDCG) of the best of ``n_trials`` trials: stage
     one's fixed ``plain_grid``, then stage two's TPE (module docstring; without side information
@@ -280,20 +229,14 @@ def search_blend(search: BlendSearch, n_trials: int, seed: int) -> tuple[dict[st
     for lam, binary in plain_grid(n_plain):  # a log grid, weighted and binary in turn
         plain.enqueue_trial({"binary": binary, "lam": lam})
     plain.optimize(lambda t: search.objective(t, {}), n_trials=n_plain)
-    records = [int(t.user_attrs["record"]) for t in plain.trials]
-    chosen = _nearest_tied(search, records, float(plain.best_trial.params["lam"]))
+    best = plain.best_trial
     if n_trials > n_plain:
-        lam = _tied_centre(search, records)
+        lam = float(best.params["lam"])
         band = (max(LAM_RANGE[0], lam * LAM_BAND[0]), min(LAM_RANGE[1], lam * LAM_BAND[1]))
         sided = optuna.create_study(direction="maximize", sampler=sampler(seed=seed + 1))
         sided.optimize(lambda t: search.objective(t, None, band), n_trials=n_trials - n_plain)
-        records += [int(t.user_attrs["record"]) for t in sided.trials]
-        chosen = _nearest_tied(search, records, lam)
-        log_fields(log, "blend stage one", lam=round(lam, 3),
-                   tied=len(tied_with_best([search.per_user[r] for r in records[:n_plain]])))
-    record = search.trials[chosen]
-    params = {k: record[k] for k in ("binary", "lam", *(f"beta_{name}" for name in search.sides))}
-    w_tower, value = float(record["w_tower"]), float(record[f"ndcg@{search.k}"])
+        best = max(best, sided.best_trial, key=lambda t: t.value)
+    params, w_tower, value = dict(best.user_attrs["params"]), float(best.user_attrs["w_tower"]), float(best.value)
     if search.factor_fit is not None and search.factor_grid:
         head = solve_head(search.grams[bool(params["binary"])], search.sides, search.rows, params)
         with_factors, factor_w_tower, factor_value = search.factor_trials(head, seed)
