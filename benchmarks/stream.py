@@ -43,6 +43,9 @@ small batches' validation checking items against a broadcast set (4882447; the s
 right after): Book-Crossing p50 12.17 s / p95 13.40 s (before: 16.67 / 19.07 s), keeping up at 106.5
 events/s; ml-latest-small p50 1.91 / p95 2.48 s (before: 2.32 / 2.88 s); Book-Crossing at `--rate 2000
 --events 20000 --batch 500`: 209.2 events/s sustained (`benchmarks/results/2026-12-07/*known-set*.txt`).
+The Arrow MERGE joining only the source's groups (c565f00), new then old code on one saved setup on a
+slower day: Book-Crossing p50 14.23 / p95 16.55 s against 17.77 / 18.93 s
+(`stream-bookcrossing-merge-prefilter.txt`).
 """
 
 from __future__ import annotations
