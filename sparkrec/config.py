@@ -120,9 +120,6 @@ class LakeConfig(StrictModel):
     # delta-rs engine: object store settings (AWS_ENDPOINT_URL, AWS_REGION, AZURE_STORAGE_ACCOUNT_NAME...),
     # over the driver's AWS_* / AZURE_* / GOOGLE_* environment; the executors get the same (lake/storage.py).
     storage_options: dict[str, str] = Field(default_factory=dict)
-    # delta-rs engine: MiB of small data files this process keeps decoded for its next reads of
-    # them (lake/filecache.py: a streaming batch reads the same list files several times); 0: none.
-    read_cache_mb: int = Field(256, ge=0)
 
     _names = field_validator("catalog", "namespace")(check_name)
 

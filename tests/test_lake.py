@@ -150,48 +150,6 @@ def test_arrow_rows_are_read_merged_and_appended_as_spark_rows_are(spark, lake):
         lake.append_arrow("new", pa.table({"a": [3]}), schema)
 
 
-def test_small_files_read_again_come_from_the_cache_and_merges_are_seen(spark, lake):
-    """Data files never change, so a second narrow read of the same files is served from the
-    decoded copies; a MERGE writes new files (read afresh) and an old version still reads as it was."""
-    lake.overwrite("t", _ranked(spark, {g: 3 for g in range(8)}, "x").repartition(4, "g"))
-    lake.file_reads = deltars.filecache.FileCache(64 << 20)
-    first = lake.read_arrow("t", ["g", "r", "v"], where={"g": [2, 5]})
-    misses = lake.file_reads.misses
-    again = lake.read_arrow("t", ["g", "r", "v"], where={"g": [2, 5]})
-    assert misses >= 1 and lake.file_reads.misses == misses and lake.file_reads.hits == misses
-    assert again.sort_by([("g", "ascending"), ("r", "ascending")]).equals(
-        first.sort_by([("g", "ascending"), ("r", "ascending")]))
-    other = lake.read_arrow("t", ["g", "r", "v"], where={"g": [5]})  # other values, same files: filtered again
-    assert set(other.column("g").to_pylist()) == {5} and other.num_rows == 3
-    lake.upsert_arrow("t", collect_arrow(_ranked(spark, {2: 2}, "y")), ["g", "r"], replace_within=["g"])
-    now = lake.read_arrow("t", ["g", "r", "v"], where={"g": [2]})
-    assert sorted(now.column("v").to_pylist()) == ["y21", "y22"]
-    before = lake.read_arrow("t", ["g", "r", "v"], where={"g": [2]}, version=0)
-    assert sorted(before.column("v").to_pylist()) == ["x21", "x22", "x23"]
-
-
-def test_the_file_cache_keeps_what_fits_and_drops_the_least_recently_used():
-    import pyarrow as pa
-
-    from sparkrec.lake.filecache import FileCache
-
-    table = pa.table({"a": np.arange(1000, dtype=np.int64)})  # 8,000 bytes
-    cache = FileCache(20_000)
-    reads = []
-
-    def read(name):
-        return lambda: reads.append(name) or table
-
-    for name in ("a", "b", "a", "c"):  # "a" used again, so "b" is the oldest when "c" needs room
-        cache.get(name, read(name))
-    assert reads == ["a", "b", "c"] and cache.bytes == 16_000
-    cache.get("a", read("a"))
-    cache.get("b", read("b"))
-    assert reads == ["a", "b", "c", "b"]
-    FileCache(4_000).get("big", read("big"))  # larger than the whole cache: read, not kept
-    assert (cache.hits, cache.misses) == (2, 4)
-
-
 def test_files_with_nested_columns_keep_their_statistics(spark, lake, monkeypatch):
     """A struct, list or map column must not cost a file its statistics: delta-rs drops a file's
     whole statistics when one null count is malformed, and without a record count or min/max a

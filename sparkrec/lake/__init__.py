@@ -72,7 +72,7 @@ def open_lake(spark: SparkSession, cfg: Config, context: RunContext | None = Non
         from .deltars import DeltaRsLake
 
         lake = DeltaRsLake(spark, cfg.lake.root, cfg.namespace, cfg.lake.catalog, context,
-                           cfg.lake.target_file_rows, cfg.lake.storage_options, cfg.lake.read_cache_mb << 20)
+                           cfg.lake.target_file_rows, cfg.lake.storage_options)
     lake.commit_retries = cfg.lake.commit_retries
     log.info("lake opened", extra={"fields": {"engine": lake.engine, "root": lake.root,
                                               "namespace": lake.namespace}})

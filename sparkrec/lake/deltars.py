@@ -50,7 +50,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from ..arrowframes import collect_arrow, to_dataframe
 from ..logs import get_logger
-from . import arrowmerge, filecache, storage
+from . import arrowmerge, storage
 from .base import (
     NO_TABLE,
     Clustering,
@@ -174,7 +174,7 @@ class DeltaRsLake(Lake):
 
     def __init__(self, spark: SparkSession, root: str, namespace: str, catalog: str | None = None,
                  context: RunContext | None = None, target_file_rows: int = 1_000_000,
-                 storage_options: dict[str, str] | None = None, read_cache_bytes: int = 256 << 20) -> None:
+                 storage_options: dict[str, str] | None = None) -> None:
         if catalog:
             raise LakeError("catalog tables (catalog.schema.table) need the spark-delta engine; "
                             "the delta-rs engine stores tables under lake.root")
@@ -183,7 +183,6 @@ class DeltaRsLake(Lake):
         super().__init__(spark, storage.delta_uri(root), namespace, None, context)
         self.target_file_rows = target_file_rows
         self.storage_options = storage.storage_options(self.root, storage_options)
-        self.file_reads = filecache.FileCache(read_cache_bytes)  # shared by with_context's clones
 
     def location(self, table: str) -> str:
         return f"{self.root}/{self.namespace}/{table}"
@@ -382,26 +381,9 @@ class DeltaRsLake(Lake):
         wanted = pa.schema([schema.field(c) for c in columns])
         filesystem = storage.table_filesystem(self.location(table), self.storage_options)
         files = _holding(files, filesystem, list(values), filters)
-        small = self._small_files(dt_)
-        needed = list(dict.fromkeys([*columns, *values]))
-
-        def read(path: str) -> pa.Table:
-            if path not in small:
-                return pq.read_table(path, filesystem=filesystem, columns=columns, filters=filters).select(columns)
-            whole = self.file_reads.get((self.location(table), path, tuple(needed)),
-                                        lambda: pq.read_table(path, filesystem=filesystem, columns=needed))
-            return (whole.filter(filters) if filters is not None else whole).select(columns)
-
-        parts = _each(files, read)
+        parts = _each(files, lambda path: pq.read_table(path, filesystem=filesystem, columns=columns,
+                                                        filters=filters).select(columns))
         return pa.concat_tables([p.cast(wanted) for p in parts]) if parts else wanted.empty_table()
-
-    @staticmethod
-    def _small_files(dt_: DeltaTable) -> set[str]:
-        """The files small enough for :attr:`file_reads` (paths relative to the table)."""
-        actions = dt_.get_add_actions(flatten=True)
-        sizes = actions.column("size_bytes").to_pylist()
-        return {p for p, n in zip(actions.column("path").to_pylist(), sizes, strict=True)
-                if n is not None and n <= filecache.MAX_FILE_BYTES}
 
     def upsert_arrow(self, table: str, source: pa.Table, keys: list[str], replace_within: list[str] | None = None,
                      read_version: int | None = None, schema: T.StructType | None = None) -> CommitResult:
