@@ -377,7 +377,7 @@ class DeltaRsLake(Lake):
                   for c, v in (where or {}).items()}
         bounded = {c: v for c, v in values.items() if arrowmerge.has_bounds(schema.field(c).type)}
         files = self._files_for(dt_, bounded, max_rows=2**62) or []
-        filters = _membership({c: pa.array(v, schema.field(c).type) for c, v in values.items()})
+        filters = arrowmerge.membership({c: pa.array(v, schema.field(c).type) for c, v in values.items()})
         wanted = pa.schema([schema.field(c) for c in columns])
         filesystem = storage.table_filesystem(self.location(table), self.storage_options)
         files = _holding(files, filesystem, list(values), filters)
@@ -469,7 +469,8 @@ class DeltaRsLake(Lake):
         source = source.cast(nullable)
         filesystem = storage.table_filesystem(self.location(table), self.storage_options)
         groups = replace_within or keys
-        files = _holding(files, filesystem, groups, _membership({c: pc.unique(source.column(c)) for c in groups}))
+        in_groups = arrowmerge.membership({c: pc.unique(source.column(c)) for c in groups})
+        files = _holding(files, filesystem, groups, in_groups)
         targets = _each(files, lambda path: _read_file(filesystem, path, nullable))
         plan = arrowmerge.plan_merge(table, source, targets, keys, replace_within)
         with self._attempt(table) as attempt:
@@ -647,16 +648,6 @@ def _nullable(schema: pa.Schema) -> pa.Schema:
 def _read_file(filesystem: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table:
     """A data file's rows in the table's column order and ``schema``'s types."""
     return pq.read_table(path, filesystem=filesystem).select(schema.names).cast(schema)
-
-
-def _membership(values: dict[str, pa.Array]) -> pc.Expression | None:
-    """Rows whose every column takes one of its ``values`` (a superset of a MERGE's matches
-    when the columns are several: their values are tested one by one)."""
-    test = None
-    for col, vals in values.items():
-        one = pc.field(col).isin(vals)
-        test = one if test is None else test & one
-    return test
 
 
 def _holding(files: list[str], filesystem: pafs.FileSystem, columns: list[str],
