@@ -290,15 +290,18 @@ def test_a_csv_header_read_without_spark_is_the_one_spark_reads(spark, tmp_path,
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_lines_are_numbered_alike_across_blocks_and_in_one_window(spark, tmp_path, fmt):
     """A big file is read in several blocks, numbered by block offsets; a micro-batch's small
-    files by one window per file (``small_files``). Both must give every row its physical line."""
+    files by one window per file (``small_files``). Both must give every row its physical line,
+    blank lines (skipped) counted, the header being a file's first non-blank line."""
     from sparkrec.config import CsvOptions
     from sparkrec.ingest.reader import LINE, read_input
 
     paths = []
     for f in range(2):
-        lines = ["line,value"] if fmt == "csv" else []
+        lines = (["", "line,value"] if f else ["line,value"]) if fmt == "csv" else []
         for n in range(1, 1500):
-            physical = n + 1 if fmt == "csv" else n
+            if fmt == "csv" and n % 100 == 0:
+                lines.append("  ")
+            physical = len(lines) + 1
             lines.append(f"{physical},{'x' * (n % 7)}" if fmt == "csv" else f'{{"line": "{physical}", "value": "v"}}')
         path = tmp_path / f"f{f}.{fmt}"
         path.write_text("\n".join(lines) + "\n")

@@ -3,6 +3,7 @@
 import datetime as dt
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,6 +70,17 @@ def test_upsert_rejects_duplicate_source_keys(spark, lake):
     lake.overwrite("t", _rows(spark, range(3), "x"))
     with pytest.raises(LakeError, match="one row per key"):
         lake.upsert("t", _rows(spark, [1, 1], "z"), ["k"])
+
+
+def test_upsert_creating_a_table_rejects_duplicate_keys_and_leaves_nothing(spark, lake):
+    """A new table's keys are checked on the files just written: a failed check leaves no
+    table and none of its files."""
+    with pytest.raises(LakeError, match="one row per key"):
+        lake.upsert("fresh", _rows(spark, [1, 2, 1], "z"), ["k"])
+    assert not lake.exists("fresh")
+    folder = Path(lake.location("fresh"))
+    assert not folder.exists() or not list(folder.rglob("*.parquet"))
+    assert lake.upsert("fresh", _rows(spark, [1, 2], "z"), ["k"]).inserted == 2
 
 
 def _ranked(spark, lists, tag):

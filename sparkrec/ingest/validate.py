@@ -19,7 +19,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from ..config import IngestConfig
-from .reader import EXTRA, FILE, FILE_TIME, LINE, PROBLEM, RAW, TIMESTAMP_PATTERN
+from .reader import EXTRA, FILE, FILE_TIME, LINE, PROBLEM, RAW, TIMESTAMP_PATTERN, first_failing
 
 REASON, FIELD, VALUE = "_reason", "_field", "_value"
 # Ratings feed float32 weights and sums: beyond float32's range they overflow to infinity.
@@ -62,9 +62,11 @@ def cleaned(col: str | None, null_tokens: Sequence[str]) -> Column:
 
 
 def unescape_html(col: Column) -> Column:
+    """Five literal replacements, run only on the values holding an ``&`` (few do)."""
+    unescaped = col
     for entity, char in (("&quot;", '"'), ("&#39;", "'"), ("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&")):
-        col = F.regexp_replace(col, entity, char)
-    return col
+        unescaped = F.replace(unescaped, F.lit(entity), F.lit(char))
+    return F.when(F.instr(col, "&") > 0, unescaped).otherwise(col)
 
 
 def id_rules(name: str, value: Column, pattern: str | None) -> list[Rule]:
@@ -122,14 +124,9 @@ def record_rules() -> list[Rule]:
 # --------------------------------------------------------------------------- rule application
 def apply_rules(df: DataFrame, rules: Sequence[Rule]) -> DataFrame:
     """Sets REASON/FIELD/VALUE from the first failing rule (null where all pass)."""
-    def first(pick: str) -> Column:
-        cases = [F.when(F.coalesce(r.failed, F.lit(False)),
-                        F.lit(r.reason) if pick == "reason" else
-                        F.lit(r.field) if pick == "field" else r.value.cast("string"))
-                 for r in rules]
-        return F.coalesce(*cases) if cases else F.lit(None).cast("string")
-
-    return df.withColumns({REASON: first("reason"), FIELD: first("field"), VALUE: first("value")})
+    return first_failing(df, [r.failed for r in rules], {REASON: [F.lit(r.reason) for r in rules],
+                                                         FIELD: [F.lit(r.field) for r in rules],
+                                                         VALUE: [r.value for r in rules]})
 
 
 def reject_where(df: DataFrame, reason: str, field_name: str, failed: Column, value: Column) -> DataFrame:
@@ -155,9 +152,13 @@ def reject_duplicates(df: DataFrame, key: list[str], content: list[str], key_nam
         order = [F.col(FILE_TIME).desc_nulls_last(), F.col(FILE).desc(), F.col(LINE).desc()]
     else:
         order = [F.col(FILE), F.col(LINE)]
-    same = Window.partitionBy(ok, *key, *content).orderBy(*order)
-    by_key = Window.partitionBy(ok, *key)
-    version = F.xxhash64(F.to_json(F.struct(*[F.col(c) for c in content])))  # to_json keeps nulls apart
+    # The key leads the partitioning so the rows' sort takes its prefix from it (a leading
+    # boolean made every comparison a full one).
+    same = Window.partitionBy(*key, ok, *content).orderBy(*order)
+    by_key = Window.partitionBy(*key, ok)
+    # A hash skips nulls, so their flags go in too: ("a", null) != (null, "a"). (It replaced a
+    # hash of each row's JSON rendering, which cost a whole serialisation a row.)
+    version = F.xxhash64(*[F.col(c) for c in content], *[F.col(c).isNull() for c in content])
     df = df.withColumns({"_dup_same": F.row_number().over(same),
                          "_dup_key": F.row_number().over(by_key.orderBy(*order)),
                          "_versions": F.min(version).over(by_key) != F.max(version).over(by_key)})

@@ -428,9 +428,13 @@ class DeltaRsLake(Lake):
         if read_version == NO_TABLE:
             if self.exists(table):
                 raise ConcurrentWriteError(table, NO_TABLE, self.version(table))
-            check_unique_keys(table, df, keys)
             with self._attempt(table) as attempt:
                 adds = self._write_files(table, df, attempt)
+                # Checked on the written files' key columns, not by computing ``df`` again
+                # (an uncommitted write's files are deleted when this raises).
+                written = [f"{self.location(table)}/{a.path}" for a in adds]
+                if written:
+                    check_unique_keys(table, self._scan(table, written, df.schema).select(*keys), keys)
                 rows = sum(_records(a) for a in adds)
                 props = self._props("overwrite", NO_TABLE, attempt.write_id, rows=rows)
                 if not self._try_commit(table, NO_TABLE, df.schema, list(adds), "overwrite", props, attempt):
