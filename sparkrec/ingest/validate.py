@@ -152,23 +152,24 @@ def reject_duplicates(df: DataFrame, key: list[str], content: list[str], key_nam
         order = [F.col(FILE_TIME).desc_nulls_last(), F.col(FILE).desc(), F.col(LINE).desc()]
     else:
         order = [F.col(FILE), F.col(LINE)]
-    # The key leads the partitioning so the rows' sort takes its prefix from it (a leading
-    # boolean made every comparison a full one).
-    same = Window.partitionBy(*key, ok, *content).orderBy(*order)
+    # A row's content as one hash (a hash skips nulls, so their flags go in too: ("a", null)
+    # != (null, "a")): rows are told apart and sorted by it rather than by every content
+    # column (a book's title, authors list, ...) or each row's JSON rendering, as before.
+    # The key leads the partitioning so the sort takes its prefix from it (a leading boolean
+    # made every comparison a full one).
+    df = df.withColumn("_version", F.xxhash64(*[F.col(c) for c in content], *[F.col(c).isNull() for c in content]))
+    same = Window.partitionBy(*key, ok, "_version").orderBy(*order)
     by_key = Window.partitionBy(*key, ok)
-    # A hash skips nulls, so their flags go in too: ("a", null) != (null, "a"). (It replaced a
-    # hash of each row's JSON rendering, which cost a whole serialisation a row.)
-    version = F.xxhash64(*[F.col(c) for c in content], *[F.col(c).isNull() for c in content])
     df = df.withColumns({"_dup_same": F.row_number().over(same),
                          "_dup_key": F.row_number().over(by_key.orderBy(*order)),
-                         "_versions": F.min(version).over(by_key) != F.max(version).over(by_key)})
+                         "_versions": F.min("_version").over(by_key) != F.max("_version").over(by_key)})
     df = reject_where(df, "duplicate_row", "*", F.col("_dup_same") > 1, F.lit(None))
     key_value = F.concat_ws("|", *[F.col(k).cast("string") for k in key])
     if conflicts == "reject":
         df = reject_where(df, f"conflicting_{key_name}", key_name, F.col("_versions"), key_value)
     else:
         df = reject_where(df, f"duplicate_{key_name}", key_name, F.col("_dup_key") > 1, key_value)
-    return df.drop("_dup_same", "_dup_key", "_versions")
+    return df.drop("_version", "_dup_same", "_dup_key", "_versions")
 
 
 Membership = Callable[[Column], Column]  # a column of ids -> whether each is known
