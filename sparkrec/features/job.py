@@ -59,7 +59,8 @@ def run_features(cfg: Config, spark: SparkSession, lake: Lake) -> dict[str, Any]
         log_fields(log, "index extended", table=table, new_ids=result.inserted)
     user_index, item_index = lake.read("user_index"), lake.read("item_index")
 
-    events = build_events(interactions, user_index, item_index, fc.weights, src).persist(StorageLevel.MEMORY_AND_DISK)
+    events = build_events(interactions, user_index, item_index, fc.weights, src)
+    events = events.persist(StorageLevel.MEMORY_AND_DISK_DESER)
     try:
         write("events", events)
         write("item_features", item_features(items, item_index, events, tags))

@@ -92,7 +92,7 @@ def quarantine_rows(spark: SparkSession, unreadable: list[Unreadable], table: st
 def persisted(v: Validated, source: str) -> tuple[Validated, TableReport]:
     """``v`` with its rows persisted (the MERGE and the quarantine read them again) and
     counted; a failed count leaves nothing persisted behind (``read_what_reads`` retries)."""
-    v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK)
+    v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK_DESER)  # as the ingest stage does
     try:
         return v, _summarise(v, source)
     except Exception:
