@@ -137,7 +137,7 @@ def run_ingest(cfg: Config, spark: SparkSession, lake: Lake) -> IngestReport:
         started = time.perf_counter()
         v = validate(read_input(spark, spec.path, spec.format, spec.csv))
         # Deserialised: pyspark's MEMORY_AND_DISK also serialises the cached column batches
-        # (1.5-2 s more on Book-Crossing's ratings, measured; DataFrame.persist's default).
+        # (1.6-2.5 s more on Book-Crossing's ratings, measured; DataFrame.persist's default).
         v.rows = v.rows.persist(StorageLevel.MEMORY_AND_DISK_DESER)
         persisted.append(v.rows)
         report = _summarise(v, spec.path)
