@@ -25,8 +25,9 @@ from pyspark.sql import functions as F
 
 from ..logs import get_logger, log_fields
 from ..model.factors import fold_in
-from .base import Held, Recommender, SharedMatrix, distinct_users, positives, scoring_inputs
-from .scoring import ItemSpace, ScoreBlock, list_entries, top_k_per_user
+from .base import Held, SharedMatrix, positives, scoring_inputs
+from .matrix import MatrixScored
+from .scoring import ItemSpace, ScoreBlock, list_entries
 from .tuning import Holdout, expand_grid, holdout_validation, select_by_validation
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class _FoldInScorer:
         return fold_in(v, indptr, cols[keep], weights[keep], self.reg_param, self.alpha) @ v.T
 
 
-class ALSBaseline(Recommender):
+class ALSBaseline(MatrixScored):
     """``pyspark.ml.recommendation.ALS`` with ``implicitPrefs=True`` on the train positives.
 
     The confidence of a positive is ``1 + alpha * weight``. With more than one grid point,
@@ -74,7 +75,7 @@ class ALSBaseline(Recommender):
         self.tuning_results: list[dict[str, Any]] = []
         self.space: ItemSpace | None = None
         self._items: SharedMatrix | None = None
-        self._users: DataFrame | None = None
+        self._state: DataFrame | None = None
 
     @classmethod
     def from_config(cls, cfg: EvaluationConfig, **overrides: Any) -> ALSBaseline:
@@ -101,9 +102,9 @@ class ALSBaseline(Recommender):
 
     def observe(self, events: DataFrame) -> Self:
         """Item factors stay; users are folded in from their positives in ``events``."""
-        if self._users is not None:
-            self._users.unpersist()
-        self._users = scoring_inputs(events).filter(F.size("hist_items") > 0).cache()
+        if self._state is not None:
+            self._state.unpersist()
+        self._state = scoring_inputs(events).filter(F.size("hist_items") > 0).cache()
         return self
 
     def _candidate(self, params: dict[str, Any]) -> ALSBaseline:
@@ -127,29 +128,21 @@ class ALSBaseline(Recommender):
         self.space = ItemSpace(items["id"].to_numpy())
         self._items = SharedMatrix(matrix)
 
-    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
-                  candidates: np.ndarray | None = None) -> DataFrame:
-        self._check_k(k)
-        space = self._fitted(self.space)
-        state = distinct_users(users).join(self._fitted(self._users), "user_idx")
-        params = self._fitted(self.best_params)
-        scorer = _FoldInScorer(self._fitted(self._items).broadcast(users.sparkSession), space, params["alpha"],
-                               params["reg_param"])
-        return top_k_per_user(state, scorer, space, k, exclude_seen, space.mask(candidates))
+    def _matrix(self) -> SharedMatrix | None:
+        return self._items
 
-    def local_scorer(self) -> tuple[ScoreBlock, ItemSpace]:
-        """The scorer ``recommend`` broadcasts, over the driver-side item factors: one request in
-        the HTTP service (the user folded in from that request's history)."""
-        space, params = self._fitted(self.space), self._fitted(self.best_params)
-        return _FoldInScorer(self._fitted(self._items), space, params["alpha"], params["reg_param"]), space
+    def _scorer(self, matrix: Held, space: ItemSpace) -> ScoreBlock:
+        """Each user folded in from the history in their block (in the HTTP service: the request's)."""
+        params = self._fitted(self.best_params)
+        return _FoldInScorer(matrix, space, params["alpha"], params["reg_param"])
 
     def release(self) -> None:
         """Drop the cached user histories and the broadcast item factors (kept on the driver)."""
         if self._items is not None:
             self._items.release()
-        if self._users is not None:
-            self._users.unpersist()
-            self._users = None
+        if self._state is not None:
+            self._state.unpersist()
+            self._state = None
 
     def _saved(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         params = {"grid": self.grid, "best_params": self._fitted(self.best_params), "max_iter": self.max_iter,

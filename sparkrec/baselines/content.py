@@ -13,8 +13,9 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from .base import Held, Recommender, SharedMatrix, distinct_users, scoring_inputs
-from .scoring import ItemSpace, ScoreBlock, history_matrix, top_k_per_user
+from .base import Held, SharedMatrix, scoring_inputs
+from .matrix import MatrixScored
+from .scoring import ItemSpace, ScoreBlock, history_matrix
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -36,7 +37,7 @@ class _ProfileScorer:
         return scores
 
 
-class ContentOnly(Recommender):
+class ContentOnly(MatrixScored):
     """score(u, i) = cos(weighted mean of u's history vectors, v_i) over every vectored item.
 
     ``item_vectors`` is (item_idx int, vector array<float>), e.g. the text-embedding stage's
@@ -77,19 +78,11 @@ class ContentOnly(Recommender):
         self._state = scoring_inputs(events).filter(F.size("hist_items") > 0).cache()
         return self
 
-    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
-                  candidates: np.ndarray | None = None) -> DataFrame:
-        self._check_k(k)
-        space = self._fitted(self.space)
-        state = distinct_users(users).join(self._fitted(self._state), "user_idx")
-        vectors = self._fitted(self._vectors).broadcast(users.sparkSession)
-        return top_k_per_user(state, _ProfileScorer(vectors, space, self.weighted),
-                              space, k, exclude_seen, space.mask(candidates))
+    def _matrix(self) -> SharedMatrix | None:
+        return self._vectors
 
-    def local_scorer(self) -> tuple[ScoreBlock, ItemSpace]:
-        """The scorer ``recommend`` broadcasts, over the driver-side item vectors: one request in the HTTP service."""
-        space = self._fitted(self.space)
-        return _ProfileScorer(self._fitted(self._vectors), space, self.weighted), space
+    def _scorer(self, matrix: Held, space: ItemSpace) -> ScoreBlock:
+        return _ProfileScorer(matrix, space, self.weighted)
 
     def release(self) -> None:
         """Drop the broadcast vectors and the cached user state; the vectors stay on the driver."""

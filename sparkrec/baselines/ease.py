@@ -19,9 +19,10 @@ from pyspark.sql import functions as F
 from ..cooccurrence import gram
 from ..linalg import spd_inverse
 from ..logs import get_logger, log_fields
-from .base import Held, Recommender, SharedMatrix, distinct_users, scoring_inputs
+from .base import Held, SharedMatrix, scoring_inputs
 from .cooccurrence import user_item_values
-from .scoring import ItemSpace, ScoreBlock, history_matrix, top_k_per_user
+from .matrix import MatrixScored
+from .scoring import ItemSpace, ScoreBlock, history_matrix
 from .tuning import Holdout, holdout_validation, select_by_validation
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class _DenseScorer:
         return history_matrix(batch, self.space, self.binary) @ self.weights.value
 
 
-class EASE(Recommender):
+class EASE(MatrixScored):
     """score(u) = x_u B over the user's positives; ``lambdas`` is searched on validation.
 
     The Gram matrix is computed once, on the full train; with several ``lambdas`` the
@@ -176,19 +177,11 @@ class EASE(Recommender):
         self._state = state.filter(F.size("hist_items") > 0)
         return self
 
-    def recommend(self, users: DataFrame, k: int, exclude_seen: bool = True,
-                  candidates: np.ndarray | None = None) -> DataFrame:
-        self._check_k(k)
-        space = self._fitted(self.space)
-        state = distinct_users(users).join(self._fitted(self._state), "user_idx")
-        weights = self._fitted(self._weights).broadcast(users.sparkSession)
-        return top_k_per_user(state, _DenseScorer(weights, space, self.binary),
-                              space, k, exclude_seen, space.mask(candidates))
+    def _matrix(self) -> SharedMatrix | None:
+        return self._weights
 
-    def local_scorer(self) -> tuple[ScoreBlock, ItemSpace]:
-        """The scorer ``recommend`` broadcasts, over the driver-side weights B: one request in the HTTP service."""
-        space = self._fitted(self.space)
-        return _DenseScorer(self._fitted(self._weights), space, self.binary), space
+    def _scorer(self, matrix: Held, space: ItemSpace) -> ScoreBlock:
+        return _DenseScorer(matrix, space, self.binary)
 
     def release(self) -> None:
         """Drop the broadcast weights (and the cached user state this model owns); B stays."""
