@@ -65,6 +65,29 @@ def test_a_saved_baseline_reloads_and_gives_identical_lists(spark, small_split, 
         ["arrays.safetensors", "recommender.json"]
 
 
+def test_loading_a_model_from_mlflow_leaves_no_copy_behind(sample_lake, small_split, tmp_path, monkeypatch):
+    """MLflow copies a run's artifacts into a temporary directory to load them: the loaders
+    delete it (it used to stay, one model copy a load, until a CI run found the disk full)."""
+    import tempfile
+
+    from sparkrec.baselines.saved import load_recommender
+    from sparkrec.model.registry import downloaded_model
+    from sparkrec.model.store import log_recommender
+
+    cfg, lake = sample_lake
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.mlflow_uri = str(tmp_path / "ml")
+    run_id = log_recommender(MostPopular().fit(small_split), cfg, lake, "temporal_loo")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert type(load_recommender(run_id, cfg.train.mlflow_uri)) is MostPopular
+    assert list(scratch.iterdir()) == []
+    with downloaded_model(run_id) as local:  # what the hybrid's load_model reads from
+        assert local.is_relative_to(scratch) and (local / "recommender.json").is_file()
+    assert list(scratch.iterdir()) == []
+
+
 def test_als_fold_in_reproduces_sparks_user_factors(small_split):
     """Serving folds users in against the item factors; that must be Spark's own last step."""
     from pyspark.ml.recommendation import ALS

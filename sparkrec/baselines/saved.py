@@ -14,10 +14,9 @@ from ..model.recommender import Recommender
 
 def load_recommender(run_id: str, mlflow_uri: str) -> Recommender:
     """The baseline saved in run ``run_id``, with no user state yet (call ``observe``)."""
-    import mlflow
-
-    from ..model.registry import mlflow_setup
+    from ..model.registry import downloaded_model, mlflow_setup
     from . import EASE, ALSBaseline, ContentOnly, ItemKNN, MostPopular  # noqa: F401 - Recommender.load finds them
 
     mlflow_setup(mlflow_uri, os.environ.get("SPARKREC_EXPERIMENT", "sparkrec"))
-    return Recommender.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model"))
+    with downloaded_model(run_id) as local:
+        return Recommender.load(local)

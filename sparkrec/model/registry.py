@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,17 +117,30 @@ _LOADED: dict[tuple[str, str, str], LoadedModel] = {}
 _LOADED_MAX = 2
 
 
+@contextmanager
+def downloaded_model(run_id: str) -> Iterator[Path]:
+    """The run's ``model/`` artifacts in a local directory that is deleted on exit (MLflow
+    already set up); the model must be read into memory inside the ``with``.
+
+    ``download_artifacts`` without a destination leaves its copy in a new temporary directory
+    for good, so every process that loaded a model (each recommend job, the stream, the
+    service, a reload) left a copy in /tmp: 1.3 GB for a Book-Crossing model with its head,
+    ~31 GB of them on this machine before a CI run failed with a full disk."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="sparkrec-model-") as tmp:
+        yield Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=tmp))
+
+
 def load_model(run_id: str, mlflow_uri: str = "mlruns", device: str = "cpu") -> LoadedModel:
     """Downloads the run's ``model/`` artifacts and loads them (no pickle involved); once per
     process and run (callers only read the model)."""
-    import mlflow
-
     key = (run_id, str(mlflow_uri), device)
     if key in _LOADED:
         return _LOADED[key]
     mlflow_setup(mlflow_uri, os.environ.get("SPARKREC_EXPERIMENT", "sparkrec"))
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model")
-    loaded = load_model_dir(local, device)
+    with downloaded_model(run_id) as local:
+        loaded = load_model_dir(local, device)
     loaded.meta.setdefault("run_id", run_id)
     while len(_LOADED) >= _LOADED_MAX:
         _LOADED.pop(next(iter(_LOADED)))
