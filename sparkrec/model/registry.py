@@ -124,8 +124,8 @@ def downloaded_model(run_id: str) -> Iterator[Path]:
 
     ``download_artifacts`` without a destination leaves its copy in a new temporary directory
     for good, so every process that loaded a model (each recommend job, the stream, the
-    service, a reload) left a copy in /tmp: 1.3 GB for a Book-Crossing model with its head,
-    ~31 GB of them on this machine before a CI run failed with a full disk."""
+    service, a reload) left a copy in /tmp (1.3 GB for a Book-Crossing model with its head):
+    ~45 GB of them had piled up on one machine when a CI run there failed with a full disk."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="sparkrec-model-") as tmp:
