@@ -83,7 +83,7 @@ def test_loading_a_model_from_mlflow_leaves_no_copy_behind(sample_lake, small_sp
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert type(load_recommender(run_id, cfg.train.mlflow_uri)) is MostPopular
     assert list(scratch.iterdir()) == []
-    with downloaded_model(run_id) as local:  # what the hybrid's load_model reads from
+    with downloaded_model(run_id, cfg.train.mlflow_uri) as local:  # what the hybrid's load_model reads from
         assert local.is_relative_to(scratch) and (local / "recommender.json").is_file()
     assert list(scratch.iterdir()) == []
 

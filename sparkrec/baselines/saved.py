@@ -7,16 +7,13 @@ among the classes imported, so the loader must import every baseline; the model 
 
 from __future__ import annotations
 
-import os
-
 from ..model.recommender import Recommender
 
 
 def load_recommender(run_id: str, mlflow_uri: str) -> Recommender:
     """The baseline saved in run ``run_id``, with no user state yet (call ``observe``)."""
-    from ..model.registry import downloaded_model, mlflow_setup
+    from ..model.registry import downloaded_model
     from . import EASE, ALSBaseline, ContentOnly, ItemKNN, MostPopular  # noqa: F401 - Recommender.load finds them
 
-    mlflow_setup(mlflow_uri, os.environ.get("SPARKREC_EXPERIMENT", "sparkrec"))
-    with downloaded_model(run_id) as local:
+    with downloaded_model(run_id, mlflow_uri) as local:
         return Recommender.load(local)

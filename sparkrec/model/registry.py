@@ -118,9 +118,9 @@ _LOADED_MAX = 2
 
 
 @contextmanager
-def downloaded_model(run_id: str) -> Iterator[Path]:
-    """The run's ``model/`` artifacts in a local directory that is deleted on exit (MLflow
-    already set up); the model must be read into memory inside the ``with``.
+def downloaded_model(run_id: str, mlflow_uri: str) -> Iterator[Path]:
+    """The run's ``model/`` artifacts in a local directory that is deleted on exit; the model
+    must be read into memory inside the ``with``.
 
     ``download_artifacts`` without a destination leaves its copy in a new temporary directory
     for good, so every process that loaded a model (each recommend job, the stream, the
@@ -128,6 +128,7 @@ def downloaded_model(run_id: str) -> Iterator[Path]:
     ~45 GB of them had piled up on one machine when a CI run there failed with a full disk."""
     import mlflow
 
+    mlflow_setup(mlflow_uri, os.environ.get("SPARKREC_EXPERIMENT", "sparkrec"))
     with tempfile.TemporaryDirectory(prefix="sparkrec-model-") as tmp:
         yield Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=tmp))
 
@@ -138,8 +139,7 @@ def load_model(run_id: str, mlflow_uri: str = "mlruns", device: str = "cpu") -> 
     key = (run_id, str(mlflow_uri), device)
     if key in _LOADED:
         return _LOADED[key]
-    mlflow_setup(mlflow_uri, os.environ.get("SPARKREC_EXPERIMENT", "sparkrec"))
-    with downloaded_model(run_id) as local:
+    with downloaded_model(run_id, mlflow_uri) as local:
         loaded = load_model_dir(local, device)
     loaded.meta.setdefault("run_id", run_id)
     while len(_LOADED) >= _LOADED_MAX:
