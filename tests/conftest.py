@@ -177,7 +177,9 @@ def trained_sample(spark, embedded_copy):
             cfg.recommend.k, cfg.recommend.item_block_rows, cfg.recommend.user_batch = 10, 2000, 128
             run_embed(cfg, spark, lake)
             run_train(cfg, spark, lake)
-            built[name] = (cfg, lake, run_recommend(cfg, spark, lake), interest)
+            summary = run_recommend(cfg, spark, lake)
+            summary["events_version"] = lake.version("events")  # for modules that check the lake moved on
+            built[name] = (cfg, lake, summary, interest)
         cfg, lake, summary, built_for = built[name]
         assert built_for == interest, f"trained_sample({name!r}) was built for another interest"
         return cfg.model_copy(deep=True), lake, summary

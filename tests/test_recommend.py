@@ -38,9 +38,19 @@ def test_evidence_never_cites_the_item_itself_or_padding():
 
 
 @pytest.fixture(scope="module")
-def served(trained_sample):
-    """A private copy of the sample lake + item text + interest text + a small trained model."""
-    return trained_sample("kids", KIDS)  # test_serve shares it
+def served(spark, trained_sample):
+    """A private copy of the sample lake + item text + interest text + a small trained model.
+
+    test_serve and test_serve_workers share it, add events and train a newer model: this module
+    pins the fixture's own model by run id and, when the lake moved on before it ran, writes the
+    lists afresh from it, so its checks hold in any module order."""
+    from sparkrec.recommend import run_recommend
+
+    cfg, lake, summary = trained_sample("kids", KIDS)
+    cfg.recommend.model = summary["model_run_id"]
+    if (lake.version("events"), lake.version("recommendations")) != (summary["events_version"], summary["version"]):
+        summary = run_recommend(cfg, spark, lake)
+    return cfg, lake, summary
 
 
 def _rows(lake):
