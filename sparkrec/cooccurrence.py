@@ -1,8 +1,8 @@
 """Item-item co-occurrence (the Gram matrix X^T X) computed on executors.
 
-ItemKNN needs it as a table of pairs, EASE and the hybrid's linear head as a dense matrix on
-the driver; all get it from here (a shared numeric primitive, so it sits below both the
-baselines and the model). A plain Spark self-join makes one row per (user, item, item) triple and then hashes
+ItemKNN needs it as a table of pairs, EASE as a dense matrix on the driver; both get it from
+here (a shared numeric primitive below the baselines; the hybrid's head, which also needs the
+users' entries on the driver for its factor term, multiplies those out there instead). A plain Spark self-join makes one row per (user, item, item) triple and then hashes
 them all; here each executor expands a block of user histories into pair keys with numpy,
 sums equal keys itself, and Spark only adds up the per-block partial sums. Same result,
 an order of magnitude fewer rows through the shuffle.

@@ -141,11 +141,11 @@ def test_early_stopping_stops_after_patience_epochs_not_one_more():
     assert EarlyStopping(patience=1).update(-2.0) == "stop"  # no better than the start: stop at once
 
 
-def test_the_gram_collected_in_bands_equals_x_transpose_x(spark):
-    """``weighted_gram`` brings X^T X to the driver in bands of head rows (one ``toPandas`` of
-    every entry exceeded ``spark.driver.maxResultSize`` on full Book-Crossing): any band size
-    gives the dense product, re-rated pairs counted once at their largest weight."""
-    from sparkrec.model.head import weighted_gram
+def test_the_gram_from_head_entries_equals_x_transpose_x_in_any_block_size(spark):
+    """``head_entries`` brings the users' positives over the head to the driver (re-rated pairs
+    once, at their largest weight) and ``gram_of`` multiplies them out in column blocks: any
+    block size gives the dense product, weighted and binary."""
+    from sparkrec.model.head import gram_of, head_entries
 
     rng = np.random.default_rng(5)
     pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, 40, 600), rng.integers(0, 60, 600), strict=True)}
@@ -157,10 +157,13 @@ def test_the_gram_collected_in_bands_equals_x_transpose_x(spark):
     for u, i, w in rows:
         x[u, i] = max(x[u, i], w)
     x = x[:, head - 1]
+    x = x[x.any(axis=1)]  # entries hold the users with a positive on the head, in user order
+    entries = head_entries(positives, head)
+    assert len(entries[0]) - 1 == len(x)
     for binary in (False, True):
         want = (x > 0).astype(float) if binary else x
-        for max_entries in (10_000, 100, 30):  # one band; four; 25 of one row each
-            assert np.allclose(weighted_gram(positives, head, binary, max_entries), want.T @ want)
+        for max_block in (10_000, 100, 30, 1):  # one block; four; one column each
+            assert np.allclose(gram_of(entries, len(head), binary, max_block), want.T @ want)
 
 
 def test_head_size_is_capped_by_the_memory_its_matrices_need():

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -283,19 +282,17 @@ def untouched_rows(positives: DataFrame, catalog: Catalog) -> np.ndarray:
     return np.flatnonzero(cold).astype(np.int64)
 
 
-def head_values(positives: DataFrame, rows: np.ndarray, binary: bool = False) -> DataFrame:
-    """(user_idx, item_idx, value) over ``rows``: one value per user and item, the largest
-    weight or 1, as both the Gram and the factor term read the users' positives."""
+HeadEntries = tuple[np.ndarray, np.ndarray, np.ndarray]  # CSR: indptr, head columns, weights
+
+
+def head_entries(positives: DataFrame, rows: np.ndarray) -> HeadEntries:
+    """The users' positives over ``rows`` as CSR (indptr, head columns, weights: one per user
+    and item, the largest), users in ``user_idx`` order: what the Gram matrices and the factor
+    term are computed from on the driver. It is bounded by the head's items, not the catalogue:
+    12 bytes per (user, head item) pair, ~12 MB per million."""
     keep = positives.sparkSession.createDataFrame([(int(r) - 1,) for r in rows], "item_idx int")
-    value = F.lit(1.0).cast("double") if binary else F.max("weight").cast("double")
-    return positives.groupBy("user_idx", "item_idx").agg(value.alias("value")).join(F.broadcast(keep), "item_idx")
-
-
-def head_entries(positives: DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The users' positives over ``rows`` as CSR (indptr, head columns, weights), users in
-    ``user_idx`` order, for fitting the factor term on the driver. It is bounded by the head's
-    items, not the catalogue: 12 bytes per (user, head item) pair, ~12 MB per million."""
-    pdf = head_values(positives, rows).orderBy("user_idx", "item_idx").toPandas()
+    pdf = (positives.groupBy("user_idx", "item_idx").agg(F.max("weight").cast("double").alias("value"))
+           .join(F.broadcast(keep), "item_idx").orderBy("user_idx", "item_idx").toPandas())
     users, owner = np.unique(pdf["user_idx"].to_numpy(), return_inverse=True)
     indptr = np.zeros(len(users) + 1, np.int64)
     np.cumsum(np.bincount(owner, minlength=len(users)), out=indptr[1:])
@@ -303,32 +300,22 @@ def head_entries(positives: DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np
     return indptr, cols, pdf["value"].to_numpy(np.float32)
 
 
-def weighted_gram(positives: DataFrame, rows: np.ndarray, binary: bool = False,
-                  max_entries: int = 20_000_000) -> np.ndarray:
-    """X^T X over ``rows`` of the users' positives (one value per user and item: the largest
-    weight, or 1), summed on executors; only the m x m result reaches the driver.
+def gram_of(entries: HeadEntries, n_rows: int, binary: bool = False, max_block: int = 20_000_000) -> np.ndarray:
+    """X^T X over the head's ``n_rows`` items (X: the users' largest weights, or 1 when
+    ``binary``), from ``head_entries`` on the driver. The factor term needs those entries
+    there anyway, and on data the size of a test sample a Spark job per Gram cost more than
+    the whole product. Computed in column blocks of at most ``max_block`` entries, so the
+    sparse partial products stay within ~250 MB whatever the head's size."""
+    import scipy.sparse as sp
 
-    It comes in bands of head rows, each at most ``max_entries`` possible (i, j) entries (~300 MB
-    as Arrow): on full Book-Crossing the 20,000-item head's ~100M non-zero entries in one
-    ``toPandas`` exceeded ``spark.driver.maxResultSize`` (1 GiB by default), which a cluster
-    sets for every job, not for this one.
-    """
-    from ..cooccurrence import gram
-
-    x = head_values(positives, rows, binary)
-    g = np.zeros((len(rows), len(rows)), dtype=np.float32)
-    band = max(1, max_entries // max(len(rows), 1))
-    banded = band < len(rows)  # one band: no cache, no filter
-    entries_df = gram(x).persist(StorageLevel.MEMORY_AND_DISK) if banded else gram(x)
-    try:
-        for start in range(0, len(rows), band):
-            lo, hi = int(rows[start]) - 1, int(rows[min(start + band, len(rows)) - 1]) - 1
-            entries = (entries_df.filter(F.col("i").between(lo, hi)) if banded else entries_df).toPandas()
-            i = np.searchsorted(rows, entries["i"].to_numpy() + 1)
-            j = np.searchsorted(rows, entries["j"].to_numpy() + 1)
-            np.add.at(g, (i, j), entries["value"].to_numpy(dtype=np.float32))
-    finally:
-        entries_df.unpersist()
+    indptr, cols, weights = entries
+    values = np.ones(len(weights)) if binary else weights.astype(np.float64)
+    x = sp.csr_matrix((values, cols, indptr), shape=(len(indptr) - 1, n_rows))
+    xt, xc = x.T.tocsr(), x.tocsc()
+    g = np.empty((n_rows, n_rows), dtype=np.float32)
+    block = max(1, max_block // max(n_rows, 1))
+    for start in range(0, n_rows, block):
+        g[:, start:start + block] = (xt @ xc[:, start:start + block]).toarray()
     return g
 
 

@@ -34,13 +34,13 @@ from .factors import implicit_als
 from .head import (
     LinearHead,
     available_memory,
+    gram_of,
     head_entries,
     head_rows,
     items_that_fit,
     side_grams,
     solve_head,
     untouched_rows,
-    weighted_gram,
 )
 from .provenance import data_provenance
 from .registry import ITEM_VECTORS, load_weights, mlflow_name, mlflow_setup, save_model_dir
@@ -257,10 +257,11 @@ def fit_head(cfg: Config, prep: dict[str, Any], state: bytes) -> tuple[LinearHea
                                                  for k in ("users", "hist", "gaps")))
                            for s in range(0, len(val), 1024)]) if len(val) else items[:0]
     sides = side_grams(prep["catalog"], rows) if mc.head_side_information else {}
-    grams = {binary: weighted_gram(prep["fit"], rows, binary) for binary in (False, True)}
+    fit_entries = head_entries(prep["fit"], rows)
+    grams = {binary: gram_of(fit_entries, len(rows), binary) for binary in (False, True)}
     search = BlendSearch(val, users.numpy(), items.numpy(), grams, sides, rows)
     if mc.head_factors:
-        search.factor_fit = head_entries(prep["fit"], rows)
+        search.factor_fit = fit_entries
         search.factor_grid = [(reg, alpha) for reg in mc.factor_regs for alpha in mc.factor_alphas]
         search.factor_rank, search.factor_iterations = mc.factor_rank, mc.factor_iterations
         if mc.cold_factors:
@@ -268,9 +269,10 @@ def fit_head(cfg: Config, prep: dict[str, Any], state: bytes) -> tuple[LinearHea
             search.item_text = prep["catalog"].text
             search.cold_ridge = mc.cold_factor_ridge
     params, w_tower, ndcg = search_blend(search, tc.blend_trials, tc.seed)
-    head = solve_head(weighted_gram(prep["train_pos"], rows, bool(params["binary"])), sides, rows, params)
+    train_entries = head_entries(prep["train_pos"], rows)
+    head = solve_head(gram_of(train_entries, len(rows), bool(params["binary"])), sides, rows, params)
     if params.get("factor_weight", 0.0) > 0:
-        head.factors = implicit_als(*head_entries(prep["train_pos"], rows), len(rows), mc.factor_rank,
+        head.factors = implicit_als(*train_entries, len(rows), mc.factor_rank,
                                     params["factor_reg"], params["factor_alpha"], mc.factor_iterations, tc.seed)
         cold = search.cold_factors(rows, head.factors)
         if cold is not None:
