@@ -1,19 +1,25 @@
-"""Item-item co-occurrence (the Gram matrix X^T X) computed on executors.
+"""Item-item co-occurrence (the Gram matrix X^T X), on executors or on the driver.
 
-ItemKNN needs it as a table of pairs, EASE as a dense matrix on the driver; both get it from
-here (a shared numeric primitive below the baselines; the hybrid's head, which also needs the
-users' entries on the driver for its factor term, multiplies those out there instead). A plain Spark self-join makes one row per (user, item, item) triple and then hashes
-them all; here each executor expands a block of user histories into pair keys with numpy,
-sums equal keys itself, and Spark only adds up the per-block partial sums. Same result,
-an order of magnitude fewer rows through the shuffle.
+ItemKNN needs it as a table of pairs, EASE and the hybrid's linear head as a dense matrix on
+the driver; all get it from here (a shared numeric primitive, so it sits below both the
+baselines and the model). On executors (``gram``): a plain Spark self-join makes one row per
+(user, item, item) triple and then hashes them all; here each executor expands a block of user
+histories into pair keys with numpy, sums equal keys itself, and Spark only adds up the
+per-block partial sums. Same result, an order of magnitude fewer rows through the shuffle.
 
 The cost is still sum over users of |history|^2, so one user with thousands of items
 dominates: the baselines' ``max_user_history`` keeps each user's most recent N positives.
+
+A dense Gram is multiplied out on the driver instead (``driver_gram``, scipy) when X's entries
+are few enough to collect (12-16 bytes each, fewer than the m x m result's on data of the sizes
+EASE can invert): a Spark job per Gram cost more than the product itself, 78.5 s against 6.3 s
+for a 5,000-item head on Book-Crossing (``benchmarks/head_gram.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -142,3 +148,16 @@ def gram(x: DataFrame, include_diagonal: bool = True, max_pairs: int = 4_000_000
     # Partials are already summed per partition, so nothing is lost by shuffling before the
     # final sum; hashing by i alone lets a later per-item window reuse this partitioning.
     return partial.repartition("i").groupBy("i", "j").agg(F.sum("value").alias("value"))
+
+
+def driver_gram(x: Any, dtype: type = np.float64, max_block: int = 20_000_000) -> np.ndarray:
+    """X^T X of a scipy sparse users x items matrix, dense, in column blocks of at most
+    ``max_block`` entries, so the sparse partial products stay within ~250 MB whatever the
+    number of items (duplicate entries of a user and item count as their sum)."""
+    xt, xc = x.T.tocsr(), x.tocsc()
+    n = x.shape[1]
+    g = np.empty((n, n), dtype=dtype)
+    block = max(1, max_block // max(n, 1))
+    for start in range(0, n, block):
+        g[:, start:start + block] = (xt @ xc[:, start:start + block]).toarray()
+    return g

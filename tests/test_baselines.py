@@ -176,6 +176,24 @@ def test_ease_matches_dense_numpy(spark):
     np.testing.assert_allclose([r["score"] for r in recs], scores[unseen[:3]], rtol=1e-5)
 
 
+def test_ease_gram_on_the_driver_equals_the_executors_one(spark):
+    """Below ``driver_entries`` X comes to the driver and is multiplied out there; above, the
+    co-occurrence job sums it on executors: the same items and matrix either way, a user's
+    repeated item counted as the sum of its values."""
+    rng = np.random.default_rng(3)
+    rows = [(int(u), int(i), float(rng.integers(1, 6))) for u, i in zip(rng.integers(0, 30, 400),
+                                                                        rng.integers(5, 80, 400), strict=True)]
+    x = spark.createDataFrame(rows, "user_idx int, item_idx int, value double")
+    driver_space, on_driver = dense_gram(x, 100)
+    spark_space, on_executors = dense_gram(x, 100, driver_entries=0)
+    assert np.array_equal(driver_space.item_ids, spark_space.item_ids)
+    assert np.allclose(on_driver, on_executors)
+    dense = np.zeros((30, len(driver_space)))
+    for u, i, v in rows:
+        dense[u, driver_space.columns(np.array([i]))[0][0]] += v
+    assert np.allclose(on_driver, dense.T @ dense)
+
+
 def test_ease_tuning_gram_equals_a_direct_one(spark):
     # Held-out cells are subtracted from the full Gram matrix instead of recomputing it.
     rows = [(0, 0), (0, 1), (0, 3), (1, 1), (1, 2), (1, 0), (2, 0), (2, 2), (2, 3), (2, 4), (3, 4), (3, 1)]

@@ -206,6 +206,7 @@ def trained(spark, temporal_model):
         # The opt-in paths, where two workers exchange gradients: sparse ID rows (DDP on gloo,
         # Horovod's all-gather) and Petastorm's batched loader on a shard each.
         run_cfg.train.sparse_ids, run_cfg.train.batched_feed = True, True
+        run_cfg.model.head = False  # fitted on the driver after any backend: the local run covers it
         runs[backend] = run_train(run_cfg, spark, lake)
     return cfg, lake, runs
 

@@ -1,6 +1,7 @@
 """EASE (Steck, 2019): a closed-form item-item model, often the strongest simple baseline.
 
-The Gram matrix is computed in Spark, the inversion on the driver in numpy (an items x items
+The Gram matrix is multiplied out on the driver from X's entries (summed on executors for a
+user base too large to collect), the inversion is on the driver in numpy (an items x items
 dense problem, hence the ``max_items`` guard), and users are scored on executors against the
 broadcast weight matrix, a block of users per BLAS product.
 """
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import scipy.sparse as sp
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from ..cooccurrence import gram
+from ..cooccurrence import driver_gram, gram
 from ..linalg import spd_inverse
 from ..logs import get_logger, log_fields
 from .base import Held, SharedMatrix, scoring_inputs
@@ -29,6 +31,11 @@ if TYPE_CHECKING:
     from ..config import EvaluationConfig
 
 log = get_logger("baselines.ease")
+
+
+# X's rows collected for a driver-side Gram (~16 bytes each as pandas): 50M is ~800 MB, more than
+# all of Book-Crossing's or ml-20m's ratings; a larger user base is summed on the executors.
+DRIVER_ENTRIES = 50_000_000
 
 
 class TooManyItemsError(ValueError):
@@ -51,8 +58,11 @@ def _scatter(entries: pd.DataFrame, space: ItemSpace, matrix: np.ndarray) -> Non
     np.add.at(matrix, (rows, cols), entries["value"].to_numpy(dtype=np.float64))
 
 
-def dense_gram(x: DataFrame, max_items: int) -> tuple[ItemSpace, np.ndarray]:
-    """X^T X over the items of ``x`` (user_idx, item_idx, value), densified on the driver."""
+def dense_gram(x: DataFrame, max_items: int, driver_entries: int = DRIVER_ENTRIES) -> tuple[ItemSpace, np.ndarray]:
+    """X^T X over the items of ``x`` (user_idx, item_idx, value), densified on the driver:
+    multiplied out there when ``x`` has at most ``driver_entries`` rows (what comes over is
+    smaller than the Gram's entries would be), else summed on executors by the co-occurrence
+    job, which spreads a large user base's pairs over the cluster."""
     n_items = x.select("item_idx").distinct().count()
     if n_items > max_items:
         gib = 5 * 8 * n_items**2 / 2**30  # Gram, its tuning copy, inverse and weights at peak
@@ -60,6 +70,13 @@ def dense_gram(x: DataFrame, max_items: int) -> tuple[ItemSpace, np.ndarray]:
             f"EASE inverts a dense {n_items} x {n_items} matrix on the driver (~{gib:.1f} GiB); "
             f"that is above max_items={max_items}. Raise max_items if the driver can hold it, "
             "filter the catalogue, or use ItemKNN, which has no such limit.")
+    if x.count() <= driver_entries:
+        pdf = x.select("user_idx", "item_idx", "value").toPandas()
+        space = ItemSpace(pdf["item_idx"].to_numpy())
+        cols, _ = space.columns(pdf["item_idx"].to_numpy())
+        users = pd.factorize(pdf["user_idx"])[0]
+        matrix = sp.csr_matrix((pdf["value"].to_numpy(np.float64), (users, cols)), shape=(users.max() + 1, len(space)))
+        return space, driver_gram(matrix)
     entries = gram(x).toPandas()
     space = ItemSpace(entries["i"].to_numpy())
     matrix = np.zeros((len(space), len(space)), dtype=np.float64)

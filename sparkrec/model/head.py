@@ -26,6 +26,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from ..cooccurrence import driver_gram
 from ..linalg import spd_inverse
 from .data import Catalog
 
@@ -302,21 +303,14 @@ def head_entries(positives: DataFrame, rows: np.ndarray) -> HeadEntries:
 
 def gram_of(entries: HeadEntries, n_rows: int, binary: bool = False, max_block: int = 20_000_000) -> np.ndarray:
     """X^T X over the head's ``n_rows`` items (X: the users' largest weights, or 1 when
-    ``binary``), from ``head_entries`` on the driver. The factor term needs those entries
-    there anyway, and on data the size of a test sample a Spark job per Gram cost more than
-    the whole product. Computed in column blocks of at most ``max_block`` entries, so the
-    sparse partial products stay within ~250 MB whatever the head's size."""
+    ``binary``), from ``head_entries``: the factor term needs those entries on the driver
+    anyway, so the Gram is multiplied out there too (``driver_gram``)."""
     import scipy.sparse as sp
 
     indptr, cols, weights = entries
     values = np.ones(len(weights)) if binary else weights.astype(np.float64)
     x = sp.csr_matrix((values, cols, indptr), shape=(len(indptr) - 1, n_rows))
-    xt, xc = x.T.tocsr(), x.tocsc()
-    g = np.empty((n_rows, n_rows), dtype=np.float32)
-    block = max(1, max_block // max(n_rows, 1))
-    for start in range(0, n_rows, block):
-        g[:, start:start + block] = (xt @ xc[:, start:start + block]).toarray()
-    return g
+    return driver_gram(x, np.float32, max_block)
 
 
 def side_grams(catalog: Catalog, rows: np.ndarray) -> dict[str, np.ndarray]:
