@@ -46,8 +46,11 @@ def ease_weights(gram_matrix: np.ndarray, lam: float) -> np.ndarray:
     """B = I - P diag(1/diag(P)), P = (G + lam I)^-1: the zero-diagonal least-squares solution."""
     if lam <= 0:
         raise ValueError(f"EASE needs lambda > 0, got {lam}")
-    p = spd_inverse(gram_matrix + lam * np.eye(len(gram_matrix)))
-    b = -p / np.diag(p)[None, :]
+    system = gram_matrix.copy()  # G + lam I without an m x m identity (3.2 GB at 20,000 items)
+    system[np.diag_indices_from(system)] += lam
+    b = spd_inverse(system)
+    del system
+    b /= -np.diag(b)[None, :]  # in place: P is not needed after B
     np.fill_diagonal(b, 0.0)
     return b
 
