@@ -77,8 +77,8 @@ def dense_gram(x: DataFrame, max_items: int, driver_entries: int = DRIVER_ENTRIE
         pdf = x.select("user_idx", "item_idx", "value").toPandas()
         space = ItemSpace(pdf["item_idx"].to_numpy())
         cols, _ = space.columns(pdf["item_idx"].to_numpy())
-        users = pd.factorize(pdf["user_idx"])[0]
-        matrix = sp.csr_matrix((pdf["value"].to_numpy(np.float64), (users, cols)), shape=(users.max() + 1, len(space)))
+        users, user_ids = pd.factorize(pdf["user_idx"])
+        matrix = sp.csr_matrix((pdf["value"].to_numpy(np.float64), (users, cols)), shape=(len(user_ids), len(space)))
         return space, driver_gram(matrix)
     entries = gram(x).toPandas()
     space = ItemSpace(entries["i"].to_numpy())
