@@ -66,14 +66,15 @@ def dense_gram(x: DataFrame, max_items: int, driver_entries: int = DRIVER_ENTRIE
     multiplied out there when ``x`` has at most ``driver_entries`` rows (what comes over is
     smaller than the Gram's entries would be), else summed on executors by the co-occurrence
     job, which spreads a large user base's pairs over the cluster."""
-    n_items = x.select("item_idx").distinct().count()
+    sizes = x.agg(F.countDistinct("item_idx").alias("items"), F.count("*").alias("entries")).first()
+    n_items, n_entries = int(sizes["items"]), int(sizes["entries"])
     if n_items > max_items:
         gib = 5 * 8 * n_items**2 / 2**30  # Gram, its tuning copy, inverse and weights at peak
         raise TooManyItemsError(
             f"EASE inverts a dense {n_items} x {n_items} matrix on the driver (~{gib:.1f} GiB); "
             f"that is above max_items={max_items}. Raise max_items if the driver can hold it, "
             "filter the catalogue, or use ItemKNN, which has no such limit.")
-    if x.count() <= driver_entries:
+    if n_entries <= driver_entries:
         pdf = x.select("user_idx", "item_idx", "value").toPandas()
         space = ItemSpace(pdf["item_idx"].to_numpy())
         cols, _ = space.columns(pdf["item_idx"].to_numpy())
